@@ -1,0 +1,77 @@
+"""The HTTP edge: `create_app()` builds the Flask app (REST, health, metrics, OpenAPI; GraphQL and
+WebSockets register here too)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+import uuid
+from typing import Any
+
+from flask import Flask, g, request
+
+from app import metrics
+from app.config import Settings, get_settings
+from app.logging import configure_logging, request_id_var
+
+log = logging.getLogger("api.access")
+
+# Blueprint modules; each exposes `bp`. Optional doors are listed in OPTIONAL_BLUEPRINTS and
+# registered when their module exists.
+BLUEPRINTS = ["api.rest.events", "api.rest.incidents", "api.rest.ops"]
+OPTIONAL_BLUEPRINTS = ["api.rest.ml", "api.rest.integrations", "api.rest.services", "api.rest.correlation",
+                       "api.ws", "api.graphql"]
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    from api.errors import register_error_handlers
+
+    register_error_handlers(app)
+    for name in BLUEPRINTS:
+        app.register_blueprint(importlib.import_module(name).bp)
+    for name in OPTIONAL_BLUEPRINTS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(app)
+        else:
+            app.register_blueprint(module.bp)
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+        rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        g.request_id = rid[:64]
+        request_id_var.set(g.request_id)
+        length = request.content_length
+        if length is not None and length > settings.max_body_bytes:
+            from api.errors import ApiError
+
+            raise ApiError(413, "payload_too_large", f"request body exceeds {settings.max_body_bytes} bytes",
+                           {"max_bytes": settings.max_body_bytes})
+
+    @app.after_request
+    def _finish(response: Any) -> Any:
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        metrics.HTTP_REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
+        metrics.HTTP_DURATION.labels(request.method, endpoint).observe(elapsed)
+        if response.status_code >= 400 or log.isEnabledFor(logging.DEBUG):
+            log.info("request", extra={"method": request.method, "path": request.path, "status": response.status_code,
+                                       "duration_ms": round(elapsed * 1000, 2)})
+        return response
+
+    return app

@@ -1,0 +1,23 @@
+"""Gunicorn settings from the environment (API_HOST, API_PORT, WEB_CONCURRENCY)."""
+
+from __future__ import annotations
+
+import os
+
+from app.config import get_settings
+
+_settings = get_settings()
+bind = f"{_settings.api_host}:{_settings.api_port}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = int(os.environ.get("WEB_THREADS", "1"))
+worker_class = os.environ.get("WEB_WORKER_CLASS", "gthread" if threads > 1 else "sync")
+timeout = 60
+graceful_timeout = 20
+keepalive = 5
+accesslog = None  # the app logs requests as JSON itself
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    from app.metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)

@@ -1,0 +1,79 @@
+"""Event ingest over HTTP: Sentinel's endpoint and the generic single/batch endpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+from marshmallow import ValidationError
+
+from api.auth import require
+from api.body import json_object
+from api.errors import ApiError
+from api.links import incident_links
+from api.schemas import EVENT_SCHEMA, to_new_event
+from app.config import get_settings
+from app.services.ingest import IngestResult, ingest_events
+from tasks.dispatch import dispatch_pipeline
+
+bp = Blueprint("events", __name__)
+
+ACCEPTED_MESSAGE = "Event received and queued for processing"
+DUPLICATE_MESSAGE = "Duplicate event: already received; nothing changed"
+
+
+def result_body(result: IngestResult) -> dict[str, Any]:
+    if result.status == "rejected":
+        return {"status": "rejected", "event_id": result.event_id, "error": result.error}
+    return {
+        "status": result.status,
+        "event_id": result.event_id,
+        "incident_id": result.incident_id,
+        "message": ACCEPTED_MESSAGE if result.status == "accepted" else DUPLICATE_MESSAGE,
+        "links": incident_links(result.incident_id),
+    }
+
+
+def _single(body: dict[str, Any], default_source: str | None) -> Any:
+    if default_source and "source" not in body:
+        body = {**body, "source": default_source}
+    data = EVENT_SCHEMA.load(body)  # ValidationError -> 422 with per-field errors
+    [result] = ingest_events([to_new_event(data, body)], dispatcher=dispatch_pipeline)
+    return jsonify(result_body(result)), 202 if result.status == "accepted" else 200
+
+
+@bp.post("/api/v1/events/sentinel")
+@require("event:create")
+def sentinel_event() -> Any:
+    return _single(json_object(), default_source="llm-sentinel")
+
+
+@bp.post("/api/v1/events")
+@require("event:create")
+def create_events() -> Any:
+    body = json_object()
+    if "events" not in body:
+        return _single(body, default_source=None)
+    events = body["events"]
+    limit = get_settings().max_batch_events
+    if not isinstance(events, list) or not events:
+        raise ApiError(422, "validation_failed", "events must be a non-empty list", {"events": ["expected a non-empty list"]})
+    if len(events) > limit:
+        raise ApiError(422, "validation_failed", f"a batch holds at most {limit} events, got {len(events)}",
+                       {"events": [f"at most {limit} events per request"]})
+    results: list[IngestResult | None] = [None] * len(events)
+    valid, positions = [], []
+    for i, item in enumerate(events):
+        if not isinstance(item, dict):
+            results[i] = IngestResult("rejected", "", error={"_schema": ["expected a JSON object"]})
+            continue
+        try:
+            valid.append(to_new_event(EVENT_SCHEMA.load(item), item))
+            positions.append(i)
+        except ValidationError as exc:
+            results[i] = IngestResult("rejected", str(item.get("event_id", "")), error=exc.messages)  # type: ignore[arg-type]
+    if valid:
+        for position, result in zip(positions, ingest_events(valid, dispatcher=dispatch_pipeline)):
+            results[position] = result
+    summary = {s: sum(1 for r in results if r and r.status == s) for s in ("accepted", "duplicate", "rejected")}
+    return jsonify({"results": [result_body(r) for r in results if r is not None], **summary}), 202

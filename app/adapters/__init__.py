@@ -1,0 +1,1 @@
+"""Adapters to the outside: Postgres/SQLite (SQLAlchemy), Redis, outbound HTTP."""

@@ -1,0 +1,23 @@
+"""SLA targets per severity and deadline math."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+# Resolve targets are the contract's defaults; acknowledge targets follow common on-call practice.
+RESOLVE_TARGET_SECS = {"P0": 15 * 60, "P1": 3600, "P2": 4 * 3600, "P3": 24 * 3600, "P4": 72 * 3600}
+ACK_TARGET_SECS = {"P0": 5 * 60, "P1": 15 * 60, "P2": 3600, "P3": 4 * 3600, "P4": 24 * 3600}
+
+
+@dataclass(frozen=True)
+class SlaDeadlines:
+    acknowledge_by: datetime
+    resolve_by: datetime
+
+
+def deadlines(severity: str, created_at: datetime) -> SlaDeadlines:
+    return SlaDeadlines(
+        acknowledge_by=created_at + timedelta(seconds=ACK_TARGET_SECS[severity]),
+        resolve_by=created_at + timedelta(seconds=RESOLVE_TARGET_SECS[severity]),
+    )

@@ -1,0 +1,72 @@
+"""Prometheus metrics, named as in the reference README. Under gunicorn and Celery prefork the
+processes share PROMETHEUS_MULTIPROC_DIR, so the web's /metrics shows what workers counted."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+ALERTS_PROCESSED = Counter("incident_manager_alerts_processed_total", "Events that finished the pipeline")
+INCIDENTS_CREATED = Counter("incident_manager_incidents_created_total", "Incidents opened")
+INCIDENTS_RESOLVED = Counter("incident_manager_incidents_resolved_total", "Incidents resolved")
+EVENTS_INGESTED = Counter(
+    "incident_manager_events_ingested_total", "Events answered by ingest", ["door", "status"]
+)
+EVENTS_REJECTED = Counter(
+    "incident_manager_requests_rejected_total", "Requests refused before ingest", ["code"]
+)
+INGEST_DURATION = Histogram(
+    "incident_manager_ingest_duration_seconds", "Durable ingest transaction time", ["door"], buckets=LATENCY_BUCKETS
+)
+HTTP_REQUESTS = Counter(
+    "incident_manager_http_requests_total", "HTTP requests", ["method", "endpoint", "status"]
+)
+HTTP_DURATION = Histogram(
+    "incident_manager_http_request_duration_seconds", "HTTP request latency", ["method", "endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
+TASK_DURATION = Histogram(
+    "incident_manager_task_duration_seconds", "Celery task run time", ["task"], buckets=LATENCY_BUCKETS
+)
+PROCESSING_DURATION = Histogram(
+    "incident_manager_processing_duration_seconds", "Pipeline batch processing time", ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_DEPTH = Gauge(
+    "incident_manager_queue_depth", "Messages waiting per Celery queue", ["queue"], multiprocess_mode="livemax"
+)
+QUEUE_OLDEST_AGE = Gauge(
+    "incident_manager_queue_oldest_age_seconds", "Age of the oldest unprocessed work per queue", ["queue"],
+    multiprocess_mode="livemax",
+)
+OUTBOX_RELAYED = Counter("incident_manager_outbox_relayed_total", "Outbox messages re-sent by the relay")
+DEAD_LETTERS = Counter("incident_manager_dead_letters_total", "Tasks that ran out of retries", ["task"])
+RATE_LIMITED = Counter("incident_manager_rate_limited_total", "Requests refused with 429", ["key"])
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition for /metrics: the multiprocess aggregate when a shared directory is set."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and os.path.isdir(directory):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)

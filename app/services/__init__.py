@@ -1,0 +1,1 @@
+"""Use cases. Every door (REST, gRPC, WebSocket, GraphQL, tasks) calls these."""

@@ -1,0 +1,358 @@
+"""Incident use cases: read, list, change. Every change writes its timeline row in the same
+transaction and is published (after commit) for subscribers."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping, Sequence
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from app import metrics
+from app.adapters.db import read_session, unit_of_work
+from app.adapters.models import Event, Incident, TimelineEntry
+from app.domain import sla
+from app.domain.incident import IncidentNotFound, check_transition
+
+MAX_MERGE_HOPS = 10
+
+# Subscribers of committed changes (GraphQL subscriptions, gRPC streams, audit push) register here.
+ChangeListener = Callable[[str, dict[str, Any], list[dict[str, Any]]], None]
+_listeners: list[ChangeListener] = []
+
+
+def on_change(listener: ChangeListener) -> None:
+    _listeners.append(listener)
+
+
+def _publish(kind: str, incident: Incident, changes: list[dict[str, Any]]) -> None:
+    snapshot = incident_to_dict(incident)
+    for listener in list(_listeners):
+        listener(kind, snapshot, changes)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
+
+
+def incident_to_dict(incident: Incident) -> dict[str, Any]:
+    """The incident as the REST API shows it (a bare object whose `id` is the INC id)."""
+    return {
+        "id": incident.id,
+        "title": incident.title,
+        "description": incident.description,
+        "status": incident.status,
+        "severity": incident.severity,
+        "source_severity": incident.source_severity,
+        "predicted_severity": incident.predicted_severity,
+        "predicted_category": incident.predicted_category,
+        "confidence": incident.confidence,
+        "model_version": incident.model_version,
+        "category": incident.category,
+        "source": incident.source,
+        "event_type": incident.event_type,
+        "fingerprint": incident.fingerprint,
+        "event_count": incident.event_count,
+        "first_seen": _iso(incident.first_seen),
+        "last_seen": _iso(incident.last_seen),
+        "created_at": _iso(incident.created_at),
+        "updated_at": _iso(incident.updated_at),
+        "assignee": incident.assignee,
+        "team": incident.team,
+        "escalation_policy": incident.escalation_policy,
+        "service": incident.service,
+        "resource": incident.resource,
+        "metrics": incident.metrics,
+        "tags": incident.tags or {},
+        "acknowledged_at": _iso(incident.acknowledged_at),
+        "acknowledged_by": incident.acknowledged_by,
+        "resolved_at": _iso(incident.resolved_at),
+        "closed_at": _iso(incident.closed_at),
+        "resolution": {
+            "resolved_by": incident.resolved_by,
+            "method": incident.resolution_method,
+            "notes": incident.resolution_notes,
+            "root_cause": incident.root_cause,
+            "actions_taken": incident.actions_taken or [],
+        } if incident.resolved_at else None,
+        "merged_into": incident.merged_into,
+        "sla": {
+            "acknowledge_by": _iso(incident.sla_acknowledge_by),
+            "resolve_by": _iso(incident.sla_resolve_by),
+            "acknowledgment_breached": incident.sla_acknowledge_breached,
+            "resolution_breached": incident.sla_resolve_breached,
+        },
+        "escalation": {
+            "level": incident.escalation_level,
+            "next_escalation_at": _iso(incident.next_escalation_at),
+        },
+        "enrichment": incident.enrichment,
+        "correlation_group_id": incident.correlation_group_id,
+        "processed_at": _iso(incident.processed_at),
+    }
+
+
+def timeline_to_dict(entry: TimelineEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "at": _iso(entry.at),
+        "actor": entry.actor,
+        "kind": entry.kind,
+        "field": entry.field,
+        "old_value": entry.old_value,
+        "new_value": entry.new_value,
+        "details": entry.details or {},
+    }
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "source": event.source,
+        "event_id": event.event_id,
+        "incident_id": event.incident_id,
+        "event_type": event.event_type,
+        "severity": event.severity,
+        "title": event.title,
+        "occurred_at": _iso(event.occurred_at),
+        "received_at": _iso(event.received_at),
+        "payload": event.payload,
+        "processed_at": _iso(event.processed_at),
+    }
+
+
+def _resolve_merges(session: Session, incident_id: str, lock: bool = False) -> Incident:
+    current = incident_id
+    for _ in range(MAX_MERGE_HOPS):
+        query = select(Incident).where(Incident.id == current)
+        if lock:
+            query = query.with_for_update()
+        incident = session.scalars(query).first()
+        if incident is None:
+            raise IncidentNotFound(incident_id)
+        if not incident.merged_into:
+            return incident
+        current = incident.merged_into
+    raise IncidentNotFound(incident_id)
+
+
+def get_incident(incident_id: str) -> dict[str, Any]:
+    """The incident, or the incident it was merged into (GET on a given-out id always answers)."""
+    with read_session() as session:
+        return incident_to_dict(_resolve_merges(session, incident_id))
+
+
+# ------------------------------------------------------------------------------------------ listing
+
+@dataclass(frozen=True)
+class IncidentFilter:
+    status: Sequence[str] = ()
+    severity: Sequence[str] = ()
+    source: Sequence[str] = ()
+    category: Sequence[str] = ()
+    team: Sequence[str] = ()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    q: str | None = None
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+def encode_cursor(created_at: datetime, incident_id: str) -> str:
+    raw = json.dumps([created_at.astimezone(timezone.utc).isoformat(), incident_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, incident_id = json.loads(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(created), str(incident_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidCursor(f"invalid cursor: {exc}") from None
+
+
+def filter_clauses(flt: IncidentFilter) -> list[Any]:
+    clauses: list[Any] = [Incident.merged_into.is_(None)]
+    if flt.status:
+        clauses.append(Incident.status.in_(flt.status))
+    if flt.severity:
+        clauses.append(Incident.severity.in_(flt.severity))
+    if flt.source:
+        clauses.append(Incident.source.in_(flt.source))
+    if flt.category:
+        clauses.append(Incident.category.in_(flt.category))
+    if flt.team:
+        clauses.append(Incident.team.in_(flt.team))
+    if flt.created_after:
+        clauses.append(Incident.created_at >= flt.created_after)
+    if flt.created_before:
+        clauses.append(Incident.created_at <= flt.created_before)
+    if flt.q:
+        pattern = f"%{flt.q.lower()}%"
+        clauses.append(or_(func.lower(Incident.title).like(pattern), func.lower(Incident.description).like(pattern)))
+    return clauses
+
+
+def list_incidents(flt: IncidentFilter, limit: int = 50, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first; keyset pagination on (created_at, id)."""
+    clauses = filter_clauses(flt)
+    if cursor:
+        created_at, incident_id = decode_cursor(cursor)
+        clauses.append(or_(Incident.created_at < created_at,
+                           and_(Incident.created_at == created_at, Incident.id < incident_id)))
+    with read_session() as session:
+        rows = list(session.scalars(
+            select(Incident).where(*clauses).order_by(Incident.created_at.desc(), Incident.id.desc()).limit(limit + 1)
+        ))
+    next_cursor = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
+    return [incident_to_dict(r) for r in rows[:limit]], next_cursor
+
+
+def incident_timeline(incident_id: str) -> list[dict[str, Any]]:
+    with read_session() as session:
+        incident = _resolve_merges(session, incident_id)
+        ids = {incident.id, incident_id}
+        rows = session.scalars(
+            select(TimelineEntry).where(TimelineEntry.incident_id.in_(ids)).order_by(TimelineEntry.at, TimelineEntry.id)
+        )
+        return [timeline_to_dict(r) for r in rows]
+
+
+def incident_events(incident_id: str, limit: int = 100, after_id: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+    with read_session() as session:
+        incident = _resolve_merges(session, incident_id)
+        merged_ids = [incident.id] + list(session.scalars(select(Incident.id).where(Incident.merged_into == incident.id)))
+        query = select(Event).where(Event.incident_id.in_(merged_ids))
+        if after_id is not None:
+            query = query.where(Event.id > after_id)
+        rows = list(session.scalars(query.order_by(Event.id).limit(limit + 1)))
+    next_after = rows[limit - 1].id if len(rows) > limit else None
+    return [event_to_dict(r) for r in rows[:limit]], next_after
+
+
+# ------------------------------------------------------------------------------------------ changes
+
+def _record(session: Session, incident: Incident, actor: str, kind: str, field: str | None,
+            old: Any, new: Any, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    entry = TimelineEntry(
+        incident_id=incident.id, at=datetime.now(timezone.utc), actor=actor, kind=kind, field=field,
+        old_value=None if old is None else str(old), new_value=None if new is None else str(new),
+        details=dict(details) if details else None,
+    )
+    session.add(entry)
+    return {"field": field, "old_value": old, "new_value": new}
+
+
+def _set_status(session: Session, incident: Incident, target: str, actor: str, now: datetime) -> dict[str, Any]:
+    check_transition(incident.id, incident.status, target)
+    old = incident.status
+    incident.status = target
+    incident.updated_at = now
+    if target == "ACKNOWLEDGED" and incident.acknowledged_at is None:
+        incident.acknowledged_at = now
+        incident.acknowledged_by = actor
+    if target in ("ACKNOWLEDGED", "RESOLVED", "CLOSED"):
+        # Acknowledge or resolve stops escalation; a new token makes in-flight steps stale.
+        incident.next_escalation_at = None
+        incident.escalation_token = None
+    if target == "RESOLVED":
+        incident.resolved_at = now
+    if target == "CLOSED":
+        incident.closed_at = now
+        if incident.resolved_at is None:
+            incident.resolved_at = now
+    if target == "IN_PROGRESS" and old == "RESOLVED":
+        incident.resolved_at = None
+    return _record(session, incident, actor, "status_changed", "status", old, target)
+
+
+def _change(incident_id: str, actor: str, apply: Callable[[Session, Incident, datetime], list[dict[str, Any]]],
+            event_kind: str) -> dict[str, Any]:
+    with unit_of_work() as session:
+        incident = _resolve_merges(session, incident_id, lock=True)
+        now = datetime.now(timezone.utc)
+        changes = apply(session, incident, now)
+        session.flush()
+        snapshot = incident
+    if changes:
+        _publish(event_kind, snapshot, changes)
+    return incident_to_dict(snapshot)
+
+
+def acknowledge(incident_id: str, actor: str) -> dict[str, Any]:
+    def apply(session: Session, incident: Incident, now: datetime) -> list[dict[str, Any]]:
+        return [_set_status(session, incident, "ACKNOWLEDGED", actor, now)]
+
+    return _change(incident_id, actor, apply, "incident_acknowledged")
+
+
+def resolve(incident_id: str, resolved_by: str, method: str = "Manual", notes: str | None = None,
+            root_cause: str | None = None, actions_taken: Sequence[str] | None = None,
+            corrected_severity: str | None = None) -> dict[str, Any]:
+    def apply(session: Session, incident: Incident, now: datetime) -> list[dict[str, Any]]:
+        changes = [_set_status(session, incident, "RESOLVED", resolved_by, now)]
+        incident.resolved_by = resolved_by
+        incident.resolution_method = method
+        incident.resolution_notes = notes
+        incident.root_cause = root_cause
+        incident.actions_taken = list(actions_taken or [])
+        if corrected_severity and corrected_severity != incident.severity:
+            changes.append(_record(session, incident, resolved_by, "severity_corrected", "severity",
+                                   incident.severity, corrected_severity))
+            incident.severity = corrected_severity
+        if incident.sla_resolve_by and now > incident.sla_resolve_by:
+            incident.sla_resolve_breached = True
+        return changes
+
+    result = _change(incident_id, resolved_by, apply, "incident_resolved")
+    metrics.INCIDENTS_RESOLVED.inc()
+    return result
+
+
+def close(incident_id: str, actor: str, notes: str | None = None) -> dict[str, Any]:
+    def apply(session: Session, incident: Incident, now: datetime) -> list[dict[str, Any]]:
+        change = _set_status(session, incident, "CLOSED", actor, now)
+        if notes:
+            incident.resolution_notes = (incident.resolution_notes + "\n" if incident.resolution_notes else "") + notes
+        return [change]
+
+    return _change(incident_id, actor, apply, "incident_closed")
+
+
+def patch(incident_id: str, actor: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Assign, change severity/status/tags/team/title/description. Status goes through the state machine."""
+
+    def apply(session: Session, incident: Incident, now: datetime) -> list[dict[str, Any]]:
+        changes: list[dict[str, Any]] = []
+        if "status" in fields and fields["status"] != incident.status:
+            changes.append(_set_status(session, incident, fields["status"], actor, now))
+        elif "status" in fields:
+            check_transition(incident.id, incident.status, fields["status"])  # repeating a state is a 409
+        for name, kind in (("assignee", "assigned"), ("team", "team_changed"), ("title", "updated"),
+                           ("description", "updated")):
+            if name in fields and fields[name] != getattr(incident, name):
+                changes.append(_record(session, incident, actor, kind, name, getattr(incident, name), fields[name]))
+                setattr(incident, name, fields[name])
+        if "severity" in fields and fields["severity"] != incident.severity:
+            changes.append(_record(session, incident, actor, "severity_changed", "severity",
+                                   incident.severity, fields["severity"]))
+            incident.severity = fields["severity"]
+            deadlines = sla.deadlines(incident.severity, incident.created_at)
+            incident.sla_acknowledge_by = deadlines.acknowledge_by
+            incident.sla_resolve_by = deadlines.resolve_by
+        if "tags" in fields and fields["tags"] != incident.tags:
+            changes.append(_record(session, incident, actor, "tags_changed", "tags",
+                                   json.dumps(incident.tags, sort_keys=True), json.dumps(fields["tags"], sort_keys=True)))
+            incident.tags = dict(fields["tags"])
+        if changes:
+            incident.updated_at = now
+        return changes
+
+    return _change(incident_id, actor, apply, "incident_updated")

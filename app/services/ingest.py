@@ -1,0 +1,344 @@
+"""Durable ingest: the one path every door (REST, gRPC, WebSocket, Alertmanager, PagerDuty) uses.
+
+In one transaction: duplicates by (source, event_id) are answered from the stored event, new events
+get their final incident id (the active incident with the same fingerprint, or a newly allocated
+one; the database's partial unique index settles races), events, incidents, timeline and one outbox
+row are written. Only after commit is the pipeline told, so `accepted` always means durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any, Callable, Mapping, Sequence
+
+from sqlalchemy import func, select, text, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import metrics
+from app.adapters.db import unit_of_work
+from app.adapters.models import ACTIVE_STATUS_SQL, Event, Incident, IncidentDayCounter, OutboxMessage, TimelineEntry
+from app.config import Settings, get_settings
+from app.domain import sla
+from app.domain.fingerprint import fingerprint as compute_fingerprint
+from app.domain.ids import format_incident_id, utc_day
+from app.domain.severity import map_source_severity
+
+log = logging.getLogger(__name__)
+
+PIPELINE_OUTBOX_KIND = "pipeline"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    status: str  # accepted | duplicate | rejected
+    event_id: str
+    incident_id: str | None = None
+    created: bool = False  # this event opened a new incident
+    error: dict[str, Any] | None = None
+
+
+@dataclass
+class NewEvent:
+    """A validated event, as every door hands it to ingest."""
+
+    source: str
+    event_id: str
+    title: str
+    raw: Mapping[str, Any]
+    event_type: str | None = None
+    category: str | None = None
+    description: str = ""
+    severity: str | None = None
+    timestamp: datetime | None = None
+    resource: Mapping[str, Any] | None = None
+    metrics: Mapping[str, Any] | None = None
+    tags: Mapping[str, Any] = field(default_factory=dict)
+    service: str | None = None
+    dedup_key: str | None = None
+    encrypted_payload: bytes | None = None
+    # A door may force the incident's severity (e.g. a manual incident created as P2).
+    severity_override: str | None = None
+    team: str | None = None
+    escalation_policy: str | None = None
+
+    def fingerprint_input(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "event_type": self.event_type,
+            "title": self.title,
+            "resource": self.resource,
+            "service": self.service,
+            "tags": self.tags,
+            "dedup_key": self.dedup_key,
+        }
+
+
+# Called after commit with the outbox ids to hand to the pipeline; set by the process (web, grpc).
+Dispatcher = Callable[[Sequence[int]], None]
+
+
+def _allocate_incident_numbers(session: Session, day: date, count: int) -> list[int]:
+    """`count` fresh per-day sequence numbers. Postgres: one SEQUENCE per UTC day (no row lock
+    held for the transaction); SQLite: a counter row (writers are serialised there anyway)."""
+    if count == 0:
+        return []
+    if session.get_bind().dialect.name == "postgresql":
+        seq = f"incident_seq_{day:%Y%m%d}"
+        try:
+            with session.begin_nested():
+                rows = session.execute(
+                    text(f"SELECT nextval('{seq}') FROM generate_series(1, :n)"), {"n": count}
+                ).scalars().all()
+        except Exception as exc:  # undefined sequence: create it (first incident of the day)
+            if "does not exist" not in str(exc):
+                raise
+            _create_day_sequence(seq)
+            rows = session.execute(
+                text(f"SELECT nextval('{seq}') FROM generate_series(1, :n)"), {"n": count}
+            ).scalars().all()
+        return [int(r) for r in rows]
+    stmt = sqlite.insert(IncidentDayCounter).values(day=day, last=count)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["day"], set_={"last": IncidentDayCounter.last + count}
+    ).returning(IncidentDayCounter.last)
+    last = int(session.execute(stmt).scalar_one())
+    return list(range(last - count + 1, last + 1))
+
+
+def _create_day_sequence(name: str) -> None:
+    from app.adapters.db import get_engine
+
+    with get_engine().connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            conn.execute(text(f"CREATE SEQUENCE IF NOT EXISTS {name} START 1"))
+        except IntegrityError:
+            pass  # a concurrent creator won the race: the sequence exists
+
+
+def _insert_for(session: Session) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+class DuplicateRace(Exception):
+    """A concurrent transaction stored one of our (source, event_id) first; retry sees it."""
+
+
+def ingest_events(
+    events: Sequence[NewEvent],
+    *,
+    dispatcher: Dispatcher | None = None,
+    settings: Settings | None = None,
+    door: str = "rest",
+) -> list[IngestResult]:
+    """Store events durably and give each its final incident id. Results are in input order."""
+    settings = settings or get_settings()
+    started = time.perf_counter()
+    for attempt in range(3):
+        try:
+            with unit_of_work() as session:
+                results, outbox_ids = _ingest_in_transaction(session, events, settings)
+            break
+        except DuplicateRace:
+            if attempt == 2:
+                raise
+            continue
+        except IntegrityError as exc:
+            # The active-fingerprint index lost a race against a resolve/insert elsewhere: retry.
+            if attempt == 2:
+                raise
+            log.info("ingest retry after integrity race", extra={"error": str(exc.orig)[:200]})
+            continue
+    if outbox_ids and dispatcher is not None:
+        try:
+            dispatcher(outbox_ids)
+        except Exception:  # the broker is down: the outbox relay will deliver it later
+            log.warning("pipeline dispatch failed; outbox relay will retry", exc_info=True,
+                        extra={"outbox_ids": list(outbox_ids)})
+    elapsed = time.perf_counter() - started
+    for result in results:
+        metrics.EVENTS_INGESTED.labels(door=door, status=result.status).inc()
+    metrics.INGEST_DURATION.labels(door=door).observe(elapsed)
+    created = sum(1 for r in results if r.created)
+    if created:
+        metrics.INCIDENTS_CREATED.inc(created)
+    return results
+
+
+def _ingest_in_transaction(
+    session: Session, events: Sequence[NewEvent], settings: Settings
+) -> tuple[list[IngestResult], list[int]]:
+    now = datetime.now(timezone.utc)
+    results: list[IngestResult | None] = [None] * len(events)
+
+    # 1. Repeats inside this request, and repeats of stored events.
+    first_index: dict[tuple[str, str], int] = {}
+    repeat_of: dict[int, int] = {}
+    for i, ev in enumerate(events):
+        key = (ev.source, ev.event_id)
+        if key in first_index:
+            repeat_of[i] = first_index[key]
+        else:
+            first_index[key] = i
+    stored: dict[tuple[str, str], str] = {}
+    keys = list(first_index)
+    for chunk_start in range(0, len(keys), 500):
+        chunk = keys[chunk_start:chunk_start + 500]
+        rows = session.execute(
+            select(Event.source, Event.event_id, Event.incident_id).where(
+                tuple_(Event.source, Event.event_id).in_(chunk)
+            )
+        ).all()
+        stored.update({(r.source, r.event_id): r.incident_id for r in rows})
+
+    fresh = [i for key, i in first_index.items() if key not in stored]
+    for key, i in first_index.items():
+        if key in stored:
+            results[i] = IngestResult("duplicate", events[i].event_id, stored[key])
+
+    # 2. One incident row per fingerprint among the fresh events (multi-row upsert).
+    fields = settings.deduplication.fingerprint_fields
+    by_fp: dict[str, list[int]] = {}
+    fp_of: dict[int, str] = {}
+    for i in fresh:
+        fp = compute_fingerprint(events[i].fingerprint_input(), fields)
+        fp_of[i] = fp
+        by_fp.setdefault(fp, []).append(i)
+
+    incident_of_fp: dict[str, str] = {}
+    created_fps: set[str] = set()
+    outbox_ids: list[int] = []
+    if by_fp:
+        day = utc_day(now)
+        numbers = _allocate_incident_numbers(session, day, len(by_fp))
+        insert = _insert_for(session)
+        rows = []
+        allocated: dict[str, str] = {}
+        for (fp, idxs), number in zip(by_fp.items(), numbers):
+            first = events[idxs[0]]
+            seen = [events[i].timestamp or now for i in idxs]
+            incident_id = format_incident_id(day, number)
+            allocated[fp] = incident_id
+            rows.append(_incident_row(first, incident_id, fp, len(idxs), min(seen), max(seen), now, settings))
+        stmt = insert(Incident).values(rows)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[Incident.fingerprint],
+            index_where=text(ACTIVE_STATUS_SQL),
+            set_={
+                "event_count": Incident.event_count + stmt.excluded.event_count,
+                "last_seen": func.max(Incident.last_seen, stmt.excluded.last_seen)
+                if session.get_bind().dialect.name == "sqlite"
+                else func.greatest(Incident.last_seen, stmt.excluded.last_seen),
+                "updated_at": stmt.excluded.updated_at,
+            },
+        ).returning(Incident.id, Incident.fingerprint)
+        for row in session.execute(stmt).all():
+            incident_of_fp[row.fingerprint] = row.id
+            if row.id == allocated[row.fingerprint]:
+                created_fps.add(row.fingerprint)
+
+        # 3. The events, each pointing at its final incident.
+        event_rows = []
+        for i in fresh:
+            ev = events[i]
+            event_rows.append({
+                "source": ev.source,
+                "event_id": ev.event_id,
+                "incident_id": incident_of_fp[fp_of[i]],
+                "fingerprint": fp_of[i],
+                "event_type": ev.event_type,
+                "severity": ev.severity,
+                "title": ev.title[:500],
+                "occurred_at": ev.timestamp,
+                "received_at": now,
+                "payload": dict(ev.raw),
+                "encrypted_payload": ev.encrypted_payload,
+            })
+        ev_stmt = insert(Event).values(event_rows).on_conflict_do_nothing(
+            index_elements=[Event.source, Event.event_id]
+        ).returning(Event.id)
+        event_db_ids = [r[0] for r in session.execute(ev_stmt).all()]
+        if len(event_db_ids) != len(event_rows):
+            raise DuplicateRace()
+
+        # 4. Timeline: one row per incident touched (created, or n events merged into it).
+        timeline = []
+        for fp, idxs in by_fp.items():
+            incident_id = incident_of_fp[fp]
+            if fp in created_fps:
+                timeline.append({
+                    "incident_id": incident_id, "at": now, "actor": events[idxs[0]].source, "kind": "created",
+                    "field": "status", "old_value": None, "new_value": "NEW",
+                    "details": {"event_ids": [events[i].event_id for i in idxs[:20]], "events": len(idxs)},
+                })
+            else:
+                timeline.append({
+                    "incident_id": incident_id, "at": now, "actor": events[idxs[0]].source, "kind": "event_merged",
+                    "field": "event_count", "old_value": None, "new_value": None,
+                    "details": {"event_ids": [events[i].event_id for i in idxs[:20]], "events": len(idxs)},
+                })
+        session.execute(insert(TimelineEntry).values(timeline))
+
+        # 5. The outbox row the relay watches until the pipeline has done this work.
+        outbox_ids.append(
+            session.execute(
+                insert(OutboxMessage).values(
+                    kind=PIPELINE_OUTBOX_KIND, payload={"event_ids": event_db_ids}, created_at=now, attempts=0
+                ).returning(OutboxMessage.id)
+            ).scalar_one()
+        )
+
+    for i in fresh:
+        fp = fp_of[i]
+        created = fp in created_fps and by_fp[fp][0] == i
+        results[i] = IngestResult("accepted", events[i].event_id, incident_of_fp[fp], created=created)
+    for i, first in repeat_of.items():
+        incident_id = results[first].incident_id if results[first] else None  # type: ignore[union-attr]
+        results[i] = IngestResult("duplicate", events[i].event_id, incident_id)
+    return [r for r in results if r is not None], outbox_ids
+
+
+def _incident_row(
+    ev: NewEvent, incident_id: str, fp: str, count: int, first_seen: datetime, last_seen: datetime,
+    now: datetime, settings: Settings,
+) -> dict[str, Any]:
+    integration = settings.integration(ev.source)
+    severity = ev.severity_override or map_source_severity(ev.severity, integration.severity_mapping)
+    deadlines = sla.deadlines(severity, now)
+    resource = dict(ev.resource) if ev.resource else None
+    service = ev.service or (ev.tags.get("service") if ev.tags else None)
+    if not service and resource and resource.get("type") == "service":
+        service = resource.get("id")
+    return {
+        "id": incident_id,
+        "title": ev.title[:500],
+        "description": ev.description or "",
+        "source": ev.source,
+        "event_type": ev.event_type,
+        "category": ev.category,
+        "severity": severity,
+        "source_severity": ev.severity,
+        "status": "NEW",
+        "fingerprint": fp,
+        "event_count": count,
+        "first_seen": first_seen,
+        "last_seen": last_seen,
+        "created_at": now,
+        "updated_at": now,
+        "team": ev.team or integration.default_team,
+        "escalation_policy": ev.escalation_policy or integration.escalation_policy,
+        "service": service,
+        "resource": resource,
+        "metrics": dict(ev.metrics) if ev.metrics else None,
+        "tags": {str(k): v for k, v in (ev.tags or {}).items()},
+        "sla_acknowledge_by": deadlines.acknowledge_by,
+        "sla_resolve_by": deadlines.resolve_by,
+        "sla_acknowledge_breached": False,
+        "sla_resolve_breached": False,
+        "escalation_level": 0,
+    }

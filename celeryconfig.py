@@ -1,0 +1,70 @@
+"""Celery configuration: explicit queues and routes, at-least-once delivery, JSON only.
+
+The broker comes from the settings (CELERY_BROKER_URL, else REDIS_URL, else the server-less
+filesystem transport of the embedded default)."""
+
+from __future__ import annotations
+
+from kombu import Exchange, Queue
+
+from app.config import get_settings
+
+_settings = get_settings()
+
+QUEUES = ("ingest", "pipeline", "notifications", "escalation", "playbooks", "ml")
+
+broker_url = _settings.broker_url
+if broker_url.startswith("filesystem://"):
+    _folder = str(_settings.data_dir / "broker")
+    broker_transport_options = {
+        "data_folder_in": _folder,
+        "data_folder_out": _folder,
+        "control_folder": str(_settings.data_dir / "broker-control"),
+        "store_processed": False,
+    }
+else:
+    broker_transport_options = {
+        # Redis: a message a worker took and never acked is redelivered after this long.
+        "visibility_timeout": 600,
+        "queue_order_strategy": "priority",
+    }
+broker_connection_retry_on_startup = True
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+event_serializer = "json"
+task_ignore_result = True
+result_backend = None
+
+# At-least-once: ack after the task ran; a killed worker's task goes back to the queue.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_acks_on_failure_or_timeout = True
+task_time_limit = 300
+task_soft_time_limit = 240
+worker_max_tasks_per_child = 10_000
+worker_send_task_events = True  # Flower
+task_send_sent_event = True
+timezone = "UTC"
+enable_utc = True
+
+task_default_queue = "pipeline"
+task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES]
+task_routes = {
+    "pipeline.*": {"queue": "pipeline", "routing_key": "pipeline"},
+    "ingest.*": {"queue": "ingest", "routing_key": "ingest"},
+    "notifications.*": {"queue": "notifications", "routing_key": "notifications"},
+    "escalation.*": {"queue": "escalation", "routing_key": "escalation"},
+    "sla.*": {"queue": "escalation", "routing_key": "escalation"},
+    "playbooks.*": {"queue": "playbooks", "routing_key": "playbooks"},
+    "ml.*": {"queue": "ml", "routing_key": "ml"},
+    "ops.*": {"queue": "ingest", "routing_key": "ingest"},
+}
+
+beat_schedule = {
+    "outbox-relay": {"task": "ingest.relay_outbox", "schedule": 10.0},
+    "queue-metrics": {"task": "ops.record_queue_depths", "schedule": 15.0},
+    "beat-heartbeat": {"task": "ingest.beat_heartbeat", "schedule": 10.0},
+}

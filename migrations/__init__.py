@@ -1,0 +1,1 @@
+"""Alembic migrations (run with `incident-manager db upgrade`, the Procfile's `release`)."""

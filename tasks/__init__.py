@@ -1,0 +1,1 @@
+"""Celery tasks: thin calls into app.services. One module per queue."""
