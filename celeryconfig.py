@@ -41,7 +41,6 @@ result_backend = None
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-task_acks_on_failure_or_timeout = True
 task_time_limit = 300
 task_soft_time_limit = 240
 worker_max_tasks_per_child = 10_000

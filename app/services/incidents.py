@@ -13,6 +13,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from app import metrics
+from app.services import changes as changes_bus
 from app.adapters.db import read_session, unit_of_work
 from app.adapters.models import Event, Incident, TimelineEntry
 from app.domain import sla
@@ -20,19 +21,8 @@ from app.domain.incident import IncidentNotFound, check_transition
 
 MAX_MERGE_HOPS = 10
 
-# Subscribers of committed changes (GraphQL subscriptions, gRPC streams, audit push) register here.
-ChangeListener = Callable[[str, dict[str, Any], list[dict[str, Any]]], None]
-_listeners: list[ChangeListener] = []
-
-
-def on_change(listener: ChangeListener) -> None:
-    _listeners.append(listener)
-
-
 def _publish(kind: str, incident: Incident, changes: list[dict[str, Any]]) -> None:
-    snapshot = incident_to_dict(incident)
-    for listener in list(_listeners):
-        listener(kind, snapshot, changes)
+    changes_bus.publish(kind, incident_to_dict(incident), changes)
 
 
 def _iso(value: datetime | None) -> str | None:

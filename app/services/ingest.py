@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from app import metrics
 from app.adapters.db import unit_of_work
+from app.services import changes
 from app.adapters.models import ACTIVE_STATUS_SQL, Event, Incident, IncidentDayCounter, OutboxMessage, TimelineEntry
 from app.config import Settings, get_settings
 from app.domain import sla
@@ -31,6 +32,8 @@ from app.domain.severity import map_source_severity
 log = logging.getLogger(__name__)
 
 PIPELINE_OUTBOX_KIND = "pipeline"
+PUBLISHED_FIELDS = ("id", "title", "description", "source", "event_type", "category", "severity", "status",
+                    "created_at", "updated_at", "team", "service", "tags")
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,9 @@ class NewEvent:
 Dispatcher = Callable[[Sequence[int]], None]
 
 
+_known_sequences: set[str] = set()
+
+
 def _allocate_incident_numbers(session: Session, day: date, count: int) -> list[int]:
     """`count` fresh per-day sequence numbers. Postgres: one SEQUENCE per UTC day (no row lock
     held for the transaction); SQLite: a counter row (writers are serialised there anyway)."""
@@ -89,18 +95,12 @@ def _allocate_incident_numbers(session: Session, day: date, count: int) -> list[
         return []
     if session.get_bind().dialect.name == "postgresql":
         seq = f"incident_seq_{day:%Y%m%d}"
-        try:
-            with session.begin_nested():
-                rows = session.execute(
-                    text(f"SELECT nextval('{seq}') FROM generate_series(1, :n)"), {"n": count}
-                ).scalars().all()
-        except Exception as exc:  # undefined sequence: create it (first incident of the day)
-            if "does not exist" not in str(exc):
-                raise
+        if seq not in _known_sequences:
             _create_day_sequence(seq)
-            rows = session.execute(
-                text(f"SELECT nextval('{seq}') FROM generate_series(1, :n)"), {"n": count}
-            ).scalars().all()
+            _known_sequences.add(seq)
+        rows = session.execute(
+            text(f"SELECT nextval('{seq}') FROM generate_series(1, :n)"), {"n": count}
+        ).scalars().all()
         return [int(r) for r in rows]
     stmt = sqlite.insert(IncidentDayCounter).values(day=day, last=count)
     stmt = stmt.on_conflict_do_update(
@@ -111,14 +111,18 @@ def _allocate_incident_numbers(session: Session, day: date, count: int) -> list[
 
 
 def _create_day_sequence(name: str) -> None:
+    """Create the day's sequence in its own committed transaction (DDL, once a day)."""
+    from sqlalchemy.exc import DBAPIError
+
     from app.adapters.db import get_engine
 
-    with get_engine().connect() as conn:
-        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        try:
+    try:
+        with get_engine().begin() as conn:
             conn.execute(text(f"CREATE SEQUENCE IF NOT EXISTS {name} START 1"))
-        except IntegrityError:
-            pass  # a concurrent creator won the race: the sequence exists
+    except (IntegrityError, DBAPIError) as exc:
+        # Two first-incidents-of-the-day racing: the loser sees a duplicate catalog row; fine.
+        if "already exists" not in str(exc) and "duplicate key" not in str(exc):
+            raise
 
 
 def _insert_for(session: Session) -> Any:
@@ -142,7 +146,7 @@ def ingest_events(
     for attempt in range(3):
         try:
             with unit_of_work() as session:
-                results, outbox_ids = _ingest_in_transaction(session, events, settings)
+                results, outbox_ids, opened = _ingest_in_transaction(session, events, settings)
             break
         except DuplicateRace:
             if attempt == 2:
@@ -154,6 +158,8 @@ def ingest_events(
                 raise
             log.info("ingest retry after integrity race", extra={"error": str(exc.orig)[:200]})
             continue
+    if opened:
+        changes.publish_many("incident_created", opened)
     if outbox_ids and dispatcher is not None:
         try:
             dispatcher(outbox_ids)
@@ -172,7 +178,7 @@ def ingest_events(
 
 def _ingest_in_transaction(
     session: Session, events: Sequence[NewEvent], settings: Settings
-) -> tuple[list[IngestResult], list[int]]:
+) -> tuple[list[IngestResult], list[int], list[dict[str, Any]]]:
     now = datetime.now(timezone.utc)
     results: list[IngestResult | None] = [None] * len(events)
 
@@ -212,6 +218,7 @@ def _ingest_in_transaction(
 
     incident_of_fp: dict[str, str] = {}
     created_fps: set[str] = set()
+    opened: list[dict[str, Any]] = []
     outbox_ids: list[int] = []
     if by_fp:
         day = utc_day(now)
@@ -237,10 +244,12 @@ def _ingest_in_transaction(
                 "updated_at": stmt.excluded.updated_at,
             },
         ).returning(Incident.id, Incident.fingerprint)
+        row_of_id = {r["id"]: r for r in rows}
         for row in session.execute(stmt).all():
             incident_of_fp[row.fingerprint] = row.id
             if row.id == allocated[row.fingerprint]:
                 created_fps.add(row.fingerprint)
+                opened.append({k: row_of_id[row.id][k] for k in PUBLISHED_FIELDS})
 
         # 3. The events, each pointing at its final incident.
         event_rows = []
@@ -300,7 +309,7 @@ def _ingest_in_transaction(
     for i, first in repeat_of.items():
         incident_id = results[first].incident_id if results[first] else None  # type: ignore[union-attr]
         results[i] = IngestResult("duplicate", events[i].event_id, incident_id)
-    return [r for r in results if r is not None], outbox_ids
+    return [r for r in results if r is not None], outbox_ids, opened
 
 
 def _incident_row(

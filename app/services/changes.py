@@ -1,0 +1,64 @@
+"""Committed incident changes, published on Redis for subscribers (GraphQL subscriptions, gRPC
+StreamIncidents, audit push). Publish only after commit; subscribers filter by kind/severity."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Iterator, Mapping, Sequence
+
+from app.adapters.redis_client import get_redis
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "im:incident-changes"
+
+# kinds: incident_created, incident_updated, incident_acknowledged, incident_resolved, incident_closed,
+# incident_merged, event_received
+
+
+def publish(kind: str, incident: Mapping[str, Any], changes: Sequence[Mapping[str, Any]] = ()) -> None:
+    client = get_redis()
+    if client is None:
+        return
+    message = json.dumps({"kind": kind, "incident": dict(incident), "changes": list(changes)}, default=str)
+    try:
+        client.publish(CHANNEL, message)
+    except Exception:  # subscribers are best-effort; the database already holds the change
+        log.warning("could not publish incident change", exc_info=True, extra={"kind": kind})
+
+
+def publish_many(kind: str, incidents: Sequence[Mapping[str, Any]]) -> None:
+    """One round trip for a batch (ingest publishes every incident a batch opened)."""
+    client = get_redis()
+    if client is None or not incidents:
+        return
+    pipe = client.pipeline(transaction=False)
+    for incident in incidents:
+        pipe.publish(CHANNEL, json.dumps({"kind": kind, "incident": dict(incident), "changes": []}, default=str))
+    try:
+        pipe.execute()
+    except Exception:
+        log.warning("could not publish incident changes", exc_info=True, extra={"kind": kind})
+
+
+def subscribe(timeout: float = 1.0) -> Iterator[dict[str, Any] | None]:
+    """Yield change messages as they arrive; yields None every `timeout` seconds of silence so the
+    caller can check whether its client went away."""
+    client = get_redis()
+    if client is None:
+        raise RuntimeError("change subscriptions need REDIS_URL")
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(CHANNEL)
+    try:
+        while True:
+            message = pubsub.get_message(timeout=timeout)
+            if message is None:
+                yield None
+                continue
+            try:
+                yield json.loads(message["data"])
+            except (ValueError, TypeError):
+                continue
+    finally:
+        pubsub.close()

@@ -1,0 +1,1 @@
+"""Machine learning: features, the ensemble classifier, the model registry."""

@@ -1,0 +1,53 @@
+"""The one interface the pipeline classifies through.
+
+`get_classifier()` answers the active trained model when one is registered (ml.registry), else
+the transparent rules classifier. Batch prediction is the normal path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class ClassifierInput:
+    title: str
+    description: str = ""
+    source: str = ""
+    event_type: str | None = None
+    category: str | None = None
+    resource_type: str | None = None
+    source_severity: str | None = None
+    tags: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    severity: str  # P0..P4
+    category: str
+    confidence: float  # confidence of the severity prediction, 0..1
+    category_confidence: float
+    model_version: str
+    probabilities: Mapping[str, float] = field(default_factory=dict)  # severity -> probability
+
+
+class Classifier(Protocol):
+    version: str
+
+    def predict_batch(self, items: Sequence[ClassifierInput]) -> list[Prediction]: ...
+
+
+def get_classifier() -> Classifier:
+    """The active trained model, or the rules classifier while none is present."""
+    try:
+        from ml.registry import load_active_classifier  # provided by the ML package when built
+    except ImportError:
+        load_active_classifier = None  # type: ignore[assignment]
+    if load_active_classifier is not None:
+        model = load_active_classifier()
+        if model is not None:
+            return model
+    from ml.rules import RulesClassifier
+
+    return RulesClassifier()
