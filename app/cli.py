@@ -166,6 +166,8 @@ def run(processes: str) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
     env = dict(os.environ)
+    # The Procfile's commands (gunicorn, celery) live beside this interpreter, venv or not.
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     env.setdefault("DATA_DIR", str(settings.data_dir))
     metrics_dir = Path(env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.data_dir / "metrics")))
     shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -61,17 +61,25 @@ def check_workers(timeout: float = 1.0) -> dict[str, Any]:
     return result
 
 
+def _heartbeat_file():  # type: ignore[no-untyped-def]
+    return get_settings().data_dir / "beat-heartbeat"
+
+
 def check_beat() -> dict[str, Any]:
+    """Age of beat's last heartbeat task (Redis when configured, else a file in DATA_DIR)."""
     client = get_redis()
-    if client is None:
-        return {"status": "unknown", "reason": "beat lag is tracked in Redis; not configured"}
     try:
-        last = client.get(BEAT_HEARTBEAT_KEY)
+        if client is not None:
+            raw = client.get(BEAT_HEARTBEAT_KEY)
+            last = float(raw) if raw is not None else None
+        else:
+            path = _heartbeat_file()
+            last = float(path.read_text()) if path.exists() else None
     except Exception as exc:
         return {"status": "down", "error": type(exc).__name__}
     if last is None:
         return {"status": "down", "reason": "no beat heartbeat yet"}
-    lag = max(0.0, time.time() - float(last))
+    lag = max(0.0, time.time() - last)
     return {"status": "up" if lag < 60 else "down", "lag_seconds": round(lag, 1)}
 
 
@@ -79,6 +87,12 @@ def record_beat_heartbeat() -> None:
     client = get_redis()
     if client is not None:
         client.set(BEAT_HEARTBEAT_KEY, str(time.time()), ex=3600)
+    else:
+        path = _heartbeat_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(str(time.time()))
+        tmp.replace(path)
 
 
 def queue_depths() -> dict[str, int]:
