@@ -60,6 +60,9 @@ class EnrichmentSettings:
     async_enrichment: bool = True
     max_concurrent: int = 5
     similarity_threshold: float = 0.5
+    # How many recent incidents the similar-incidents search compares against, and how many it keeps.
+    history_size: int = 2000
+    similar_limit: int = 5
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,29 @@ class CorrelationSettings:
     enable_similarity: bool = True
     enable_tags: bool = True
     enable_service: bool = True
+    # Weighted score of the enabled strategies (normalised by the sum of enabled weights).
+    score_threshold: float = 0.5
+    source_weight: float = 0.15
+    type_weight: float = 0.2
+    similarity_weight: float = 0.3
+    tags_weight: float = 0.15
+    service_weight: float = 0.2
+    # Candidates compared per batch: the most recent incidents inside the time window.
+    max_candidates: int = 2000
+
+
+@dataclass(frozen=True)
+class RoutingRule:
+    """`routing.rules[]` in config.yaml: the first rule whose `match` holds gives team/policy."""
+
+    name: str
+    team: str | None = None
+    escalation_policy: str | None = None
+    severity: tuple[str, ...] = ()
+    category: tuple[str, ...] = ()
+    source: tuple[str, ...] = ()
+    service: tuple[str, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -139,6 +165,15 @@ class Settings:
     deduplication: DeduplicationSettings
     integrations: Mapping[str, IntegrationSettings]
     raw: Mapping[str, Any] = field(default_factory=dict)
+    # Doors (gRPC mTLS, WebSocket limits): see _door_settings and docs/doors.md.
+    grpc_tls_cert: str | None = None
+    grpc_tls_key: str | None = None
+    grpc_client_ca: str | None = None
+    grpc_allowed_identities: tuple[str, ...] = ()
+    grpc_max_workers: int = 32
+    ws_max_message_bytes: int = 4 * 1024 * 1024
+    ws_idle_timeout_secs: int = 120
+    routing_rules: tuple[RoutingRule, ...] = ()
 
     @property
     def is_sqlite(self) -> bool:
@@ -262,6 +297,54 @@ def _integrations(tree: Mapping[str, Any]) -> dict[str, IntegrationSettings]:
     return result
 
 
+def _string_list(key: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int)) for v in value):
+        raise ConfigError(f"{key}: expected a string or a list of strings")
+    return tuple(str(v) for v in value)
+
+
+def _routing_rules(tree: Mapping[str, Any]) -> tuple[RoutingRule, ...]:
+    """`routing: {rules: [{name, match: {severity, category, source, service, tags}, team, escalation_policy}]}`."""
+    rules = _section(tree, "routing").get("rules") or []
+    if not isinstance(rules, list):
+        raise ConfigError("routing.rules: expected a list of rules")
+    result: list[RoutingRule] = []
+    for i, body in enumerate(rules):
+        prefix = f"routing.rules[{i}]"
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"{prefix}: expected a mapping")
+        match = body.get("match") or {}
+        if not isinstance(match, Mapping):
+            raise ConfigError(f"{prefix}.match: expected a mapping")
+        unknown = set(match) - {"severity", "category", "source", "service", "tags"}
+        if unknown:
+            raise ConfigError(f"{prefix}.match.{sorted(unknown)[0]}: unknown key (known: category, service, severity, source, tags)")
+        if not body.get("team") and not body.get("escalation_policy"):
+            raise ConfigError(f"{prefix}: needs a team or an escalation_policy")
+        tags = match.get("tags") or {}
+        if not isinstance(tags, Mapping):
+            raise ConfigError(f"{prefix}.match.tags: expected a mapping of tag to value")
+        severities = _string_list(f"{prefix}.match.severity", match.get("severity"))
+        for severity in severities:
+            if severity not in SEVERITIES:
+                raise ConfigError(f"{prefix}.match.severity: expected P0..P4, got {severity!r}")
+        result.append(RoutingRule(
+            name=str(body.get("name") or f"rule-{i + 1}"),
+            team=str(body["team"]) if body.get("team") else None,
+            escalation_policy=str(body["escalation_policy"]) if body.get("escalation_policy") else None,
+            severity=severities,
+            category=tuple(c.lower() for c in _string_list(f"{prefix}.match.category", match.get("category"))),
+            source=_string_list(f"{prefix}.match.source", match.get("source")),
+            service=_string_list(f"{prefix}.match.service", match.get("service")),
+            tags={str(k): str(v) for k, v in tags.items()},
+        ))
+    return tuple(result)
+
+
 def _persistent_secret(data_dir: Path, name: str) -> str:
     """A random secret kept in DATA_DIR so the embedded default survives restarts."""
     path = data_dir / name
@@ -273,6 +356,31 @@ def _persistent_secret(data_dir: Path, name: str) -> str:
     with os.fdopen(fd, "w") as handle:
         handle.write(value)
     return value
+
+
+def _door_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """GRPC_TLS_CERT/GRPC_TLS_KEY/GRPC_CLIENT_CA (all three or none: mTLS), GRPC_ALLOWED_IDENTITIES
+    (comma-separated subject CNs or SANs), GRPC_MAX_WORKERS, WS_MAX_MESSAGE_BYTES, WS_IDLE_TIMEOUT_SECS."""
+    tls = {name: env.get(name) or None for name in ("GRPC_TLS_CERT", "GRPC_TLS_KEY", "GRPC_CLIENT_CA")}
+    given = [name for name, value in tls.items() if value]
+    if given and len(given) != 3:
+        missing = sorted(set(tls) - set(given))
+        raise ConfigError(f"{', '.join(missing)}: mTLS needs GRPC_TLS_CERT, GRPC_TLS_KEY and GRPC_CLIENT_CA together")
+    for name in given:
+        if not Path(str(tls[name])).is_file():
+            raise ConfigError(f"{name}: {tls[name]} is not a readable file")
+    identities = tuple(i.strip() for i in env.get("GRPC_ALLOWED_IDENTITIES", "").split(",") if i.strip())
+    if given and not identities:
+        raise ConfigError("GRPC_ALLOWED_IDENTITIES: with mTLS on, list the client identities (certificate CN or SAN) allowed in")
+    return {
+        "grpc_tls_cert": tls["GRPC_TLS_CERT"],
+        "grpc_tls_key": tls["GRPC_TLS_KEY"],
+        "grpc_client_ca": tls["GRPC_CLIENT_CA"],
+        "grpc_allowed_identities": identities,
+        "grpc_max_workers": _int("GRPC_MAX_WORKERS", env.get("GRPC_MAX_WORKERS", 32), 1, 1024),
+        "ws_max_message_bytes": _int("WS_MAX_MESSAGE_BYTES", env.get("WS_MAX_MESSAGE_BYTES", 4 * 1024 * 1024), 1024),
+        "ws_idle_timeout_secs": _int("WS_IDLE_TIMEOUT_SECS", env.get("WS_IDLE_TIMEOUT_SECS", 120), 1, 86_400),
+    }
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -370,6 +478,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         deduplication=_typed_section(DeduplicationSettings, "deduplication", _section(tree, "deduplication")),
         integrations=_integrations(tree),
         raw=tree,
+        **_door_settings(env),
+        routing_rules=_routing_rules(tree),
     )
 
 

@@ -1,18 +1,33 @@
-"""Pipeline-queue tasks. `pipeline.drain` turns the pending outbox ids into batches and runs
-`pipeline.process` on each; the stages live in app.services.pipeline."""
+"""Pipeline-queue tasks: thin calls into app.services.pipeline.
+
+`pipeline.drain` takes the outbox ids pushed since the last drain (up to PIPELINE_BATCH_SIZE
+events per batch) and starts one chain per batch:
+
+    pipeline.dedup -> pipeline.classify -> pipeline.enrich -> pipeline.correlate -> pipeline.route
+
+Each stage passes the batch (ids and small per-event results) to the next in its arguments.
+`pipeline.process(outbox_ids)` starts the same chain (the path without Redis, and the relay's).
+A stage whose retries run out on a batch of several outbox rows restarts each row as its own
+chain, so one poison event dead-letters alone and the rest of its batch goes through."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any, Callable
+
+from celery import chain
 
 from app.adapters.redis_client import get_redis
 from app.config import get_settings
-from app.services import outbox
-from app.services.pipeline import process_events
+from app.services import pipeline as service
 from tasks.celery_app import app
 from tasks.dispatch import DRAIN_FLAG_KEY, PENDING_KEY
 
 log = logging.getLogger(__name__)
+
+
+def start_chain(outbox_ids: list[int]) -> None:
+    chain(dedup.s(outbox_ids), classify.s(), enrich.s(), correlate.s(), route.s()).apply_async()
 
 
 @app.task(name="pipeline.drain")
@@ -23,12 +38,11 @@ def drain() -> int:
     settings = get_settings()
     taken = 0
     while True:
-        raw = client.lpop(PENDING_KEY, 200) or []
-        outbox_ids = sorted({int(x) for x in raw})
-        if outbox_ids:
-            app.send_task("pipeline.process", args=[outbox_ids])
-            taken += len(outbox_ids)
-        if len(raw) < 200:
+        raw = client.lpop(PENDING_KEY, settings.pipeline_batch_size) or []
+        for group in service.pack_outbox([int(x) for x in raw], settings.pipeline_batch_size):
+            start_chain(group)
+        taken += len(raw)
+        if len(raw) < settings.pipeline_batch_size:
             break
     # Clear the flag, then look again: a producer that pushed after our last pop either sees the
     # flag gone and schedules a drain itself, or its ids are seen here. No lost wake-ups.
@@ -40,7 +54,46 @@ def drain() -> int:
 
 @app.task(name="pipeline.process")
 def process(outbox_ids: list[int]) -> int:
-    event_ids = outbox.event_ids_for(outbox_ids)
-    done = process_events(event_ids) if event_ids else 0
-    outbox.mark_done(outbox_ids)
-    return done
+    start_chain(sorted(set(int(i) for i in outbox_ids)))
+    return len(outbox_ids)
+
+
+def _stage(task: Any, batch_or_ids: Any, run: Callable[[Any], Any]) -> Any:
+    """Run one stage; on the last attempt of a multi-row batch, split it instead of failing it."""
+    try:
+        return run(batch_or_ids)
+    except Exception:
+        outbox_ids = batch_or_ids if isinstance(batch_or_ids, list) else batch_or_ids.get("outbox_ids", [])
+        if task.request.retries >= task.max_retries and len(outbox_ids) > 1:
+            log.warning("pipeline stage out of retries on a batch; splitting it per outbox row",
+                        extra={"task": task.name, "outbox_ids": outbox_ids[:50]})
+            for outbox_id in outbox_ids:
+                start_chain([outbox_id])
+            task.request.chain = None  # the rest of this chain would run on a batch we just split
+            return None
+        raise
+
+
+@app.task(name="pipeline.dedup", bind=True)
+def dedup(self: Any, outbox_ids: list[int]) -> Any:
+    return _stage(self, outbox_ids, service.deduplicate)
+
+
+@app.task(name="pipeline.classify", bind=True)
+def classify(self: Any, batch: dict[str, Any]) -> Any:
+    return _stage(self, batch, service.classify)
+
+
+@app.task(name="pipeline.enrich", bind=True)
+def enrich(self: Any, batch: dict[str, Any]) -> Any:
+    return _stage(self, batch, service.enrich)
+
+
+@app.task(name="pipeline.correlate", bind=True)
+def correlate(self: Any, batch: dict[str, Any]) -> Any:
+    return _stage(self, batch, service.correlate)
+
+
+@app.task(name="pipeline.route", bind=True)
+def route(self: Any, batch: dict[str, Any]) -> Any:
+    return _stage(self, batch, service.route_and_persist)

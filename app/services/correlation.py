@@ -1,0 +1,100 @@
+"""Correlation reads: the related incidents of an incident, correlation groups listed and shown.
+(Groups are formed by the pipeline's correlate stage, app.services.pipeline.correlation.)"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+
+from app.adapters.db import read_session
+from app.adapters.models import Incident
+from app.adapters.pipeline_models import CorrelationGroup, CorrelationMember
+from app.services.incidents import _resolve_merges, decode_cursor, encode_cursor
+
+
+class GroupNotFound(LookupError):
+    def __init__(self, group_id: str) -> None:
+        super().__init__(f"correlation group {group_id!r} not found")
+        self.group_id = group_id
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
+
+
+def _summary(incident: Incident) -> dict[str, Any]:
+    return {"id": incident.id, "title": incident.title, "status": incident.status, "severity": incident.severity,
+            "source": incident.source, "event_type": incident.event_type, "service": incident.service,
+            "created_at": _iso(incident.created_at)}
+
+
+def group_to_dict(group: CorrelationGroup, members: list[CorrelationMember] | None = None,
+                  incidents: dict[str, Incident] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": group.id, "root_incident_id": group.root_incident_id, "score": group.score, "reasons": group.reasons,
+        "member_count": group.member_count, "created_at": _iso(group.created_at), "updated_at": _iso(group.updated_at),
+    }
+    if members is not None:
+        body["members"] = [
+            {"incident_id": m.incident_id, "score": m.score, "reasons": m.reasons, "added_at": _iso(m.added_at),
+             "root": m.incident_id == group.root_incident_id,
+             "incident": _summary(incidents[m.incident_id]) if incidents and m.incident_id in incidents else None}
+            for m in members
+        ]
+    return body
+
+
+def _members(session: Any, group_id: str) -> tuple[list[CorrelationMember], dict[str, Incident]]:
+    members = list(session.scalars(select(CorrelationMember).where(CorrelationMember.group_id == group_id)
+                                   .order_by(CorrelationMember.added_at, CorrelationMember.incident_id)))
+    incidents = {i.id: i for i in session.scalars(select(Incident).where(
+        Incident.id.in_([m.incident_id for m in members])))}
+    return members, incidents
+
+
+def related_incidents(incident_id: str) -> dict[str, Any]:
+    """The incident's correlation group (members with scores and reasons) and its similar incidents
+    found by enrichment. Follows merged_into like GET on the incident."""
+    with read_session() as session:
+        incident = _resolve_merges(session, incident_id)
+        member = session.get(CorrelationMember, incident.id)
+        group_body = None
+        related: list[dict[str, Any]] = []
+        if member is not None:
+            group = session.get(CorrelationGroup, member.group_id)
+            members, incidents = _members(session, member.group_id)
+            if group is not None:
+                group_body = group_to_dict(group)
+                related = [
+                    {**_summary(incidents[m.incident_id]), "score": m.score, "reasons": m.reasons,
+                     "root": m.incident_id == group.root_incident_id}
+                    for m in members if m.incident_id != incident.id and m.incident_id in incidents
+                ]
+        similar = list(((incident.enrichment or {}).get("similar_incidents")) or [])
+        return {"incident_id": incident.id, "correlation_group": group_body, "related": related,
+                "similar_incidents": similar}
+
+
+def list_groups(limit: int = 50, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first; keyset pagination on (created_at, id)."""
+    query = select(CorrelationGroup)
+    if cursor:
+        created_at, group_id = decode_cursor(cursor)
+        query = query.where(or_(CorrelationGroup.created_at < created_at,
+                                and_(CorrelationGroup.created_at == created_at, CorrelationGroup.id < group_id)))
+    with read_session() as session:
+        rows = list(session.scalars(query.order_by(CorrelationGroup.created_at.desc(), CorrelationGroup.id.desc())
+                                    .limit(limit + 1)))
+    next_cursor = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
+    return [group_to_dict(g) for g in rows[:limit]], next_cursor
+
+
+def get_group(group_id: str) -> dict[str, Any]:
+    with read_session() as session:
+        group = session.get(CorrelationGroup, group_id)
+        if group is None:
+            raise GroupNotFound(group_id)
+        members, incidents = _members(session, group_id)
+        return group_to_dict(group, members, incidents)

@@ -1,0 +1,350 @@
+"""Correlation stage: group related incidents inside `correlation.time_window_secs`.
+
+Each new incident is scored against the recent incidents of the window (and the earlier new ones
+of its batch) by five strategies, each 0..1 and weighted: same source, same event type, text
+similarity (cosine), tag overlap (Jaccard of key=value pairs), same service (or a catalog
+dependency). The score is the weighted sum over the enabled strategies divided by their weights.
+At or above `score_threshold` the incident joins the best candidate's group (or opens one whose
+root is that earlier candidate), while the group has fewer than `max_group_size` members.
+
+Groups and memberships are written here in one short transaction (the member table's primary key
+on incident_id makes joining idempotent and settles races); the incident rows themselves are
+written once, by the route stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Sequence
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app import metrics
+from app.adapters.db import read_session, unit_of_work
+from app.adapters.models import Incident
+from app.adapters.pipeline_models import CorrelationGroup, CorrelationMember
+from app.config import CorrelationSettings, Settings, get_settings
+from app.services import service_catalog
+from app.services.pipeline import text
+from app.services.pipeline.batch import Batch, Snapshot
+from app.services.pipeline.instruments import CORRELATION_GROUPS_CREATED
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Item:
+    """An incident as correlation compares it."""
+
+    id: str
+    source: str
+    event_type: str | None
+    service: str | None
+    tags: frozenset[str]
+    created_at: datetime
+    group_id: str | None = None
+    dependencies: frozenset[str] = field(default_factory=frozenset)
+
+
+def strategy_scores(a: Item, b: Item, similarity: float) -> dict[str, float]:
+    """Per-strategy match of two incidents, each in 0..1."""
+    tags = len(a.tags & b.tags) / len(a.tags | b.tags) if (a.tags or b.tags) else 0.0
+    service = 0.0
+    if a.service and b.service:
+        if a.service == b.service:
+            service = 1.0
+        elif b.service in a.dependencies or a.service in b.dependencies:
+            service = 0.5
+    return {
+        "source": 1.0 if a.source == b.source else 0.0,
+        "type": 1.0 if a.event_type and a.event_type == b.event_type else 0.0,
+        "similarity": max(0.0, min(1.0, similarity)),
+        "tags": tags,
+        "service": service,
+    }
+
+
+def weighted_score(scores: dict[str, float], config: CorrelationSettings) -> tuple[float, list[dict[str, Any]]]:
+    """(score 0..1, reasons) over the enabled strategies."""
+    weights = {
+        "source": config.source_weight if config.enable_source else 0.0,
+        "type": config.type_weight if config.enable_type else 0.0,
+        "similarity": config.similarity_weight if config.enable_similarity else 0.0,
+        "tags": config.tags_weight if config.enable_tags else 0.0,
+        "service": config.service_weight if config.enable_service else 0.0,
+    }
+    total = sum(weights.values())
+    if total <= 0:
+        return 0.0, []
+    score = sum(weights[k] * scores[k] for k in weights) / total
+    reasons = [{"strategy": k, "match": round(scores[k], 4), "weight": weights[k]}
+               for k in weights if weights[k] > 0 and scores[k] > 0]
+    return round(score, 4), reasons
+
+
+class ScoreMatrix(np.ndarray):
+    """Weighted scores (rows: new incidents, columns: candidates) carrying the similarity matrix."""
+
+    similarity: np.ndarray
+
+
+def _codes(values: Sequence[Any]) -> np.ndarray:
+    index: dict[Any, int] = {}
+    return np.array([-1 if v is None else index.setdefault(v, len(index)) for v in values], dtype=np.int64)
+
+
+def score_matrix(new: Sequence[Item], columns: Sequence[Item], column_texts: Sequence[str],
+                 config: CorrelationSettings) -> ScoreMatrix:
+    """Vectorised `weighted_score` of every new incident (the last len(new) columns) against every column."""
+    n, m = len(new), len(columns)
+    weights = np.array([
+        config.source_weight if config.enable_source else 0.0, config.type_weight if config.enable_type else 0.0,
+        config.similarity_weight if config.enable_similarity else 0.0, config.tags_weight if config.enable_tags else 0.0,
+        config.service_weight if config.enable_service else 0.0,
+    ])
+    result = np.zeros((n, m)).view(ScoreMatrix)
+    result.similarity = np.zeros((n, m))
+    total = weights.sum()
+    if n == 0 or m == 0 or total <= 0:
+        return result
+    offset = m - n
+    def pairwise_equal(values: list[Any]) -> np.ndarray:
+        codes = _codes(values)
+        rows, cols = codes[offset:][:, None], codes[None, :]
+        return ((rows == cols) & (rows >= 0)).astype(float)
+    source = pairwise_equal([c.source for c in columns]) if weights[0] else 0.0
+    etype = pairwise_equal([c.event_type for c in columns]) if weights[1] else 0.0
+    similarity = np.zeros((n, m))
+    if weights[2]:
+        vecs = text.vectors(column_texts)
+        similarity = np.clip(text.similarity_matrix(vecs[offset:], vecs), 0.0, 1.0)
+    tags: Any = 0.0
+    if weights[3]:
+        vocab: dict[str, int] = {}
+        rows_idx, cols_idx = [], []
+        for i, c in enumerate(columns):
+            for tag in c.tags:
+                rows_idx.append(i)
+                cols_idx.append(vocab.setdefault(tag, len(vocab)))
+        if vocab:
+            from scipy import sparse
+
+            mat = sparse.csr_matrix((np.ones(len(rows_idx)), (rows_idx, cols_idx)), shape=(m, len(vocab)))
+            inter = np.asarray((mat[offset:] @ mat.T).todense())
+            sizes = np.asarray(mat.sum(axis=1)).ravel()
+            union = sizes[offset:][:, None] + sizes[None, :] - inter
+            tags = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    service: Any = 0.0
+    if weights[4]:
+        service = pairwise_equal([c.service for c in columns])
+        by_service: dict[str, list[int]] = {}
+        for j, c in enumerate(columns):
+            if c.service:
+                by_service.setdefault(c.service, []).append(j)
+        for i, item in enumerate(new):
+            for dep in item.dependencies:
+                for j in by_service.get(dep, []):
+                    service[i, j] = max(service[i, j], 0.5)
+        # the reverse direction: a candidate that depends on the new incident's service
+        for j, c in enumerate(columns):
+            for dep in c.dependencies:
+                for i, item in enumerate(new):
+                    if item.service == dep:
+                        service[i, j] = max(service[i, j], 0.5)
+    combined = (weights[0] * source + weights[1] * etype + weights[2] * similarity + weights[3] * tags
+                + weights[4] * service) / total
+    result[:] = combined
+    result.similarity = similarity
+    return result
+
+
+def _tags(tags: Any) -> frozenset[str]:
+    return frozenset(f"{k}={v}" for k, v in (tags or {}).items() if isinstance(v, (str, int, float, bool)))
+
+
+def _insert(session: Session) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def correlate(batch: Batch, settings: Settings | None = None) -> Batch:
+    """Add `correlation[incident_id]` = {group_id, root_incident_id, score, reasons} for grouped incidents."""
+    settings = settings or get_settings()
+    config = settings.correlation
+    incidents: list[Snapshot] = batch["incidents"]
+    if not incidents or not (settings.enable_correlation and config.enabled):
+        return batch
+    started = time.perf_counter()
+    now = datetime.now(timezone.utc)
+    batch_ids = {s["id"] for s in incidents}
+    since = now - timedelta(seconds=config.time_window_secs)
+    with read_session() as session:
+        rows = list(session.execute(
+            select(Incident.id, Incident.source, Incident.event_type, Incident.service, Incident.tags,
+                   Incident.created_at, Incident.title, Incident.description, CorrelationMember.group_id)
+            .outerjoin(CorrelationMember, CorrelationMember.incident_id == Incident.id)
+            .where(Incident.created_at >= since, Incident.merged_into.is_(None))
+            .order_by(Incident.created_at.desc()).limit(config.max_candidates + len(batch_ids))
+        ).all())
+        already = {m.incident_id: m for m in session.scalars(
+            select(CorrelationMember).where(CorrelationMember.incident_id.in_(batch_ids)))}
+        sizes = dict(session.execute(select(CorrelationGroup.id, CorrelationGroup.member_count).where(
+            CorrelationGroup.id.in_({r.group_id for r in rows if r.group_id}))).all())
+    catalog = service_catalog.lookup({s["service"] for s in incidents if s["service"]} |
+                                     {r.service for r in rows if r.service}) if config.enable_service else {}
+
+    def deps(service: str | None) -> frozenset[str]:
+        return frozenset((catalog.get(service or "") or {}).get("dependencies") or [])
+
+    old = [r for r in rows if r.id not in batch_ids][:config.max_candidates]
+    old_items = [Item(r.id, r.source, r.event_type, r.service, _tags(r.tags), r.created_at, r.group_id, deps(r.service))
+                 for r in old]
+    new_items = [Item(s["id"], s["source"], s["event_type"], s["service"], _tags(s["tags"]),
+                      datetime.fromisoformat(s["created_at"]), None, deps(s["service"])) for s in incidents]
+    items = old_items + new_items  # columns: old candidates, then this batch's incidents
+    n_old = len(old_items)
+    order = sorted(range(len(new_items)), key=lambda i: (new_items[i].created_at, new_items[i].id))
+    rank = np.empty(len(new_items), dtype=np.int64)
+    rank[order] = np.arange(len(new_items))
+    scores = score_matrix(new_items, items, [text.incident_text(r.title, r.description) for r in old] +
+                          [text.incident_text(s["title"], s["description"]) for s in incidents], config)
+    created_ts = np.array([i.created_at.timestamp() for i in items]) if items else np.zeros(0)
+
+    decisions: dict[str, dict[str, Any]] = {}  # incident id -> {group_id, score, reasons, ...}
+    new_groups: dict[str, dict[str, Any]] = {}
+    for idx in order:
+        item = new_items[idx]
+        if item.id in already:
+            member = already[item.id]
+            item.group_id = member.group_id
+            decisions[item.id] = {"group_id": member.group_id, "score": member.score, "reasons": member.reasons,
+                                  "existing": True}
+            continue
+        row = scores[idx].copy()
+        # Only earlier incidents of the batch are candidates (and never the incident itself).
+        row[n_old:][rank >= rank[idx]] = -1.0
+        eligible = np.nonzero(row >= config.score_threshold)[0]
+        best: Item | None = None
+        if eligible.size:
+            for j in sorted(eligible, key=lambda j: (-row[j], created_ts[j])):
+                other = items[j]
+                if other.group_id and sizes.get(other.group_id, 0) >= config.max_group_size:
+                    continue
+                if not other.group_id and config.max_group_size < 2:
+                    continue
+                best = other
+                best_j = j
+                break
+        if best is None:
+            continue
+        other = best
+        score, reasons = weighted_score(strategy_scores(item, other, float(scores.similarity[idx, best_j])), config)
+        if other.group_id is None:
+            group_id = f"CG-{uuid.uuid4().hex[:20]}"
+            other.group_id = group_id
+            new_groups[group_id] = {"root": other.id, "score": score, "reasons": reasons,
+                                    "root_is_new": other.id in batch_ids}
+            sizes[group_id] = 1
+            if other.id in batch_ids:
+                decisions[other.id] = {"group_id": group_id, "score": 1.0, "reasons": [{"strategy": "root"}]}
+        item.group_id = other.group_id
+        sizes[other.group_id] = sizes.get(other.group_id, 0) + 1
+        decisions[item.id] = {"group_id": other.group_id, "score": score, "reasons": reasons,
+                              "related_to": other.id}
+
+    if new_groups or any(not d.get("existing") for d in decisions.values()):
+        decisions = _persist(decisions, new_groups, now)
+    for incident_id, decision in decisions.items():
+        batch["correlation"][incident_id] = {k: v for k, v in decision.items() if k != "existing"}
+    batch["correlation_roots"] = {g["root"]: gid for gid, g in new_groups.items()
+                                  if not g["root_is_new"]}
+    metrics.PROCESSING_DURATION.labels(stage="correlate").observe(time.perf_counter() - started)
+    return batch
+
+
+def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[str, Any]],
+             now: datetime) -> dict[str, dict[str, Any]]:
+    """Write groups and memberships in one short transaction. A root another worker grouped first
+    keeps its group: our new group is dropped and its members join that one instead."""
+    with unit_of_work() as session:
+        insert = _insert(session)
+        remap: dict[str, str] = {}
+        if new_groups:
+            session.execute(insert(CorrelationGroup).values([
+                {"id": gid, "root_incident_id": g["root"], "score": g["score"], "reasons": g["reasons"],
+                 "member_count": 0, "created_at": now, "updated_at": now} for gid, g in sorted(new_groups.items())]))
+            for gid, group in sorted(new_groups.items(), key=lambda kv: kv[1]["root"]):
+                won = session.execute(insert(CorrelationMember).values(
+                    incident_id=group["root"], group_id=gid, score=1.0, reasons=[{"strategy": "root"}], added_at=now,
+                ).on_conflict_do_nothing(index_elements=["incident_id"]).returning(CorrelationMember.incident_id)).first()
+                if won is None:
+                    existing = session.scalar(select(CorrelationMember.group_id).where(
+                        CorrelationMember.incident_id == group["root"]))
+                    remap[gid] = existing or gid
+            dropped = [gid for gid, target in remap.items() if target != gid]
+            if dropped:
+                session.execute(CorrelationGroup.__table__.delete().where(CorrelationGroup.id.in_(dropped)))
+        members = []
+        roots = {g["root"] for g in new_groups.values()}
+        for incident_id, decision in sorted(decisions.items()):
+            if decision.get("existing"):
+                continue
+            decision["group_id"] = remap.get(decision["group_id"], decision["group_id"])
+            if incident_id in roots and decision["reasons"] == [{"strategy": "root"}]:
+                decision["root_incident_id"] = incident_id
+                continue
+            members.append({"incident_id": incident_id, "group_id": decision["group_id"], "score": decision["score"],
+                            "reasons": decision["reasons"], "added_at": now})
+        joined: list[tuple[str, str]] = []
+        if members:
+            joined = [(r.incident_id, r.group_id) for r in session.execute(
+                insert(CorrelationMember).values(members).on_conflict_do_nothing(index_elements=["incident_id"])
+                .returning(CorrelationMember.incident_id, CorrelationMember.group_id)).all()]
+        added: dict[str, int] = {}
+        for _, group_id in joined:
+            added[group_id] = added.get(group_id, 0) + 1
+        for gid, group in new_groups.items():
+            if remap.get(gid, gid) == gid:
+                added[gid] = added.get(gid, 0) + 1  # the root
+        # Hot rows: one short UPDATE per group, in id order, at the end of the transaction.
+        for group_id in sorted(added):
+            session.execute(update(CorrelationGroup).where(CorrelationGroup.id == group_id).values(
+                member_count=CorrelationGroup.member_count + added[group_id], updated_at=now))
+        # Members that lost a race keep the group they already have.
+        lost = {m["incident_id"] for m in members} - {i for i, _ in joined}
+        if lost:
+            for row in session.execute(select(CorrelationMember.incident_id, CorrelationMember.group_id)
+                                       .where(CorrelationMember.incident_id.in_(lost))):
+                decisions[row.incident_id]["group_id"] = row.group_id
+        roots_of = dict(session.execute(select(CorrelationGroup.id, CorrelationGroup.root_incident_id).where(
+            CorrelationGroup.id.in_({d["group_id"] for d in decisions.values()}))).all())
+    created = sum(1 for gid in new_groups if remap.get(gid, gid) == gid)
+    if created:
+        CORRELATION_GROUPS_CREATED.inc(created)
+    for decision in decisions.values():
+        decision["root_incident_id"] = roots_of.get(decision["group_id"], decision.get("root_incident_id"))
+    for gid, group in new_groups.items():
+        if remap.get(gid, gid) != gid:
+            group["root_is_new"] = True  # not ours to stamp: the other worker's group has it
+    return decisions
+
+
+def related(session: Session, incident_id: str) -> tuple[CorrelationGroup | None, list[CorrelationMember]]:
+    """The group of an incident and its members (empty when it is in none)."""
+    member = session.get(CorrelationMember, incident_id)
+    if member is None:
+        return None, []
+    group = session.get(CorrelationGroup, member.group_id)
+    members = list(session.scalars(select(CorrelationMember).where(CorrelationMember.group_id == member.group_id)
+                                   .order_by(CorrelationMember.added_at, CorrelationMember.incident_id)))
+    return group, members
+
+
+def group_ids(items: Sequence[dict[str, Any]]) -> list[str]:
+    return sorted({i["group_id"] for i in items if i.get("group_id")})

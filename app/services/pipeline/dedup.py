@@ -1,0 +1,227 @@
+"""Dedup stage: completes what ingest began.
+
+Ingest already gives every event its final incident (one upsert per fingerprint; the partial unique
+index on active fingerprints settles races in the database). This stage, per batch:
+- follows `merged_into` so events of a merged incident count for the survivor;
+- merges duplicates should two active, unmerged incidents of one fingerprint ever coexist (the
+  index forbids it; a manual import or a restored backup may not): the oldest survives, the others
+  get `merged_into`, their events move, counts add up;
+- writes a `recurred` timeline entry when events join an incident after a quiet period longer
+  than `deduplication.window_secs`;
+- picks the incidents seen for the first time and hands their snapshot to the next stages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app import metrics
+from app.adapters.db import read_session, unit_of_work
+from app.adapters.models import Event, Incident, OutboxMessage, TimelineEntry
+from app.config import Settings, get_settings
+from app.services.pipeline.batch import Batch, Snapshot, empty_batch
+from app.services.pipeline.instruments import PIPELINE_BATCH_SIZE
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("NEW", "ACKNOWLEDGED", "IN_PROGRESS", "ESCALATED")
+MAX_MERGE_HOPS = 10
+
+
+class BrokenEvent(RuntimeError):
+    """An event points at an incident that does not exist: the batch cannot be processed."""
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat()
+
+
+def snapshot(incident: Any) -> Snapshot:
+    resource = incident.resource or {}
+    return Snapshot(
+        id=incident.id, title=incident.title, description=(incident.description or "")[:2000], source=incident.source,
+        event_type=incident.event_type, category=incident.category, severity=incident.severity,
+        source_severity=incident.source_severity, service=incident.service,
+        resource_type=resource.get("type") if isinstance(resource, dict) else None,
+        resource_id=str(resource["id"]) if isinstance(resource, dict) and resource.get("id") else None,
+        tags={str(k): v for k, v in (incident.tags or {}).items()}, metrics=dict(incident.metrics or {}),
+        team=incident.team, escalation_policy=incident.escalation_policy, created_at=_iso(incident.created_at),
+    )
+
+
+def batch_event_ids(session: Session, outbox_ids: Sequence[int]) -> list[int]:
+    """Event ids of the outbox rows, whether or not the rows are done (a replay finds its events)."""
+    ids: list[int] = []
+    for payload in session.scalars(select(OutboxMessage.payload).where(OutboxMessage.id.in_(list(outbox_ids)))):
+        ids.extend(int(i) for i in (payload or {}).get("event_ids", []))
+    return sorted(set(ids))
+
+
+def deduplicate(outbox_ids: Sequence[int], settings: Settings | None = None) -> Batch:
+    """Run the dedup stage over the events of `outbox_ids`. Idempotent: only unprocessed events count."""
+    settings = settings or get_settings()
+    started = time.perf_counter()
+    batch = empty_batch(outbox_ids)
+    with read_session() as session:
+        event_ids = batch_event_ids(session, batch["outbox_ids"])
+        events = list(session.execute(
+            select(Event.id, Event.incident_id, Event.fingerprint, Event.received_at)
+            .where(Event.id.in_(event_ids), Event.processed_at.is_(None))
+        ).all()) if event_ids else []
+        if not events:
+            return batch
+        incidents = {i.id: i for i in session.scalars(
+            select(Incident).where(Incident.id.in_({e.incident_id for e in events})))}
+        missing = {e.incident_id for e in events} - set(incidents)
+        if missing:
+            raise BrokenEvent(f"events {[e.id for e in events if e.incident_id in missing][:20]} point at "
+                              f"incident(s) {sorted(missing)[:20]} that do not exist")
+        survivors = _follow_merges(session, incidents)
+        duplicates = _find_duplicates(session, {e.fingerprint for e in events})
+        previous_seen = _previous_activity(session, [i for i in incidents.values() if i.processed_at is not None],
+                                           [e.id for e in events])
+
+    # Writes are rare (merges, recurrences); most batches need none.
+    moved = {e.id: survivors[e.incident_id] for e in events if survivors[e.incident_id] != e.incident_id}
+    recurred = _recurrences(events, incidents, survivors, previous_seen, settings.deduplication.window_secs)
+    if moved or duplicates or recurred:
+        with unit_of_work() as session:
+            for loser_ids, survivor_id in duplicates:
+                _merge(session, loser_ids, survivor_id)
+                for event in events:
+                    if event.incident_id in loser_ids:
+                        moved[event.id] = survivor_id
+            for survivor_id, loser_ids in _group(moved, events).items():
+                session.execute(update(Event).where(Event.id.in_(loser_ids)).values(incident_id=survivor_id))
+            for row in recurred:
+                exists = session.scalar(select(TimelineEntry.id).where(
+                    TimelineEntry.incident_id == row["incident_id"], TimelineEntry.kind == "recurred",
+                    TimelineEntry.new_value == row["new_value"]))
+                if exists is None:
+                    session.add(TimelineEntry(**row))
+
+    final_of = {e.id: moved.get(e.id, survivors[e.incident_id]) for e in events}
+    with read_session() as session:
+        rows = list(session.scalars(select(Incident).where(Incident.id.in_(set(final_of.values())))))
+    batch["event_ids"] = sorted(final_of)
+    batch["incidents"] = [snapshot(i) for i in sorted(rows, key=lambda r: r.id) if i_new(i)]
+    batch["touched"] = sorted(i.id for i in rows if not i_new(i))
+    PIPELINE_BATCH_SIZE.observe(len(events))
+    metrics.PROCESSING_DURATION.labels(stage="dedup").observe(time.perf_counter() - started)
+    return batch
+
+
+def i_new(incident: Incident) -> bool:
+    return incident.processed_at is None and incident.merged_into is None
+
+
+def _group(moved: dict[int, str], events: Sequence[Any]) -> dict[str, list[int]]:
+    grouped: dict[str, list[int]] = defaultdict(list)
+    for event_id, survivor in moved.items():
+        grouped[survivor].append(event_id)
+    return grouped
+
+
+def _follow_merges(session: Session, incidents: dict[str, Incident]) -> dict[str, str]:
+    """incident id -> the id of the incident it ends up in (itself when not merged)."""
+    final: dict[str, str] = {}
+    for incident_id, incident in incidents.items():
+        current = incident
+        for _ in range(MAX_MERGE_HOPS):
+            if not current.merged_into:
+                break
+            nxt = incidents.get(current.merged_into) or session.get(Incident, current.merged_into)
+            if nxt is None:
+                break
+            current = nxt
+        final[incident_id] = current.id
+    return final
+
+
+def _find_duplicates(session: Session, fingerprints: set[str]) -> list[tuple[list[str], str]]:
+    """[(loser ids, survivor id)] for fingerprints with more than one active unmerged incident."""
+    rows = session.execute(
+        select(Incident.id, Incident.fingerprint, Incident.created_at).where(
+            Incident.fingerprint.in_(fingerprints), Incident.status.in_(ACTIVE), Incident.merged_into.is_(None))
+    ).all()
+    by_fp: dict[str, list[Any]] = defaultdict(list)
+    for row in rows:
+        by_fp[row.fingerprint].append(row)
+    result = []
+    for group in by_fp.values():
+        if len(group) > 1:
+            group.sort(key=lambda r: (r.created_at, r.id))
+            result.append(([r.id for r in group[1:]], group[0].id))
+    return result
+
+
+def _merge(session: Session, loser_ids: list[str], survivor_id: str) -> None:
+    """Merge active duplicates into the survivor: counts add up, losers are closed with merged_into."""
+    now = datetime.now(timezone.utc)
+    ordered = sorted([survivor_id, *loser_ids])  # one lock order for every worker
+    rows = {i.id: i for i in session.scalars(select(Incident).where(Incident.id.in_(ordered))
+                                             .order_by(Incident.id).with_for_update())}
+    survivor = rows[survivor_id]
+    for loser_id in loser_ids:
+        loser = rows[loser_id]
+        if loser.merged_into:
+            continue
+        survivor.event_count += loser.event_count
+        survivor.first_seen = min(survivor.first_seen, loser.first_seen)
+        survivor.last_seen = max(survivor.last_seen, loser.last_seen)
+        loser.merged_into = survivor_id
+        loser.status = "CLOSED"
+        loser.closed_at = now
+        loser.updated_at = now
+        session.execute(update(Event).where(Event.incident_id == loser_id).values(incident_id=survivor_id))
+        session.add(TimelineEntry(incident_id=loser_id, at=now, actor="pipeline", kind="merged", field="merged_into",
+                                  old_value=None, new_value=survivor_id, details={"reason": "duplicate fingerprint"}))
+        session.add(TimelineEntry(incident_id=survivor_id, at=now, actor="pipeline", kind="merged_from",
+                                  field="event_count", old_value=None, new_value=str(survivor.event_count),
+                                  details={"merged": loser_id, "events": loser.event_count}))
+        log.warning("merged duplicate active incident", extra={"incident_id": loser_id, "survivor": survivor_id})
+    survivor.updated_at = now
+
+
+def _previous_activity(session: Session, processed: Sequence[Incident], batch_event_ids: list[int]) -> dict[str, datetime]:
+    """Latest processed event per already-processed incident (before this batch)."""
+    if not processed:
+        return {}
+    rows = session.execute(
+        select(Event.incident_id, func.max(Event.received_at)).where(
+            Event.incident_id.in_([i.id for i in processed]), Event.processed_at.is_not(None),
+            Event.id.not_in(batch_event_ids))
+        .group_by(Event.incident_id)
+    ).all()
+    return {r[0]: r[1] for r in rows if r[1] is not None}
+
+
+def _recurrences(events: Sequence[Any], incidents: dict[str, Incident], survivors: dict[str, str],
+                 previous_seen: dict[str, datetime], window_secs: int) -> list[dict[str, Any]]:
+    first_in_batch: dict[str, Any] = {}
+    counts: dict[str, int] = defaultdict(int)
+    for event in sorted(events, key=lambda e: e.id):
+        counts[event.incident_id] += 1
+        first_in_batch.setdefault(event.incident_id, event)
+    rows = []
+    for incident_id, event in first_in_batch.items():
+        before = previous_seen.get(incident_id)
+        if before is None:
+            continue
+        received = event.received_at
+        quiet = (received - before).total_seconds()
+        if quiet > window_secs:
+            rows.append({
+                "incident_id": survivors[incident_id], "at": datetime.now(timezone.utc), "actor": "pipeline",
+                "kind": "recurred", "field": "last_seen", "old_value": before.isoformat(),
+                "new_value": str(event.id),
+                "details": {"quiet_secs": round(quiet, 1), "window_secs": window_secs, "events": counts[incident_id]},
+            })
+    return rows

@@ -1,0 +1,287 @@
+"""Enrichment stage: similar past incidents, service catalog entry, on-call now, Prometheus metrics.
+
+Every enricher is optional and bounded by `enrichment.timeout_secs`; one that fails or runs out of
+time is recorded in the incident's enrichment as `partial: true` with its error, and never stops
+the batch. Results are cached in Redis (`enrichment.cache_ttl_secs`): similar incidents by text,
+catalog entries by service, metric answers by PromQL query."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping, Sequence
+
+import httpx
+import numpy as np
+from sqlalchemy import select
+
+from app import metrics
+from app.adapters.db import read_session
+from app.adapters.models import Incident
+from app.adapters.redis_client import get_redis
+from app.config import Settings, get_settings
+from app.services import service_catalog
+from app.services.pipeline import text
+from app.services.pipeline.batch import Batch, Snapshot
+from app.services.pipeline.instruments import ENRICHMENT_DURATION, ENRICHMENT_FAILURES, record_cache
+
+log = logging.getLogger(__name__)
+
+CACHE_PREFIX = "im:enrich:"
+NEGATIVE = "null"
+
+
+class EnrichmentTimeout(TimeoutError):
+    pass
+
+
+class Cache:
+    """A JSON cache in Redis with a TTL; a no-op without Redis (embedded default)."""
+
+    def __init__(self, ttl_secs: int) -> None:
+        self.client = get_redis()
+        self.ttl = ttl_secs
+
+    def get_many(self, kind: str, keys: Sequence[str]) -> dict[str, Any]:
+        if self.client is None or not keys or self.ttl <= 0:
+            record_cache(kind, 0, len(keys))
+            return {}
+        try:
+            values = self.client.mget([f"{CACHE_PREFIX}{kind}:{k}" for k in keys])
+        except Exception:  # the cache is an optimisation; a Redis hiccup means a miss, not a failure
+            log.warning("enrichment cache read failed", exc_info=True, extra={"kind": kind})
+            record_cache(kind, 0, len(keys))
+            return {}
+        found = {k: json.loads(v) for k, v in zip(keys, values) if v is not None}
+        record_cache(kind, len(found), len(keys) - len(found))
+        return found
+
+    def set_many(self, kind: str, values: Mapping[str, Any]) -> None:
+        if self.client is None or not values or self.ttl <= 0:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for key, value in values.items():
+                pipe.set(f"{CACHE_PREFIX}{kind}:{key}", json.dumps(value, default=str), ex=self.ttl)
+            pipe.execute()
+        except Exception:
+            log.warning("enrichment cache write failed", exc_info=True, extra={"kind": kind})
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha1(value.encode()).hexdigest()
+
+
+def enrich(batch: Batch, settings: Settings | None = None) -> Batch:
+    """Add `enrichment[incident_id]` for the batch's new incidents. Never raises for an enricher."""
+    settings = settings or get_settings()
+    incidents: list[Snapshot] = batch["incidents"]
+    if not incidents or not (settings.enable_enrichment and settings.enrichment.enabled):
+        return batch
+    started = time.perf_counter()
+    config = settings.enrichment
+    deadline = time.monotonic() + config.timeout_secs
+    cache = Cache(config.cache_ttl_secs)
+    results: dict[str, dict[str, Any]] = {
+        s["id"]: {"similar_incidents": [], "service": None, "on_call": None, "metrics": {}, "partial": False,
+                  "errors": {}}
+        for s in incidents
+    }
+
+    def run(name: str, enabled: bool, enricher: Callable[[], None]) -> None:
+        if not enabled:
+            return
+        began = time.perf_counter()
+        try:
+            if time.monotonic() > deadline:
+                raise EnrichmentTimeout(f"enrichment deadline of {config.timeout_secs}s passed before {name} ran")
+            enricher()
+        except Exception as exc:  # recorded as partial enrichment; never blocks the incident
+            ENRICHMENT_FAILURES.labels(enricher=name).inc()
+            log.warning("enricher failed; partial enrichment", extra={"enricher": name, "error": str(exc)[:300]})
+            for result in results.values():
+                result["partial"] = True
+                result["errors"][name] = f"{type(exc).__name__}: {exc}"[:500]
+        finally:
+            ENRICHMENT_DURATION.labels(enricher=name).observe(time.perf_counter() - began)
+
+    catalog: dict[str, dict[str, Any]] = {}
+
+    def services() -> None:
+        catalog.update(_services(incidents, cache))
+        for snap in incidents:
+            entry = catalog_entry(catalog, snap)
+            results[snap["id"]]["service"] = _service_view(entry) if entry else None
+
+    run("historical", config.enable_historical, lambda: _similar(incidents, results, cache, config, batch))
+    run("service", config.enable_service, services)
+    run("team", config.enable_team, lambda: _on_call(incidents, results, catalog))
+    run("metrics", bool(settings.prometheus_url),
+        lambda: _metrics(incidents, results, catalog, cache, settings, deadline))
+
+    now = datetime.now(timezone.utc).isoformat()
+    elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+    for result in results.values():
+        result["enriched_at"] = now
+        result["duration_ms"] = elapsed_ms
+    batch["enrichment"] = results
+    ENRICHMENT_DURATION.labels(enricher="all").observe(time.perf_counter() - started)
+    metrics.PROCESSING_DURATION.labels(stage="enrich").observe(time.perf_counter() - started)
+    return batch
+
+
+# ------------------------------------------------------------------------------- similar incidents
+
+def _similar(incidents: Sequence[Snapshot], results: dict[str, dict[str, Any]], cache: Cache,
+             config: Any, batch: Batch) -> None:
+    keys = {s["id"]: _digest(f"{s['source']}|{text.incident_text(s['title'], s['description'])}") for s in incidents}
+    cached = cache.get_many("similar", sorted(set(keys.values())))
+    misses = [s for s in incidents if keys[s["id"]] not in cached]
+    if misses:
+        batch_ids = {s["id"] for s in incidents}
+        with read_session() as session:
+            candidates = list(session.execute(
+                select(Incident.id, Incident.title, Incident.description, Incident.status, Incident.severity,
+                       Incident.category, Incident.created_at, Incident.resolved_at, Incident.root_cause)
+                .where(Incident.merged_into.is_(None))
+                .order_by(Incident.created_at.desc()).limit(config.history_size + len(batch_ids))
+            ).all())
+        candidates = [c for c in candidates if c.id not in batch_ids][:config.history_size]
+        fresh: dict[str, list[dict[str, Any]]] = {}
+        if candidates:
+            left = text.vectors([text.incident_text(s["title"], s["description"]) for s in misses])
+            right = text.vectors([text.incident_text(c.title, c.description) for c in candidates])
+            scores = text.similarity_matrix(left, right)
+            limit = config.similar_limit
+            for row, snap in enumerate(misses):
+                order = np.argsort(-scores[row])[:limit]
+                fresh[keys[snap["id"]]] = [
+                    {"incident_id": candidates[j].id, "title": candidates[j].title,
+                     "score": round(float(scores[row, j]), 4), "status": candidates[j].status,
+                     "severity": candidates[j].severity, "category": candidates[j].category,
+                     "created_at": candidates[j].created_at.isoformat(),
+                     "resolved_at": candidates[j].resolved_at.isoformat() if candidates[j].resolved_at else None,
+                     "root_cause": candidates[j].root_cause}
+                    for j in order if scores[row, j] >= config.similarity_threshold
+                ]
+        else:
+            fresh = {keys[s["id"]]: [] for s in misses}
+        cache.set_many("similar", fresh)
+        cached.update(fresh)
+    for snap in incidents:
+        results[snap["id"]]["similar_incidents"] = cached.get(keys[snap["id"]], [])
+
+
+# ------------------------------------------------------------------------------------ service, team
+
+def catalog_entry(catalog: Mapping[str, Any], snap: Snapshot) -> dict[str, Any] | None:
+    """The catalog entry of the incident's service, else of its resource id (an endpoint, a model)."""
+    return catalog.get(snap["service"] or "") or catalog.get(snap.get("resource_id") or "")
+
+
+def _services(incidents: Sequence[Snapshot], cache: Cache) -> dict[str, dict[str, Any]]:
+    names = sorted({n for s in incidents for n in (s["service"], s.get("resource_id")) if n})
+    cached = cache.get_many("service", names)
+    missing = [n for n in names if n not in cached]
+    if missing:
+        found = service_catalog.lookup(missing)
+        cache.set_many("service", {n: found.get(n) for n in missing})  # absent services cached as null
+        cached.update({n: found.get(n) for n in missing})
+    return {n: v for n, v in cached.items() if v}
+
+
+def _service_view(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: entry.get(k) for k in ("name", "owner_team", "tier", "dependencies", "runbook_url", "escalation_policy")}
+
+
+def _on_call(incidents: Sequence[Snapshot], results: dict[str, dict[str, Any]], catalog: Mapping[str, Any]) -> None:
+    """On-call now for the incident's team, from `app.services.oncall.on_call_now(team)` once the
+    schedules module exists; until then the enrichment says so instead of guessing."""
+    finder: Callable[[str], Any] | None = None
+    if importlib.util.find_spec("app.services.oncall") is not None:
+        finder = getattr(importlib.import_module("app.services.oncall"), "on_call_now", None)
+    for snap in incidents:
+        entry = catalog_entry(catalog, snap)
+        team = snap["team"] or (entry or {}).get("owner_team")
+        if finder is None:
+            results[snap["id"]]["on_call"] = {"team": team, "users": [], "note": "no on-call schedules configured"}
+        elif team:
+            results[snap["id"]]["on_call"] = {"team": team, "users": finder(team)}
+
+
+# ----------------------------------------------------------------------------------------- metrics
+
+def _metrics(incidents: Sequence[Snapshot], results: dict[str, dict[str, Any]], catalog: Mapping[str, Any],
+             cache: Cache, settings: Settings, deadline: float) -> None:
+    """One instant query per (service, templated PromQL) of the catalog, shared across the batch."""
+    wanted: dict[str, str] = {}  # digest -> query
+    per_incident: dict[str, dict[str, str]] = {}
+    for snap in incidents:
+        entry = catalog_entry(catalog, snap)
+        if not entry:
+            continue
+        for name, template in (entry.get("metrics_queries") or {}).items():
+            query = template.replace("{service}", entry["name"])
+            digest = _digest(query)
+            wanted[digest] = query
+            per_incident.setdefault(snap["id"], {})[name] = digest
+    if not wanted:
+        return
+    answers = cache.get_many("metrics", sorted(wanted))
+    missing = [d for d in wanted if d not in answers]
+    errors: dict[str, str] = {}
+    if missing:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise EnrichmentTimeout("enrichment deadline passed before the Prometheus queries")
+        base = (settings.prometheus_url or "").rstrip("/")
+        fresh: dict[str, Any] = {}
+        with httpx.Client(timeout=remaining) as client, \
+                ThreadPoolExecutor(max_workers=max(1, settings.enrichment.max_concurrent)) as pool:
+            futures = {pool.submit(_instant_query, client, base, wanted[d]): d for d in missing}
+            done, pending = wait(futures, timeout=remaining)
+            for future in pending:
+                future.cancel()
+                errors[futures[future]] = "timeout"
+            for future in done:
+                digest = futures[future]
+                try:
+                    fresh[digest] = future.result()
+                except Exception as exc:  # one failed query makes that metric partial, not the batch
+                    errors[digest] = f"{type(exc).__name__}: {exc}"[:300]
+        cache.set_many("metrics", fresh)
+        answers.update(fresh)
+    for incident_id, names in per_incident.items():
+        result = results[incident_id]
+        for name, digest in names.items():
+            if digest in answers:
+                result["metrics"][name] = answers[digest]
+            else:
+                result["partial"] = True
+                result["errors"][f"metrics.{name}"] = errors.get(digest, "no answer")
+    if errors:
+        ENRICHMENT_FAILURES.labels(enricher="metrics").inc(len(errors))
+
+
+def _instant_query(client: httpx.Client, base: str, query: str) -> dict[str, Any]:
+    """GET {PROMETHEUS_URL}/api/v1/query?query=... -> {"query", "value" | "series"}."""
+    response = client.get(f"{base}/api/v1/query", params={"query": query})
+    response.raise_for_status()
+    body = response.json()
+    if body.get("status") != "success":
+        raise RuntimeError(f"prometheus answered {body.get('errorType')}: {body.get('error')}")
+    data = body.get("data") or {}
+    result = data.get("result")
+    if data.get("resultType") == "scalar":
+        return {"query": query, "value": float(result[1])}
+    series = [{"labels": item.get("metric", {}), "value": float(item["value"][1])}
+              for item in (result or []) if "value" in item]
+    if len(series) == 1:
+        return {"query": query, "value": series[0]["value"], "labels": series[0]["labels"]}
+    return {"query": query, "series": series}

@@ -1,0 +1,153 @@
+"""Route stage: decide team and escalation policy, then write every result of the batch.
+
+Routing precedence: a team given explicitly by the event (manual incidents) > the first
+`routing.rules` entry that matches (severity, category, source, service, tags) > the service
+catalog's owner team > the integration's `routing.default_team`.
+
+Then, in one transaction, each new incident row is written once (classification, enrichment,
+correlation group, team, processed_at), one timeline row per incident, the batch's events are
+marked processed and its outbox rows done. Incidents already processed by another run are left
+alone, so a redelivered or replayed batch changes nothing twice."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from sqlalchemy import bindparam, select, update
+
+from app import metrics
+from app.adapters.db import unit_of_work
+from app.adapters.models import Event, Incident, OutboxMessage, TimelineEntry
+from app.config import RoutingRule, Settings, get_settings
+from app.domain import sla
+from app.services import changes
+from app.services.pipeline.batch import Batch, Snapshot
+from app.services.pipeline.instruments import EVENT_TO_INCIDENT_LATENCY
+
+log = logging.getLogger(__name__)
+
+
+def rule_matches(rule: RoutingRule, severity: str, category: str | None, source: str, service: str | None,
+                 tags: Mapping[str, Any]) -> bool:
+    if rule.severity and severity not in rule.severity:
+        return False
+    if rule.category and (category or "").lower() not in rule.category:
+        return False
+    if rule.source and source not in rule.source:
+        return False
+    if rule.service and service not in rule.service:
+        return False
+    return all(str(tags.get(k)) == v for k, v in rule.tags.items())
+
+
+def decide_route(snap: Snapshot, classification: Mapping[str, Any], enrichment: Mapping[str, Any],
+                 explicit_team: bool, settings: Settings) -> dict[str, Any]:
+    """{team, escalation_policy, reason} for one incident."""
+    severity = classification.get("severity") or snap["severity"]
+    category = classification.get("category") or snap["category"]
+    integration = settings.integration(snap["source"])
+    if explicit_team and snap["team"]:
+        return {"team": snap["team"], "escalation_policy": snap["escalation_policy"] or integration.escalation_policy,
+                "reason": "explicit"}
+    for rule in settings.routing_rules:
+        if rule_matches(rule, severity, category, snap["source"], snap["service"], snap["tags"]):
+            return {"team": rule.team or snap["team"],
+                    "escalation_policy": rule.escalation_policy or snap["escalation_policy"],
+                    "reason": f"rule:{rule.name}"}
+    service = (enrichment or {}).get("service") or {}
+    if service.get("owner_team"):
+        return {"team": service["owner_team"],
+                "escalation_policy": service.get("escalation_policy") or snap["escalation_policy"],
+                "reason": f"service:{service.get('name')}"}
+    return {"team": integration.default_team or snap["team"],
+            "escalation_policy": integration.escalation_policy or snap["escalation_policy"],
+            "reason": f"default:{snap['source']}" if integration.default_team else "none"}
+
+
+def _explicit_team(snap: Snapshot, settings: Settings) -> bool:
+    """Ingest stores `event team or integration default`; a team other than the default was given."""
+    return bool(snap["team"]) and snap["team"] != settings.integration(snap["source"]).default_team
+
+
+def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
+    """Write the batch's results (each incident row once). Returns the number of events it finished."""
+    settings = settings or get_settings()
+    started = time.perf_counter()
+    snaps: dict[str, Snapshot] = {s["id"]: s for s in batch["incidents"]}
+    now = datetime.now(timezone.utc)
+    published: list[dict[str, Any]] = []
+    with unit_of_work() as session:
+        fresh = list(session.execute(
+            select(Incident.id, Incident.severity, Incident.created_at, Incident.status, Incident.category)
+            .where(Incident.id.in_(sorted(snaps)), Incident.processed_at.is_(None))
+            .order_by(Incident.id).with_for_update()
+        ).all()) if snaps else []
+        rows: list[dict[str, Any]] = []
+        timeline: list[dict[str, Any]] = []
+        for current in fresh:
+            snap = snaps[current.id]
+            cls = batch["classification"].get(current.id) or {}
+            enrichment = batch["enrichment"].get(current.id)
+            group = batch["correlation"].get(current.id) or {}
+            route = decide_route(snap, cls, enrichment or {}, _explicit_team(snap, settings), settings)
+            batch["routing"][current.id] = route
+            severity = cls.get("severity") or current.severity
+            deadlines = sla.deadlines(severity, current.created_at)
+            rows.append({
+                "b_id": current.id, "severity": severity, "category": cls.get("category", current.category),
+                "predicted_severity": cls.get("predicted_severity"), "predicted_category": cls.get("predicted_category"),
+                "confidence": cls.get("confidence"), "model_version": cls.get("model_version"),
+                "enrichment": enrichment, "correlation_group_id": group.get("group_id"),
+                "team": route["team"], "escalation_policy": route["escalation_policy"],
+                "sla_acknowledge_by": deadlines.acknowledge_by, "sla_resolve_by": deadlines.resolve_by,
+                "processed_at": now, "updated_at": now,
+            })
+            timeline.append({
+                "incident_id": current.id, "at": now, "actor": "pipeline", "kind": "classified", "field": "severity",
+                "old_value": current.severity, "new_value": severity,
+                "details": {
+                    "classification": cls, "routing": route,
+                    "correlation": {k: group.get(k) for k in ("group_id", "root_incident_id", "score", "related_to")}
+                    if group else None,
+                    "enrichment": {"partial": (enrichment or {}).get("partial"),
+                                   "errors": (enrichment or {}).get("errors"),
+                                   "similar": len((enrichment or {}).get("similar_incidents") or [])}
+                    if enrichment is not None else None,
+                },
+            })
+            published.append({"id": current.id, "severity": severity, "category": rows[-1]["category"],
+                              "team": route["team"], "status": current.status,
+                              "correlation_group_id": group.get("group_id")})
+        if rows:
+            table = Incident.__table__
+            session.execute(
+                update(table).where(table.c.id == bindparam("b_id"), table.c.processed_at.is_(None))
+                .values({k: bindparam(k) for k in rows[0] if k != "b_id"}),
+                rows,
+            )
+            session.execute(TimelineEntry.__table__.insert(), timeline)
+        roots = batch.get("correlation_roots") or {}
+        for root_id, group_id in sorted(roots.items()):
+            session.execute(update(Incident).where(Incident.id == root_id, Incident.correlation_group_id.is_(None))
+                            .values(correlation_group_id=group_id))
+        finished = list(session.execute(
+            update(Event).where(Event.id.in_(batch["event_ids"]), Event.processed_at.is_(None))
+            .values(processed_at=now).returning(Event.received_at)
+        ).scalars()) if batch["event_ids"] else []
+        if batch["outbox_ids"]:
+            session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(batch["outbox_ids"]),
+                                                        OutboxMessage.done_at.is_(None)).values(done_at=now))
+    for received in finished:
+        EVENT_TO_INCIDENT_LATENCY.observe(max(0.0, (now - received).total_seconds()))
+    metrics.ALERTS_PROCESSED.inc(len(finished))
+    touched = [{"id": i} for i in batch["touched"]]
+    if published or touched:
+        changes.publish_many("incident_updated", published + touched)
+    metrics.PROCESSING_DURATION.labels(stage="route").observe(time.perf_counter() - started)
+    log.info("pipeline batch done", extra={"events": len(finished), "incidents": len(rows),
+                                           "outbox_ids": batch["outbox_ids"][:20]})
+    return len(finished)
+

@@ -1,0 +1,32 @@
+"""Text similarity for enrichment and correlation: hashed TF word/bigram vectors, cosine scores.
+
+Stateless (no fitted vocabulary), so every worker process scores the same way without training."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import sparse
+from sklearn.feature_extraction.text import HashingVectorizer
+
+_VECTORIZER = HashingVectorizer(
+    n_features=2**18, ngram_range=(1, 2), alternate_sign=False, norm="l2", lowercase=True,
+    token_pattern=r"(?u)\b\w[\w\-\.]*\b",
+)
+
+
+def incident_text(title: str, description: str | None) -> str:
+    return f"{title} {title} {(description or '')[:2000]}"
+
+
+def vectors(texts: Sequence[str]) -> sparse.csr_matrix:
+    """L2-normalised sparse rows; the dot product of two rows is their cosine similarity."""
+    return _VECTORIZER.transform(list(texts))
+
+
+def similarity_matrix(left: sparse.csr_matrix, right: sparse.csr_matrix) -> np.ndarray:
+    """Cosine similarity of every left row with every right row (dense, len(left) x len(right))."""
+    if left.shape[0] == 0 or right.shape[0] == 0:
+        return np.zeros((left.shape[0], right.shape[0]))
+    return np.asarray((left @ right.T).todense())
