@@ -10,7 +10,10 @@ _settings = get_settings()
 bind = f"{_settings.api_host}:{_settings.api_port}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "1"))
-worker_class = os.environ.get("WEB_WORKER_CLASS", "gthread" if threads > 1 else "sync")
+# gevent by default: a /ws/events connection is a greenlet, so idle edge agents cost little
+# (docs/doors.md has the measurements); WEB_WORKER_CLASS=gthread/sync still work for HTTP only.
+worker_class = os.environ.get("WEB_WORKER_CLASS", "gevent")
+worker_connections = int(os.environ.get("WEB_WORKER_CONNECTIONS", "2000"))
 timeout = 60
 graceful_timeout = 20
 keepalive = 5

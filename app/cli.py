@@ -206,5 +206,10 @@ def _read_procfile(path: Path) -> dict[str, str]:
     return entries
 
 
+from api.grpc.cli import grpc_group  # noqa: E402  (the gRPC door's commands)
+
+main.add_command(grpc_group)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,198 @@
+"""`/ws/events`: the edge agents' WebSocket door (integration guide §4, CONTRACT decision 7).
+
+Handshake: a JWT (or API key) in `Authorization: Bearer` or `?token=`; refused with a plain HTTP 401/403
+before the upgrade. The server sends `connection_ack`; the client sends `event`, `batch` and
+`heartbeat` messages. Every event gets an `ack` (event_id, incident_id, status processed|duplicate)
+once committed; a bad frame or event gets an `error` (code, message, details) and the connection
+stays open. Messages over WS_MAX_MESSAGE_BYTES are answered with an error; over four times that the
+connection is closed with 1009 (the frame is never buffered). No message for WS_IDLE_TIMEOUT_SECS
+(heartbeats count) closes the connection with 1000 after an `idle_timeout` error.
+
+Connections are served by gunicorn's gevent worker (api/gunicorn_conf.py): a connection is a
+greenlet, not a thread, so thousands of idle edge agents cost little memory (docs/doors.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
+
+from flask import Flask, Response, request
+from marshmallow import ValidationError
+from prometheus_client import Counter, Gauge
+from simple_websocket import ConnectionClosed, Server
+
+from api.auth import enforce
+from api.errors import error_response
+from api.schemas import EVENT_SCHEMA, to_new_event
+from app.config import Settings, get_settings
+from app.services.auth import AuthError, PermissionDenied, Principal, authenticate_bearer
+from app.services.ingest import NewEvent, ingest_events
+from app.services.integrations import EDGE_AGENT_SOURCE, InvalidPayload, WsFrame, decode_ws_frame
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = "1.0"
+FEATURES = ["batching", "compression", "heartbeat", "acks"]
+HARD_LIMIT_FACTOR = 4
+
+WS_CONNECTIONS = Gauge("incident_manager_ws_connections", "Open /ws/events connections", multiprocess_mode="livesum")
+WS_MESSAGES = Counter("incident_manager_ws_messages_total", "WebSocket client messages", ["type", "outcome"])
+WS_EVENTS = Counter("incident_manager_ws_events_total", "Events received over WebSocket", ["status"])
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _handshake_principal() -> Principal:
+    authorization = request.headers.get("Authorization", "")
+    scheme, _, value = authorization.partition(" ")
+    token = value.strip() if scheme.lower() == "bearer" else ""
+    token = token or (request.args.get("token") or "").strip()
+    if not token:
+        raise AuthError("missing token: send Authorization: Bearer <JWT> or ?token=<JWT>")
+    principal = authenticate_bearer(token)
+    enforce(principal, "event:create")
+    return principal
+
+
+class EventSocket:
+    """One connection: read frames until the client leaves or goes idle."""
+
+    def __init__(self, ws: Server, principal: Principal, settings: Settings) -> None:
+        from tasks.dispatch import dispatch_pipeline
+
+        self.ws = ws
+        self.principal = principal
+        self.settings = settings
+        self.dispatcher = dispatch_pipeline
+        self.session_id = f"sess-{uuid.uuid4().hex[:12]}"
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        self.ws.send(json.dumps(message, default=str))
+
+    def error(self, code: str, message: str, details: Any = None, **extra: Any) -> None:
+        self.send({"type": "error", "code": code, "message": message, "details": details or {}, **extra})
+
+    def run(self) -> None:
+        self.send({"type": "connection_ack", "session_id": self.session_id, "protocol_version": PROTOCOL_VERSION,
+                   "features": FEATURES})
+        log.info("ws connected", extra={"session_id": self.session_id, "principal": self.principal.name})
+        while True:
+            data = self.ws.receive(timeout=self.settings.ws_idle_timeout_secs)
+            if data is None:
+                self.error("idle_timeout", f"no message for {self.settings.ws_idle_timeout_secs} s; closing")
+                self.ws.close(1000, "idle timeout")
+                return
+            self.handle(data)
+
+    def handle(self, data: bytes | str) -> None:
+        if len(data) > self.settings.ws_max_message_bytes:
+            WS_MESSAGES.labels("unknown", "too_large").inc()
+            self.error("message_too_large", f"a message holds at most {self.settings.ws_max_message_bytes} bytes",
+                       {"max_bytes": self.settings.ws_max_message_bytes, "received_bytes": len(data)})
+            return
+        try:
+            frame = decode_ws_frame(data, self.settings)
+        except InvalidPayload as exc:
+            WS_MESSAGES.labels("unknown", exc.code).inc()
+            self.error(exc.code, exc.message, exc.details)
+            return
+        if frame.type == "heartbeat":
+            WS_MESSAGES.labels("heartbeat", "ok").inc()
+            self.send({"type": "heartbeat_ack", "timestamp": _now(), "session_id": self.session_id})
+            return
+        self.ingest(frame)
+
+    def ingest(self, frame: WsFrame) -> None:
+        started = time.perf_counter()
+        valid, rejected = validate_events(frame.events)
+        for event_id, errors in rejected:
+            WS_EVENTS.labels("rejected").inc()
+            self.error("invalid_event", "the event does not match the schema", errors, event_id=event_id,
+                       batch_id=frame.batch_id)
+        if not valid:
+            WS_MESSAGES.labels(frame.type, "rejected").inc()
+            return
+        try:
+            results = ingest_events(valid, dispatcher=self.dispatcher, door="ws")
+        except Exception:  # the database is unreachable: nothing is acked, the agent re-sends
+            log.exception("ws ingest failed", extra={"session_id": self.session_id, "batch_id": frame.batch_id})
+            WS_MESSAGES.labels(frame.type, "error").inc()
+            self.error("ingest_failed", "the events could not be stored; nothing was acknowledged, send them again",
+                       batch_id=frame.batch_id)
+            return
+        for result in results:
+            WS_EVENTS.labels(result.status).inc()
+            self.send({"type": "ack", "event_id": result.event_id, "incident_id": result.incident_id,
+                       "status": "processed" if result.status == "accepted" else "duplicate"})
+        WS_MESSAGES.labels(frame.type, "ok").inc()
+        log.debug("ws frame ingested", extra={"session_id": self.session_id, "events": len(results),
+                                              "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
+
+
+def validate_events(raw_events: Sequence[Any]) -> tuple[list[NewEvent], list[tuple[str, Any]]]:
+    """The REST event schema for each event (source defaults to llm-edge-agent)."""
+    valid: list[NewEvent] = []
+    rejected: list[tuple[str, Any]] = []
+    for item in raw_events:
+        if not isinstance(item, dict):
+            rejected.append(("", {"_schema": ["expected a JSON object"]}))
+            continue
+        body = item if "source" in item else {**item, "source": EDGE_AGENT_SOURCE}
+        try:
+            valid.append(to_new_event(EVENT_SCHEMA.load(body), item))
+        except ValidationError as exc:
+            messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+            rejected.append((str(item.get("event_id", "")), messages))
+    return valid, rejected
+
+
+class _HandledResponse(Response):
+    """What flask-sock returns once a socket is done: the server already wrote everything."""
+
+    def __init__(self, ws: Server) -> None:
+        super().__init__()
+        self._ws = ws
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        if self._ws.mode == "gunicorn":
+            raise StopIteration()
+        if self._ws.mode == "werkzeug":
+            return super().__call__(environ, start_response)
+        return []
+
+
+def events_socket() -> Any:
+    settings = get_settings()
+    try:
+        principal = _handshake_principal()
+    except AuthError as exc:
+        return error_response(401, "unauthenticated", str(exc))
+    except PermissionDenied as exc:
+        return error_response(403, "forbidden", str(exc))
+    ws = Server(request.environ, max_message_size=settings.ws_max_message_bytes * HARD_LIMIT_FACTOR)
+    socket = EventSocket(ws, principal, settings)
+    WS_CONNECTIONS.inc()
+    try:
+        socket.run()
+    except ConnectionClosed:
+        pass
+    finally:
+        WS_CONNECTIONS.dec()
+        log.info("ws disconnected", extra={"session_id": socket.session_id})
+        try:
+            ws.close()
+        except Exception:  # already closed by the peer
+            pass
+    return _HandledResponse(ws)
+
+
+def register(app: Flask) -> None:
+    """Mount /ws/events (create_app calls this)."""
+    app.add_url_rule("/ws/events", "ws_events", events_socket, websocket=True)
