@@ -19,6 +19,7 @@ from celery import chain
 
 from app.adapters.redis_client import get_redis
 from app.config import get_settings
+from app.services import outbox
 from app.services import pipeline as service
 from tasks.celery_app import app
 from tasks.dispatch import DRAIN_FLAG_KEY, PENDING_KEY
@@ -58,20 +59,33 @@ def process(outbox_ids: list[int]) -> int:
     return len(outbox_ids)
 
 
+STAGE_ORDER = ("pipeline.dedup", "pipeline.classify", "pipeline.enrich", "pipeline.correlate", "pipeline.route")
+
+
 def _stage(task: Any, batch_or_ids: Any, run: Callable[[Any], Any]) -> Any:
-    """Run one stage; on the last attempt of a multi-row batch, split it instead of failing it."""
+    """Run one stage. On the last attempt of a multi-row batch, split it per outbox row instead of
+    failing it (one poison event then dead-letters alone); a single row out of retries is closed in
+    the outbox (the relay stops re-sending it) and dead-lettered by BaseTask, replayable.
+    A stage run without the rest of its chain (a dead-letter replay) starts the remaining stages."""
     try:
-        return run(batch_or_ids)
+        result = run(batch_or_ids)
     except Exception:
         outbox_ids = batch_or_ids if isinstance(batch_or_ids, list) else batch_or_ids.get("outbox_ids", [])
-        if task.request.retries >= task.max_retries and len(outbox_ids) > 1:
-            log.warning("pipeline stage out of retries on a batch; splitting it per outbox row",
-                        extra={"task": task.name, "outbox_ids": outbox_ids[:50]})
-            for outbox_id in outbox_ids:
-                start_chain([outbox_id])
-            task.request.chain = None  # the rest of this chain would run on a batch we just split
-            return None
+        if task.request.retries >= task.max_retries:
+            if len(outbox_ids) > 1:
+                log.warning("pipeline stage out of retries on a batch; splitting it per outbox row",
+                            extra={"task": task.name, "outbox_ids": outbox_ids[:50]})
+                for outbox_id in outbox_ids:
+                    start_chain([outbox_id])
+                task.request.chain = None  # the rest of this chain would run on a batch we just split
+                return None
+            outbox.mark_done(outbox_ids)
         raise
+    position = STAGE_ORDER.index(task.name)
+    if not task.request.chain and position + 1 < len(STAGE_ORDER):
+        names = STAGE_ORDER[position + 1:]
+        chain(app.signature(names[0], args=(result,)), *[app.signature(n) for n in names[1:]]).apply_async()
+    return result
 
 
 @app.task(name="pipeline.dedup", bind=True)
