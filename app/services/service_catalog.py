@@ -3,6 +3,7 @@ templates enrichment queries. CRUD for the REST API and a YAML import."""
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -13,6 +14,8 @@ from sqlalchemy import select
 
 from app.adapters.db import read_session, unit_of_work
 from app.adapters.pipeline_models import Service
+
+log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 TIERS = ("tier-0", "tier-1", "tier-2", "tier-3", "tier-4")
@@ -89,7 +92,9 @@ def create_service(data: Mapping[str, Any]) -> dict[str, Any]:
                           **{k: _default(k, data.get(k)) for k in FIELDS})
         session.add(service)
         session.flush()
-        return service_to_dict(service)
+        result = service_to_dict(service)
+    _forget([result["name"]])
+    return result
 
 
 def update_service(name: str, data: Mapping[str, Any], replace: bool = False) -> dict[str, Any]:
@@ -103,7 +108,9 @@ def update_service(name: str, data: Mapping[str, Any], replace: bool = False) ->
                 setattr(service, key, _default(key, data.get(key)))
         service.updated_at = datetime.now(timezone.utc)
         session.flush()
-        return service_to_dict(service)
+        result = service_to_dict(service)
+    _forget([name])
+    return result
 
 
 def delete_service(name: str) -> None:
@@ -112,6 +119,22 @@ def delete_service(name: str) -> None:
         if service is None:
             raise ServiceNotFound(name)
         session.delete(service)
+    _forget([name])
+
+
+def _forget(names: Iterable[str]) -> None:
+    """Drop the enrichment cache entries of changed services (after commit), so the pipeline sees
+    a catalog edit at once instead of after the cache TTL."""
+    from app.adapters.redis_client import get_redis
+
+    client = get_redis()
+    keys = [f"im:enrich:service:{n}" for n in names]
+    if client is None or not keys:
+        return
+    try:
+        client.delete(*keys)
+    except Exception:  # the TTL bounds how stale the cache can get
+        log.warning("could not invalidate the service cache", exc_info=True, extra={"services": keys[:20]})
 
 
 def _default(key: str, value: Any) -> Any:
@@ -200,6 +223,7 @@ def import_yaml(text: str) -> ImportResult:
                     setattr(service, key, _default(key, entry.get(key)))
                 service.updated_at = now
                 updated.append(entry["name"])
+    _forget(created + updated)
     return ImportResult(created=created, updated=updated)
 
 

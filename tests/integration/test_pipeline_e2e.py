@@ -16,6 +16,16 @@ from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture(autouse=True)
+def fresh_enrichment_cache(test_env: dict[str, str]) -> None:
+    """Enrichment answers cached in Redis by an earlier test must not leak into this one."""
+    import redis
+
+    client = redis.Redis.from_url(test_env["REDIS_URL"])
+    for key in client.scan_iter("im:enrich:*"):
+        client.delete(key)
+
 SENTINEL = json.loads((Path(__file__).parent.parent / "fixtures" / "sentinel-event.json").read_text())
 
 CATALOG = """

@@ -25,6 +25,16 @@ from tests.conftest import ROOT, wait_for
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(autouse=True)
+def fresh_enrichment_cache(test_env: dict[str, str]) -> None:
+    """Enrichment answers cached in Redis by an earlier test must not leak into this one."""
+    import redis
+
+    client = redis.Redis.from_url(test_env["REDIS_URL"])
+    for key in client.scan_iter("im:enrich:*"):
+        client.delete(key)
+
+
 def _event(i: int, title: str = "GPU pool exhausted", resource: str = "gpu-pool-a") -> dict[str, Any]:
     return {"event_id": f"evt-{i}", "source": "llm-sentinel", "event_type": "anomaly", "title": title,
             "description": "no free GPUs for inference", "severity": "critical",
