@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, validate, validates_schema
@@ -148,6 +148,62 @@ class ListQuerySchema(Schema):
 
 
 EVENT_SCHEMA = EventSchema()
+
+_STR_LIMITS = (("event_id", 1, 200), ("source", 1, 100), ("title", 1, 500), ("severity", 1, 50))
+_OPTIONAL_STR_LIMITS = (("source_version", 0, 50), ("event_type", 0, 100), ("category", 0, 100),
+                        ("description", 0, 100_000), ("service", 0, 200), ("dedup_key", 1, 255))
+
+
+def _plainly_valid(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The loaded event when `body` is plainly valid, else None (marshmallow then answers, with its
+    per-field errors). Accepts a subset of what EventSchema accepts and loads it identically; it
+    exists because marshmallow costs ~0.5 ms an event, which dominates a 1,000-event batch."""
+    for name, low, high in _STR_LIMITS:
+        value = body.get(name)
+        if type(value) is not str or not low <= len(value) <= high:
+            return None
+    for name, low, high in _OPTIONAL_STR_LIMITS:
+        if name in body:
+            value = body[name]
+            if type(value) is not str or not low <= len(value) <= high:
+                return None
+    data = dict(body)
+    if "timestamp" in body:
+        value = body["timestamp"]
+        if type(value) is not str or not 10 <= len(value) <= 40 or value[4:5] != "-" or "T" not in value:
+            return None
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        data["timestamp"] = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    if "resource" in body:
+        resource = body["resource"]
+        if type(resource) is not dict:
+            return None
+        for name, high in (("type", 100), ("id", 200)):
+            value = resource.get(name)
+            if type(value) is not str or not 1 <= len(value) <= high:
+                return None
+        if "name" in resource and (type(resource["name"]) is not str or len(resource["name"]) > 500):
+            return None
+        if "metadata" in resource and type(resource["metadata"]) is not dict:
+            return None
+    if "metrics" in body:
+        metrics = body["metrics"]
+        if type(metrics) is not dict or any(type(v) not in (int, float) for v in metrics.values()):
+            return None
+    if "tags" in body:
+        tags = body["tags"]
+        if type(tags) is not dict or any(isinstance(v, (dict, list)) for v in tags.values()):
+            return None
+    return data
+
+
+def load_event(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate one event body (EventSchema); raises marshmallow's ValidationError with per-field
+    messages."""
+    return _plainly_valid(body) or EVENT_SCHEMA.load(body)
 
 
 def to_new_event(data: Mapping[str, Any], raw: Mapping[str, Any]) -> NewEvent:

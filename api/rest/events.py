@@ -11,7 +11,7 @@ from api.auth import require
 from api.body import json_object
 from api.errors import ApiError
 from api.links import incident_links
-from api.schemas import EVENT_SCHEMA, to_new_event
+from api.schemas import load_event, to_new_event
 from app.config import get_settings
 from app.services.ingest import IngestResult, ingest_events
 from tasks.dispatch import dispatch_pipeline
@@ -37,7 +37,7 @@ def result_body(result: IngestResult) -> dict[str, Any]:
 def _single(body: dict[str, Any], default_source: str | None) -> Any:
     if default_source and "source" not in body:
         body = {**body, "source": default_source}
-    data = EVENT_SCHEMA.load(body)  # ValidationError -> 422 with per-field errors
+    data = load_event(body)  # ValidationError -> 422 with per-field errors
     [result] = ingest_events([to_new_event(data, body)], dispatcher=dispatch_pipeline)
     return jsonify(result_body(result)), 202 if result.status == "accepted" else 200
 
@@ -68,7 +68,7 @@ def create_events() -> Any:
             results[i] = IngestResult("rejected", "", error={"_schema": ["expected a JSON object"]})
             continue
         try:
-            valid.append(to_new_event(EVENT_SCHEMA.load(item), item))
+            valid.append(to_new_event(load_event(item), item))
             positions.append(i)
         except ValidationError as exc:
             results[i] = IngestResult("rejected", str(item.get("event_id", "")), error=exc.messages)  # type: ignore[arg-type]

@@ -1,0 +1,112 @@
+"""Ingest benchmark (issue 3). Run: `flock /tmp/im-bench.lock .venv/bin/python -m bench.ingest`.
+
+(a) single-event durable ingest on POST /api/v1/events/sentinel, 2 gunicorn sync workers, against
+    a bare Flask+gunicorn app doing one autocommit INSERT per request into the same Postgres
+    (bench/baseline_app.py); same load generator, same run, alternating rounds -> ratio (>= 0.8);
+    then p50/p99 at a fixed 500 req/s (open loop; p99 < 50 ms).
+(b) batched ingest, {"events": [1,000]} per request -> events/s committed (>= 10,000).
+
+Every event is unique (own event_id and title, so each opens its own incident: the heaviest write).
+No Celery worker runs: the web's work (commit + outbox + hand-off to Redis) is what is measured;
+the drain tasks the web enqueues simply wait in Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from bench.common import ROOT, Server, make_environment, run_load
+
+SENTINEL = json.loads((ROOT / "tests" / "fixtures" / "sentinel-event.json").read_text())
+
+
+def sentinel_factory(tag: str):  # type: ignore[no-untyped-def]
+    template = dict(SENTINEL)
+
+    def make(worker: int, n: int) -> bytes:
+        event = dict(template)
+        event["event_id"] = f"{tag}-{worker}-{n}"
+        event["title"] = f"Latency Spike Detected {tag}-{worker}-{n}"
+        return json.dumps(event).encode()
+
+    return make
+
+
+def batch_factory(tag: str, size: int):  # type: ignore[no-untyped-def]
+    template = dict(SENTINEL)
+
+    def make(worker: int, n: int) -> bytes:
+        events = []
+        for i in range(size):
+            event = dict(template)
+            event["event_id"] = f"{tag}-{worker}-{n}-{i}"
+            event["title"] = f"Latency Spike Detected {tag}-{worker}-{n}-{i}"
+            events.append(event)
+        return json.dumps({"events": events}).encode()
+
+    return make
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--only", choices=["single", "rate", "batch"], action="append")
+    args = parser.parse_args()
+    only = set(args.only or ["single", "rate", "batch"])
+
+    environment = make_environment()
+    env = environment.env
+    created = subprocess.run(
+        [sys.executable, "-m", "app.cli", "apikey", "create", "--name", "bench", "--permission", "event:create",
+         "--rate-limit", "0"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    key = created.stdout.strip().splitlines()[-1]
+    headers = {"Content-Type": "application/json", "X-API-Key": key}
+    baseline = Server("bench.baseline_app:app", env)
+    incident_manager = Server("api.wsgi:app", env, config="python:api.gunicorn_conf")
+    print(f"database {environment.db_name}, redis db {environment.redis_db}; "
+          f"baseline :{baseline.port}, incident manager :{incident_manager.port}", flush=True)
+    try:
+        # warm both (imports, connection pools, the API key cache, prepared statements)
+        for server in (baseline, incident_manager):
+            run_load(server.port, "/api/v1/events/sentinel", headers, sentinel_factory(f"warm{server.port}"),
+                     duration=2, processes=1, threads=4)
+        if "single" in only:
+            ratios = []
+            for r in range(args.rounds):
+                base = run_load(baseline.port, "/api/v1/events/sentinel", headers, sentinel_factory(f"b{r}"),
+                                duration=args.duration)
+                ours = run_load(incident_manager.port, "/api/v1/events/sentinel", headers,
+                                sentinel_factory(f"s{r}"), duration=args.duration)
+                ratio = ours.rps / base.rps if base.rps else 0.0
+                ratios.append(ratio)
+                print(f"[single round {r}] baseline: {base.summary()}", flush=True)
+                print(f"[single round {r}] incident-manager: {ours.summary()}", flush=True)
+                print(f"[single round {r}] ratio {ratio:.2f}", flush=True)
+            print(f"RESULT single-event ratio: best {max(ratios):.2f} worst {min(ratios):.2f} (need >= 0.8)",
+                  flush=True)
+        if "rate" in only:
+            fixed = run_load(incident_manager.port, "/api/v1/events/sentinel", headers, sentinel_factory("rate"),
+                             duration=args.duration, processes=2, threads=16, rate=args.rate)
+            print(f"RESULT fixed {args.rate:.0f} req/s: {fixed.summary()} (need p99 < 50 ms)", flush=True)
+        if "batch" in only:
+            batch = run_load(incident_manager.port, "/api/v1/events", headers,
+                             batch_factory("batch", args.batch_size), duration=args.duration, processes=1,
+                             threads=3, count_items=True)
+            print(f"RESULT batched {args.batch_size}/request: {batch.summary()} -> "
+                  f"{batch.items_per_sec:,.0f} events/s committed (need >= 10,000)", flush=True)
+    finally:
+        incident_manager.stop()
+        baseline.stop()
+        environment.close()
+
+
+if __name__ == "__main__":
+    time.sleep(0)
+    main()

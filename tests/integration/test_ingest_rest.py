@@ -1,0 +1,285 @@
+"""REST ingest per CONTRACT.md: the Sentinel request of guide §2 verbatim, duplicates, batches."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+
+from app.adapters.db import read_session
+from app.adapters.models import Event, Incident, OutboxMessage, TimelineEntry
+
+SENTINEL_TEXT = (Path(__file__).parent.parent / "fixtures" / "sentinel-event.json").read_text()
+SENTINEL = json.loads(SENTINEL_TEXT)
+ID_RE = re.compile(r"^INC-(\d{8})-(\d{5,})$")
+
+
+def counts() -> dict[str, int]:
+    with read_session() as session:
+        return {table: session.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+                for table in ("events", "incidents", "incident_timeline", "outbox")}
+
+
+def event(event_id: str, **changes):  # type: ignore[no-untyped-def]
+    body = copy.deepcopy(SENTINEL)
+    body["event_id"] = event_id
+    body.update(changes)
+    return body
+
+
+@pytest.fixture
+def key(make_key):  # type: ignore[no-untyped-def]
+    return make_key("event:create", "incident:read")
+
+
+def post(client, path, body, key, **kw):  # type: ignore[no-untyped-def]
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body)
+    return client.post(path, data=body, headers={"X-API-Key": key, "Content-Type": "application/json"}, **kw)
+
+
+def test_sentinel_request_verbatim_is_accepted_with_the_exact_response(client, key):
+    response = client.post("/api/v1/events/sentinel", data=SENTINEL_TEXT,
+                           headers={"Content-Type": "application/json", "X-API-Key": key})
+    assert response.status_code == 202
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert list(body) == ["status", "event_id", "incident_id", "message", "links"]
+    assert body["status"] == "accepted"
+    assert body["event_id"] == "sent-2025-001234"
+    assert body["message"] == "Event received and queued for processing"
+    match = ID_RE.match(body["incident_id"])
+    assert match and match.group(1) == datetime.now(timezone.utc).strftime("%Y%m%d")
+    incident_id = body["incident_id"]
+    assert body["links"] == {"incident": f"http://localhost/incidents/{incident_id}",
+                             "api": f"http://localhost/api/v1/incidents/{incident_id}"}
+
+    # durable before the answer: every row is there, with the raw payload kept exactly
+    assert counts() == {"events": 1, "incidents": 1, "incident_timeline": 1, "outbox": 1}
+    with read_session() as session:
+        stored = session.scalars(select(Event)).one()
+        outbox = session.scalars(select(OutboxMessage)).one()
+        incident = session.get(Incident, incident_id)
+        timeline = session.scalars(select(TimelineEntry)).one()
+    assert stored.payload == SENTINEL and stored.incident_id == incident_id
+    assert (stored.source, stored.event_id, stored.severity) == ("llm-sentinel", "sent-2025-001234", "high")
+    assert stored.occurred_at == datetime(2025, 11, 11, 10, 30, tzinfo=timezone.utc)
+    assert outbox.payload == {"event_ids": [stored.id]} and outbox.done_at is None
+    assert (incident.severity, incident.source_severity, incident.status) == ("P1", "high", "NEW")
+    assert (incident.category, incident.event_type, incident.event_count) == ("performance", "anomaly", 1)
+    assert incident.title == "Latency Spike Detected" and incident.tags["cluster"] == "prod-us-west-2-a"
+    assert incident.resource["id"] == "ep-chat-completion" and incident.metrics["p95_latency_ms"] == 5400
+    assert incident.sla_resolve_by == incident.created_at + (incident.sla_resolve_by - incident.created_at)
+    assert (incident.sla_resolve_by - incident.created_at).total_seconds() == 3600  # P1
+    assert (timeline.kind, timeline.new_value, timeline.actor) == ("created", "NEW", "llm-sentinel")
+
+    # the id is final: both links answer
+    for link in body["links"].values():
+        got = client.get(link.replace("http://localhost", ""), headers={"X-API-Key": key})
+        assert got.status_code == 200 and got.get_json()["id"] == incident_id
+
+
+def test_public_base_url_is_honoured(client, key, monkeypatch):
+    from app.config import reset_settings_cache
+
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://incidents.example.com/")
+    reset_settings_cache()
+    try:
+        body = post(client, "/api/v1/events/sentinel", SENTINEL, key).get_json()
+    finally:
+        monkeypatch.delenv("PUBLIC_BASE_URL")
+        reset_settings_cache()
+    incident_id = body["incident_id"]
+    assert body["links"] == {"incident": f"https://incidents.example.com/incidents/{incident_id}",
+                             "api": f"https://incidents.example.com/api/v1/incidents/{incident_id}"}
+
+
+def test_links_follow_the_request_host_by_default(client, key):
+    response = client.post("/api/v1/events/sentinel", data=SENTINEL_TEXT, base_url="http://im.internal:8080",
+                           headers={"Content-Type": "application/json", "X-API-Key": key})
+    assert response.get_json()["links"]["api"].startswith("http://im.internal:8080/api/v1/incidents/INC-")
+
+
+def test_repeat_answers_duplicate_with_the_same_incident_and_changes_nothing(client, key):
+    first = post(client, "/api/v1/events/sentinel", SENTINEL, key).get_json()
+    before = counts()
+    with read_session() as session:
+        incident_before = session.get(Incident, first["incident_id"])
+    # the same (source, event_id), even with a different body, is a duplicate
+    for body in (SENTINEL, event("sent-2025-001234", title="Something else", severity="critical")):
+        response = post(client, "/api/v1/events/sentinel", body, key)
+        assert response.status_code == 200
+        again = response.get_json()
+        assert again["status"] == "duplicate"
+        assert again["incident_id"] == first["incident_id"] and again["event_id"] == "sent-2025-001234"
+        assert again["links"] == first["links"]
+    assert counts() == before
+    with read_session() as session:
+        incident_after = session.get(Incident, first["incident_id"])
+        stored = session.scalars(select(Event)).one()
+    assert incident_after.event_count == incident_before.event_count == 1
+    assert incident_after.updated_at == incident_before.updated_at
+    assert stored.payload == SENTINEL
+
+
+def test_same_fingerprint_joins_the_active_incident(client, key):
+    first = post(client, "/api/v1/events/sentinel", event("e-1"), key).get_json()
+    second = post(client, "/api/v1/events/sentinel", event("e-2"), key)
+    assert second.status_code == 202 and second.get_json()["status"] == "accepted"
+    assert second.get_json()["incident_id"] == first["incident_id"]
+    with read_session() as session:
+        incident = session.get(Incident, first["incident_id"])
+        kinds = [t.kind for t in session.scalars(select(TimelineEntry).order_by(TimelineEntry.id))]
+    assert incident.event_count == 2
+    assert kinds == ["created", "event_merged"]
+    assert counts() == {"events": 2, "incidents": 1, "incident_timeline": 2, "outbox": 2}
+    # a different title is another incident
+    third = post(client, "/api/v1/events/sentinel", event("e-3", title="Error Rate Spike"), key).get_json()
+    assert third["incident_id"] != first["incident_id"]
+
+
+def test_resolved_incident_is_not_joined(client, key, make_key):
+    writer = make_key("incident:write")
+    first = post(client, "/api/v1/events/sentinel", event("r-1"), key).get_json()
+    assert post(client, f"/api/v1/incidents/{first['incident_id']}/resolve", {}, writer).status_code == 200
+    second = post(client, "/api/v1/events/sentinel", event("r-2"), key).get_json()
+    assert second["incident_id"] != first["incident_id"]
+
+
+def test_generic_endpoint_single_event_any_source(client, key):
+    response = post(client, "/api/v1/events", event("g-1", source="llm-shield", severity="critical"), key)
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["status"] == "accepted" and ID_RE.match(body["incident_id"])
+    with read_session() as session:
+        incident = session.get(Incident, body["incident_id"])
+    assert (incident.source, incident.severity) == ("llm-shield", "P0")
+
+
+def test_sentinel_endpoint_defaults_the_source(client, key):
+    body = event("s-1")
+    del body["source"]
+    response = post(client, "/api/v1/events/sentinel", body, key)
+    assert response.status_code == 202
+    with read_session() as session:
+        assert session.scalars(select(Event.source)).one() == "llm-sentinel"
+
+
+def test_incident_ids_are_sequential_within_the_day(client, key):
+    ids = [post(client, "/api/v1/events", event(f"n-{i}", title=f"Distinct {i}"), key).get_json()["incident_id"]
+           for i in range(3)]
+    numbers = [int(ID_RE.match(i).group(2)) for i in ids]
+    assert numbers == sorted(numbers) and len(set(numbers)) == 3
+
+
+def test_batch_answers_one_result_per_event_in_order(client, key):
+    post(client, "/api/v1/events", event("b-stored"), key)  # stored before the batch
+    before = counts()
+    batch = [
+        event("b-1", title="Batch A"),
+        {"event_id": "b-bad", "source": "llm-sentinel"},             # no title, no severity
+        event("b-stored"),                                           # duplicate of a stored event
+        event("b-2", title="Batch B"),
+        event("b-1", title="Batch A"),                               # repeated inside the batch
+        "not an object",
+        event("b-3", title="Batch A"),                               # same fingerprint as b-1
+        event("b-4", title="Batch C", timestamp="yesterday"),        # bad timestamp
+    ]
+    response = post(client, "/api/v1/events", {"events": batch}, key)
+    assert response.status_code == 202
+    body = response.get_json()
+    results = body["results"]
+    assert [r["status"] for r in results] == [
+        "accepted", "rejected", "duplicate", "accepted", "duplicate", "rejected", "accepted", "rejected"]
+    assert [r["event_id"] for r in results] == ["b-1", "b-bad", "b-stored", "b-2", "b-1", "", "b-3", "b-4"]
+    assert (body["accepted"], body["duplicate"], body["rejected"]) == (3, 2, 3)
+    assert set(results[1]["error"]) == {"title", "severity"}
+    assert results[5]["error"] == {"_schema": ["expected a JSON object"]}
+    assert set(results[7]["error"]) == {"timestamp"}
+    assert "incident_id" not in results[1]
+    assert results[4]["incident_id"] == results[0]["incident_id"] == results[6]["incident_id"]
+    assert results[3]["incident_id"] != results[0]["incident_id"]
+    assert results[0]["links"]["api"].endswith(results[0]["incident_id"])
+    after = counts()
+    assert after["events"] - before["events"] == 3
+    assert after["incidents"] - before["incidents"] == 2
+    assert after["outbox"] - before["outbox"] == 1  # one outbox row for the whole batch
+    with read_session() as session:
+        assert session.get(Incident, results[0]["incident_id"]).event_count == 2
+
+
+def test_batch_of_1000_is_accepted_and_1001_is_refused(client, key):
+    events = [event(f"k-{i}", title=f"Bulk {i % 10}") for i in range(1000)]
+    response = post(client, "/api/v1/events", {"events": events}, key)
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["accepted"] == 1000 and len(body["results"]) == 1000
+    assert [r["event_id"] for r in body["results"]] == [f"k-{i}" for i in range(1000)]
+    assert len({r["incident_id"] for r in body["results"]}) == 10
+    before = counts()
+    assert before["events"] == 1000 and before["incidents"] == 10
+
+    too_many = [event(f"x-{i}", title=f"Bulk {i}") for i in range(1001)]
+    response = post(client, "/api/v1/events", {"events": too_many}, key)
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["code"] == "validation_failed" and "events" in error["details"]
+    assert counts() == before
+
+
+@pytest.mark.parametrize("events", [[], {"a": 1}, "x", None])
+def test_batch_must_be_a_non_empty_list(client, key, events):
+    response = post(client, "/api/v1/events", {"events": events}, key)
+    assert response.status_code == 422
+    assert "events" in response.get_json()["error"]["details"]
+    assert counts() == {"events": 0, "incidents": 0, "incident_timeline": 0, "outbox": 0}
+
+
+def test_batch_where_every_event_is_rejected_writes_nothing(client, key):
+    response = post(client, "/api/v1/events", {"events": [{"event_id": "a"}, {"title": "t"}]}, key)
+    assert response.status_code == 202
+    assert [r["status"] for r in response.get_json()["results"]] == ["rejected", "rejected"]
+    assert counts() == {"events": 0, "incidents": 0, "incident_timeline": 0, "outbox": 0}
+
+
+def test_batch_with_a_stored_duplicate_takes_the_general_path_correctly(client, key):
+    """A stored duplicate makes the one-statement path give way; the general path must still
+    accept the rest exactly once."""
+    post(client, "/api/v1/events", event("d-1", title="Dup A"), key)
+    body = post(client, "/api/v1/events", {"events": [event("d-0", title="Dup Z"), event("d-1", title="Dup A"),
+                                                      event("d-2", title="Dup A")]}, key).get_json()
+    assert [r["status"] for r in body["results"]] == ["accepted", "duplicate", "accepted"]
+    assert body["results"][1]["incident_id"] == body["results"][2]["incident_id"]
+    with read_session() as session:
+        assert session.get(Incident, body["results"][2]["incident_id"]).event_count == 2
+        assert session.execute(select(func.count(Event.id))).scalar_one() == 3
+
+
+def test_per_integration_severity_mapping_applies_at_ingest(client, key, tmp_path, monkeypatch):
+    from app.config import reset_settings_cache
+
+    config = tmp_path / "config.yaml"
+    config.write_text("integrations:\n  llm-sentinel:\n    severity_mapping:\n      high: P0\n")
+    monkeypatch.setenv("CONFIG_FILE", str(config))
+    reset_settings_cache()
+    try:
+        body = post(client, "/api/v1/events/sentinel", event("m-1"), key).get_json()
+        other = post(client, "/api/v1/events", event("m-2", source="llm-shield", title="Other"), key).get_json()
+    finally:
+        monkeypatch.delenv("CONFIG_FILE")
+        reset_settings_cache()
+    with read_session() as session:
+        assert session.get(Incident, body["incident_id"]).severity == "P0"
+        assert session.get(Incident, other["incident_id"]).severity == "P1"
+
+
+@pytest.mark.parametrize("given,expected", [("warning", "P2"), ("error", "P1"), ("whatever", "P3"), ("P4", "P4")])
+def test_source_severity_mapping_at_ingest(client, key, given, expected):
+    body = post(client, "/api/v1/events", event(f"sev-{given}", severity=given), key).get_json()
+    incident = client.get(f"/api/v1/incidents/{body['incident_id']}", headers={"X-API-Key": key}).get_json()
+    assert (incident["severity"], incident["source_severity"]) == (expected, given)
