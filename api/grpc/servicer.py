@@ -20,7 +20,7 @@ from app.domain.severity import SEVERITIES
 from app.metrics import LATENCY_BUCKETS
 from app.services import changes, incidents
 from app.services.ingest import Dispatcher, NewEvent
-from app.services.integrations import analyze_correlations, ingest_with_auto_page, update_incident
+from app.services.integrations import GroupCommitter, analyze_correlations, ingest_with_auto_page, update_incident
 
 pb2, pb2_grpc = proto.load()
 log = logging.getLogger(__name__)
@@ -211,13 +211,15 @@ class IncidentServicer(pb2_grpc.IncidentServiceServicer):  # type: ignore[misc,n
         self.auth = GrpcAuthenticator(settings)
         self.dispatcher = dispatcher
         self.stream_idle_secs = stream_idle_secs
+        # Concurrent CreateIncident calls share one transaction; each answers after its commit.
+        self.committer = GroupCommitter(lambda events: ingest_with_auto_page(events, dispatcher=dispatcher, door="grpc"))
 
     @_observed("CreateIncident")
     def CreateIncident(self, request: Any, context: grpc.ServicerContext) -> Any:
         """Ingest one event; answers after commit (and after Shield's auto-page, when configured)."""
         self.auth.principal(context, "event:create")
         event = request_to_event(request)
-        [result] = ingest_with_auto_page([event], dispatcher=self.dispatcher, door="grpc")
+        result = self.committer.submit(event)
         return pb2.CreateIncidentResponse(
             status=result.status, incident_id=result.incident_id or "", event_id=result.event_id,
             message=ACCEPTED_MESSAGE if result.status == "accepted" else DUPLICATE_MESSAGE,

@@ -1,0 +1,106 @@
+"""gRPC CreateIncident throughput: one client process, 8 concurrent calls in flight.
+
+    flock /tmp/im-bench.lock .venv/bin/python bench/grpc_ingest.py [--seconds 10] [--concurrency 8]
+
+Starts the real `incident-manager grpc serve` process on a throwaway database, then measures
+(1) the same-run baseline: the standard health Check RPC (no database), and (2) CreateIncident with
+distinct events (each one committed before its answer), and prints calls/s and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.doors_support import bench_environment, free_port  # noqa: E402
+
+
+async def run_load(call: Callable[[int], Awaitable[Any]], seconds: float, concurrency: int) -> tuple[float, list[float]]:
+    """`concurrency` calls in flight at all times on one channel (one client process, asyncio)."""
+    stop = time.monotonic() + seconds
+    latencies: list[float] = []
+    counter = iter(range(10**9))
+
+    async def worker() -> None:
+        while time.monotonic() < stop:
+            started = time.perf_counter()
+            await call(next(counter))
+            latencies.append(time.perf_counter() - started)
+
+    began = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.monotonic() - began
+    return len(latencies) / elapsed, sorted(latencies)
+
+
+def pct(values: list[float], p: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * p))] * 1000 if values else 0.0
+
+
+async def measure(port: int, key: str, seconds: float, concurrency: int) -> str:
+    import proto
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    pb2, pb2_grpc = proto.load()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await asyncio.wait_for(channel.channel_ready(), 30)
+        health = health_pb2_grpc.HealthStub(channel)
+        stub = pb2_grpc.IncidentServiceStub(channel)
+        metadata = (("authorization", f"Bearer {key}"),)
+        run_id = os.getpid()
+
+        async def check(_: int) -> None:
+            await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+
+        async def create(n: int) -> None:
+            await stub.CreateIncident(pb2.CreateIncidentRequest(
+                event_id=f"bench-{run_id}-{n}", source="llm-shield", title=f"Prompt injection {n % 500}",
+                severity="critical", event_type="violation", category="security",
+                resource=pb2.Resource(type="model", id=f"model-{n % 50}"), tags={"environment": "bench"},
+                encrypted_payload=b"x" * 64), metadata=metadata, timeout=10)
+
+        await run_load(create, 1.0, concurrency)  # warm-up: pools, the day's sequence
+        base_rate, _ = await run_load(check, seconds / 2, concurrency)
+        rate, latencies = await run_load(create, seconds, concurrency)
+    return "\n".join([
+        f"baseline health Check:  {base_rate:8.0f} calls/s  ({concurrency} in flight, same server, no database)",
+        f"CreateIncident:         {rate:8.0f} calls/s  p50 {pct(latencies, .5):.1f} ms  p99 {pct(latencies, .99):.1f} ms"
+        f"  ({len(latencies)} events committed)",
+        f"ratio CreateIncident / baseline: {rate / base_rate:.2f}",
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    with bench_environment() as env:
+        from app.services.auth import create_api_key
+
+        key = create_api_key("bench", ["event:create"], 0).key
+        port = free_port()
+        log = open(Path(env["DATA_DIR"]) / "grpc.log", "w")
+        server = subprocess.Popen([sys.executable, "-m", "app.cli", "grpc", "serve", "--address", f"127.0.0.1:{port}"],
+                                  env={**os.environ, "GRPC_MAX_WORKERS": "16"}, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            print(asyncio.run(measure(port, key, args.seconds, args.concurrency)))
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
