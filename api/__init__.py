@@ -70,8 +70,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         metrics.HTTP_REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
         metrics.HTTP_DURATION.labels(request.method, endpoint).observe(elapsed)
         if response.status_code >= 400 or log.isEnabledFor(logging.DEBUG):
-            log.info("request", extra={"method": request.method, "path": request.path, "status": response.status_code,
-                                       "duration_ms": round(elapsed * 1000, 2)})
+            # the query string may carry credentials (`?token=` for browsers): the formatter redacts them
+            log.info("request", extra={"method": request.method, "path": request.path,
+                                       "query": request.args.to_dict(flat=True),
+                                       "status": response.status_code, "duration_ms": round(elapsed * 1000, 2),
+                                       "remote_addr": request.remote_addr})
         return response
 
     return app

@@ -1,0 +1,233 @@
+"""Operations: health (live, ready, full with a real worker and beat), Prometheus metrics
+(multiprocess: a worker's counters show in the web's /metrics), JSON logs, the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+
+SENTINEL = json.loads((Path(__file__).parent.parent / "fixtures" / "sentinel-event.json").read_text())
+
+
+def test_live_and_ready_need_no_credentials(client):
+    live = client.get("/health/live")
+    assert live.status_code == 200 and live.get_json() == {"status": "alive"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200 and ready.get_json() == {"status": "ready"}
+
+
+@pytest.fixture
+def database_unreachable(monkeypatch, test_env):  # type: ignore[no-untyped-def]
+    """Point this process's settings at a closed port (restored afterwards)."""
+    from app.adapters.db import reset_engine
+    from app.config import reset_settings_cache
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql://root@127.0.0.1:9/nowhere")
+    reset_settings_cache()
+    reset_engine()
+    yield
+    monkeypatch.setenv("DATABASE_URL", test_env["DATABASE_URL"])
+    reset_settings_cache()
+    reset_engine()
+
+
+def test_ready_is_503_when_the_database_is_unreachable(app, make_key, database_unreachable):
+    client = app.test_client()
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503 and ready.get_json() == {"status": "not_ready"}
+    assert client.get("/health/live").status_code == 200  # alive all the same: don't restart, wait
+
+
+def test_health_needs_a_credential(client):
+    response = client.get("/health")
+    assert response.status_code == 401 and response.get_json()["error"]["code"] == "unauthenticated"
+
+
+def test_health_reports_database_broker_workers_and_beat(client, make_key, start_worker):
+    from app.services import health
+
+    key = make_key("event:create")  # any valid credential
+    health._workers_cache = None
+    down = client.get("/health", headers={"X-API-Key": key}).get_json()
+    assert down["checks"]["workers"]["status"] == "down"
+    assert down["status"] == "degraded"
+
+    worker = start_worker(beat=True)
+    health._workers_cache = None
+    body = wait_for(lambda: _health_when(client, key, lambda b: b["checks"]["beat"]["status"] == "up"), 40,
+                    0.5, "beat's first heartbeat")
+    checks = body["checks"]
+    assert checks["database"]["status"] == "up" and checks["database"]["latency_ms"] >= 0
+    assert checks["broker"]["status"] == "up" and checks["broker"]["transport"] == "redis"
+    assert checks["workers"]["status"] == "up" and checks["workers"]["count"] >= 1
+    assert any(name.startswith(worker.name) for name in checks["workers"]["workers"])
+    assert 0 <= checks["beat"]["lag_seconds"] < 60
+    assert body["status"] == "healthy"
+    assert set(body["queues"]) == {"ingest", "pipeline", "notifications", "escalation", "playbooks", "ml"}
+    assert client.get("/api/v1/health", headers={"X-API-Key": key}).status_code == 200
+
+
+def _health_when(client, key, predicate):  # type: ignore[no-untyped-def]
+    from app.services import health
+
+    health._workers_cache = None
+    response = client.get("/health", headers={"X-API-Key": key})
+    body = response.get_json()
+    return body if response.status_code == 200 and predicate(body) else None
+
+
+def test_health_is_503_when_the_database_is_down(app, make_key, database_unreachable):
+    from app.services import auth
+
+    key = "im_00000000_not-checked-because-cached-principal"
+    principal = auth.Principal(id="x", name="probe", permissions=frozenset({"admin"}), requests_per_minute=0, burst=1)
+    with auth._cache_lock:
+        auth._cache[auth.digest_key(key)] = (time.monotonic() + 30, principal)
+    response = app.test_client().get("/health", headers={"X-API-Key": key})
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["status"] == "unhealthy" and body["checks"]["database"]["status"] == "down"
+
+
+METRIC_NAMES = [
+    "incident_manager_alerts_processed_total",
+    "incident_manager_incidents_created_total",
+    "incident_manager_incidents_resolved_total",
+    "incident_manager_processing_duration_seconds",
+    "incident_manager_task_duration_seconds",
+    "incident_manager_queue_depth",
+    "incident_manager_queue_oldest_age_seconds",
+]
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    pattern = re.compile(rf"^{re.escape(name)}{re.escape(labels)}\s+([0-9.e+-]+)$", re.M)
+    return sum(float(v) for v in pattern.findall(text))
+
+
+def test_metrics_need_a_credential(client):
+    assert client.get("/metrics").status_code == 401
+
+
+def test_metrics_include_what_a_worker_process_counted(client, make_key, worker):
+    """The pytest process plays the web here; the counter it shows was incremented by the worker
+    process, through the shared PROMETHEUS_MULTIPROC_DIR."""
+    key = make_key("admin")
+    headers = {"X-API-Key": key}
+    before = _metric(client.get("/metrics", headers=headers).get_data(as_text=True),
+                     "incident_manager_alerts_processed_total")
+    for i in range(3):
+        assert client.post("/api/v1/events/sentinel", json=dict(SENTINEL, event_id=f"m-{i}"),
+                           headers=headers).status_code == 202
+
+    def processed() -> float:
+        text = client.get("/metrics", headers=headers).get_data(as_text=True)
+        value = _metric(text, "incident_manager_alerts_processed_total")
+        return value if value >= before + 3 else 0
+
+    wait_for(processed, 30, 0.3, "the worker's alerts_processed counter in the web's /metrics")
+    text = client.get("/metrics", headers=headers).get_data(as_text=True)
+    assert "incident_manager_task_duration_seconds_bucket" in text
+    assert re.search(r'incident_manager_task_duration_seconds_count\{task="pipeline\.\w+"\} [1-9]', text)
+
+
+def test_metric_names_of_the_reference_readme_are_registered():
+    from prometheus_client import REGISTRY, generate_latest
+
+    import app.metrics  # noqa: F401
+
+    text = generate_latest(REGISTRY).decode()
+    for name in METRIC_NAMES:
+        assert f"# TYPE {name.removesuffix('_total')}" in text or f"# TYPE {name}" in text, name
+
+
+def test_openapi_document_is_valid(client):
+    from openapi_spec_validator import validate
+
+    response = client.get("/api/v1/openapi.json")
+    assert response.status_code == 200
+    spec = response.get_json()
+    validate(spec)
+    assert spec["openapi"].startswith("3.")
+    for path, method in [("/api/v1/events/sentinel", "post"), ("/api/v1/events", "post"),
+                         ("/api/v1/incidents", "get"), ("/api/v1/incidents", "post"),
+                         ("/api/v1/incidents/{incident_id}", "get"), ("/api/v1/incidents/{incident_id}", "patch"),
+                         ("/api/v1/incidents/{incident_id}/acknowledge", "post"),
+                         ("/api/v1/incidents/{incident_id}/resolve", "post"),
+                         ("/api/v1/incidents/{incident_id}/close", "post"),
+                         ("/api/v1/incidents/{incident_id}/timeline", "get"),
+                         ("/api/v1/incidents/{incident_id}/events", "get"),
+                         ("/health", "get"), ("/health/live", "get"), ("/health/ready", "get"), ("/metrics", "get")]:
+        assert method in spec["paths"][path], (path, method)
+    sentinel = spec["paths"]["/api/v1/events/sentinel"]["post"]
+    assert {"202", "200", "400", "401", "403", "413", "415", "422", "429"} <= set(sentinel["responses"])
+    event_schema = spec["components"]["schemas"]["Event"]
+    assert {"event_id", "source", "title", "severity"} <= set(event_schema["required"])
+
+
+class _Capture(logging.Handler):
+    def __init__(self, formatter: logging.Formatter) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(formatter)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture
+def log_lines(app):  # type: ignore[no-untyped-def]
+    """JSON lines as the app's own formatter writes them."""
+    from app.logging import JsonFormatter
+
+    root = logging.getLogger()
+    capture = _Capture(JsonFormatter())
+    old_level = root.level
+    root.addHandler(capture)
+    root.setLevel(logging.INFO)
+    yield capture.lines
+    root.removeHandler(capture)
+    root.setLevel(old_level)
+
+
+def test_json_logs_carry_the_request_id_and_no_secrets(app, make_key, log_lines):
+    from app.services.auth import create_token
+
+    client = app.test_client()
+    key = make_key("event:create")
+    token = create_token("someone", 60)
+    response = client.get(f"/api/v1/incidents?token={token}&api_key={key}&status=NEW",
+                          headers={"X-API-Key": key, "X-Request-ID": "req-abc-123"})
+    assert response.status_code == 403
+    assert response.headers["X-Request-ID"] == "req-abc-123"
+    entries = [json.loads(line) for line in log_lines]
+    access = [e for e in entries if e["logger"] == "api.access"]
+    assert access, log_lines
+    entry = access[-1]
+    assert entry["request_id"] == "req-abc-123"
+    assert (entry["method"], entry["path"], entry["status"], entry["level"]) == ("GET", "/api/v1/incidents", 403, "info")
+    assert entry["query"]["status"] == "NEW"
+    assert entry["query"]["token"] == "[REDACTED]" and entry["query"]["api_key"] == "[REDACTED]"
+    joined = "\n".join(log_lines)
+    assert key not in joined and token not in joined
+
+    # a key or token inside any logged value is redacted too
+    logging.getLogger("test").warning(f"client sent {key} and {token}", extra={"header": f"Bearer {token}",
+                                                                              "authorization": "x", "n": 1})
+    last = json.loads(log_lines[-1])
+    assert key not in log_lines[-1] and token not in log_lines[-1]
+    assert last["message"] == "client sent [REDACTED] and [REDACTED]"
+    assert last["authorization"] == "[REDACTED]" and last["n"] == 1
+
+
+def test_each_request_gets_a_request_id(client):
+    first = client.get("/health/live").headers["X-Request-ID"]
+    second = client.get("/health/live").headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", first) and first != second
