@@ -5,6 +5,8 @@ filesystem transport of the embedded default)."""
 
 from __future__ import annotations
 
+import os
+
 from kombu import Exchange, Queue
 
 from app.config import get_settings
@@ -16,6 +18,10 @@ QUEUES = ("ingest", "pipeline", "notifications", "escalation", "playbooks", "ml"
 broker_url = _settings.broker_url
 if broker_url.startswith("filesystem://"):
     _folder = str(_settings.data_dir / "broker")
+    # kombu's filesystem transport does not create its folders; a worker or web started on its
+    # own (not through `incident-manager run`) would otherwise fail to send or receive.
+    os.makedirs(_folder, exist_ok=True)
+    os.makedirs(_settings.data_dir / "broker-control", exist_ok=True)
     broker_transport_options = {
         "data_folder_in": _folder,
         "data_folder_out": _folder,

@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import request
+from flask import current_app, request
 
 from api.errors import ApiError
 
 
 def json_body(optional: bool = False) -> Any:
     raw = request.get_data(cache=True)
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if limit and request.content_length is None and len(raw) >= limit:
+        # A chunked body (no Content-Length): werkzeug stops reading at the limit and hands over
+        # the truncated prefix. More input left means the body was over the limit.
+        if request.environ["wsgi.input"].read(1):
+            raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes", {"max_bytes": limit})
     if optional and not raw:
         return {}
     mimetype = request.mimetype or ""

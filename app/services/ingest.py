@@ -419,19 +419,41 @@ SELECT (SELECT id FROM ob), (SELECT count(*) FROM ev),
        (SELECT jsonb_agg(jsonb_build_array(fingerprint, id, created)) FROM touched)
 """
 
-_fast_local = threading.local()
+class _FastConnections:
+    """A small per-process pool of autocommit psycopg connections. Not thread-local: under
+    gunicorn's gevent workers a thread-local is per greenlet, i.e. one connection per request."""
+
+    MAX_IDLE = 8
+
+    def __init__(self) -> None:
+        self._idle: list[Any] = []
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def acquire(self, settings: Settings) -> Any:
+        import psycopg
+
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's sockets are not ours
+                self._idle, self._pid = [], os.getpid()
+            conn = self._idle.pop() if self._idle else None
+        if conn is None or conn.closed:
+            url = settings.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+            conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        return conn
+
+    def release(self, conn: Any) -> None:
+        if conn.closed or conn.info.transaction_status != 0:  # 0 = IDLE
+            conn.close()
+            return
+        with self._lock:
+            if self._pid == os.getpid() and len(self._idle) < self.MAX_IDLE:
+                self._idle.append(conn)
+                return
+        conn.close()
 
 
-def _fast_connection(settings: Settings) -> Any:
-    """This thread's autocommit psycopg connection (re-made after fork or a broken connection)."""
-    import psycopg
-
-    conn = getattr(_fast_local, "conn", None)
-    if conn is None or conn.closed or getattr(_fast_local, "pid", None) != os.getpid():
-        url = settings.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
-        _fast_local.conn, _fast_local.pid = conn, os.getpid()
-    return conn
+_fast_connections = _FastConnections()
 
 
 def _json_default(value: Any) -> Any:
@@ -492,22 +514,26 @@ def _ingest_postgres_one_statement(
         "seq": seq, "day": f"{day:%Y%m%d}", "now": now, "kind": PIPELINE_OUTBOX_KIND,
     }
     for attempt in range(2):
+        conn = None
         try:
-            conn = _fast_connection(settings)
+            conn = _fast_connections.acquire(settings)
             outbox_id, stored, touched = conn.execute(_ONE_STATEMENT_SQL, params).fetchone()
+            _fast_connections.release(conn)
             break
-        except psycopg.errors.UniqueViolation:
+        except (psycopg.errors.UniqueViolation, psycopg.errors.SerializationFailure):
+            _fast_connections.release(conn)
             return None  # a stored duplicate (or a race on one): the general path answers it
-        except psycopg.errors.SerializationFailure:
-            return None
         except psycopg.OperationalError:
             # A broken connection: nothing or everything of the statement committed. Re-running
             # is safe (the unique (source, event_id) turns a committed one into a duplicate).
-            conn = getattr(_fast_local, "conn", None)
             if conn is not None:
                 conn.close()
             if attempt == 1:
                 return None
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
     if stored != len(event_rows):
         return None  # cannot happen (every fresh event joins its incident); be safe, not sorry
     incident_of_fp: dict[str, str] = {}
