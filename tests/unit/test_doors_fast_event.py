@@ -1,0 +1,74 @@
+"""The WebSocket door's fast event path agrees with the REST event schema: whatever it accepts,
+the schema accepts and turns into the same NewEvent; whatever the schema refuses, it refuses."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import pytest
+from marshmallow import ValidationError
+
+os.environ.setdefault("DATA_DIR", "/tmp/im-unit-doors")
+
+from api.schemas import EVENT_SCHEMA, to_new_event  # noqa: E402
+from api.ws import fast_event, validate_events  # noqa: E402
+
+GUIDE_EVENT: dict[str, Any] = {
+    "type": "event", "event_id": "edge-2025-009876", "source": "llm-edge-agent", "timestamp": "2025-11-11T10:40:00Z",
+    "event_type": "alert", "category": "availability", "title": "Rate Limit Exceeded",
+    "description": "Tenant exceeded rate limit threshold", "severity": "medium",
+    "resource": {"type": "tenant", "id": "tenant-456", "name": "Acme Corp"},
+    "metrics": {"current_rpm": 12500, "limit_rpm": 10000, "throttled_requests": 2500},
+    "tags": {"environment": "production", "edge_location": "edge-us-east-1-a"},
+}
+
+MUTATIONS: list[tuple[str, Any]] = [
+    ("event_id", ""), ("event_id", "x" * 201), ("event_id", 5), ("event_id", None), ("title", ""), ("title", "t" * 501),
+    ("title", ["t"]), ("severity", ""), ("severity", None), ("source", "s" * 101), ("source", ""),
+    ("timestamp", "2025-11-11"), ("timestamp", "2025-11-11T10:40:00"), ("timestamp", "2025-13-11T10:40:00Z"),
+    ("timestamp", "2025-11-11T10:40:00.123456+02:00"), ("timestamp", "2025-11-11T10:40:00.1Z"),
+    ("timestamp", "yesterday"), ("timestamp", 1731321600), ("timestamp", None), ("timestamp", "2025-11-11T24:00:00Z"),
+    ("resource", {"type": "tenant"}), ("resource", {"id": "x"}), ("resource", {"type": "", "id": "x"}),
+    ("resource", {"type": "t", "id": "i", "name": None}), ("resource", {"type": "t", "id": "i", "extra": [1]}),
+    ("resource", {"type": "t", "id": "i", "metadata": {"a": "b"}}), ("resource", {"type": "t", "id": "i", "metadata": 3}),
+    ("resource", "tenant-456"), ("resource", None),
+    ("metrics", {"a": "1"}), ("metrics", {"a": True}), ("metrics", {"a": None}), ("metrics", {"a": 1.5, "b": -2}),
+    ("metrics", []), ("tags", {"a": {"b": 1}}), ("tags", {"a": [1]}), ("tags", {"a": 1, "b": True, "c": "x"}),
+    ("tags", {"a": None}), ("tags", "x"), ("description", None), ("description", 3), ("description", ""),
+    ("service", "s" * 201), ("service", "chat-api"), ("dedup_key", ""), ("dedup_key", "k"), ("dedup_key", 7),
+    ("event_type", None), ("category", "c" * 101), ("source_version", "2.1.0"), ("payload", None),
+    ("payload", {"any": "thing"}), ("unknown_field", {"kept": True}),
+]
+
+
+def cases() -> list[dict[str, Any]]:
+    out = [copy.deepcopy(GUIDE_EVENT)]
+    for name, value in MUTATIONS:
+        event = copy.deepcopy(GUIDE_EVENT)
+        event[name] = value
+        out.append(event)
+    for name in list(GUIDE_EVENT):
+        event = copy.deepcopy(GUIDE_EVENT)
+        del event[name]
+        out.append(event)
+    return out
+
+
+@pytest.mark.parametrize("event", cases(), ids=lambda e: str(sorted(set(e) ^ set(GUIDE_EVENT)) or e.get("event_id"))[:60])
+def test_fast_path_never_disagrees_with_the_schema(event):
+    body = event if "source" in event else {**event, "source": "llm-edge-agent"}  # the door's default
+    try:
+        expected = to_new_event(EVENT_SCHEMA.load(body), event)
+    except ValidationError:
+        expected = None
+    fast = fast_event(body, event)
+    if fast is not None:
+        assert expected is not None, "the fast path accepted what the schema refuses"
+        assert fast == expected
+    assert validate_events([event])[0] == ([expected] if expected else [])
+
+
+def test_the_guide_event_takes_the_fast_path():
+    assert fast_event(GUIDE_EVENT, GUIDE_EVENT) is not None
