@@ -32,10 +32,11 @@ class Gunicorn:
     """`gunicorn --config python:api.gunicorn_conf api.wsgi:app` in its own process group."""
 
     def __init__(self, env: dict[str, str], port: int | None = None, workers: int = 2, log: Path | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, inherit: bool = True) -> None:
         self.port = port or free_port()
         self.log_path = log or Path(env["DATA_DIR"]) / f"gunicorn-{self.port}-{time.time_ns()}.log"
-        self.env = {**os.environ, **env, "API_HOST": "127.0.0.1", "API_PORT": str(self.port),
+        # inherit=False: exactly `env` (the embedded-default test must not see this session's servers)
+        self.env = {**(os.environ if inherit else {}), **env, "API_HOST": "127.0.0.1", "API_PORT": str(self.port),
                     "WEB_CONCURRENCY": str(workers), **(extra_env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf", "api.wsgi:app"],
