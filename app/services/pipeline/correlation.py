@@ -14,6 +14,7 @@ written once, by the route stage.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -22,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -32,7 +33,7 @@ from app.adapters.models import Incident
 from app.adapters.pipeline_models import CorrelationGroup, CorrelationMember
 from app.config import CorrelationSettings, Settings, get_settings
 from app.services import service_catalog
-from app.services.pipeline import text
+from app.services.pipeline import text as textsim
 from app.services.pipeline.batch import Batch, Snapshot
 from app.services.pipeline.instruments import CORRELATION_GROUPS_CREATED
 
@@ -123,8 +124,8 @@ def score_matrix(new: Sequence[Item], columns: Sequence[Item], column_texts: Seq
     etype = pairwise_equal([c.event_type for c in columns]) if weights[1] else 0.0
     similarity = np.zeros((n, m))
     if weights[2]:
-        vecs = text.vectors(column_texts)
-        similarity = np.clip(text.similarity_matrix(vecs[offset:], vecs), 0.0, 1.0)
+        vecs = textsim.vectors(column_texts)
+        similarity = np.clip(textsim.similarity_matrix(vecs[offset:], vecs), 0.0, 1.0)
     tags: Any = 0.0
     if weights[3]:
         vocab: dict[str, int] = {}
@@ -212,49 +213,58 @@ def correlate(batch: Batch, settings: Settings | None = None) -> Batch:
     order = sorted(range(len(new_items)), key=lambda i: (new_items[i].created_at, new_items[i].id))
     rank = np.empty(len(new_items), dtype=np.int64)
     rank[order] = np.arange(len(new_items))
-    scores = score_matrix(new_items, items, [text.incident_text(r.title, r.description) for r in old] +
-                          [text.incident_text(s["title"], s["description"]) for s in incidents], config)
-    created_ts = np.array([i.created_at.timestamp() for i in items]) if items else np.zeros(0)
+    scores = score_matrix(new_items, items, [textsim.incident_text(r.title, r.description) for r in old] +
+                          [textsim.incident_text(s["title"], s["description"]) for s in incidents], config)
+    # Columns of a full group are no candidates; kept up to date as groups fill during the loop.
+    col_rank = np.concatenate([np.full(n_old, -1, dtype=np.int64), rank])
+    col_group = [c.group_id for c in items]
+    group_cols: dict[str, list[int]] = {}
+    for j, gid in enumerate(col_group):
+        if gid:
+            group_cols.setdefault(gid, []).append(j)
+    blocked = np.array([bool(g) and sizes.get(g, 0) >= config.max_group_size for g in col_group], dtype=bool)
+    if config.max_group_size < 2:
+        blocked[:] = True
+
+    def grow(group_id: str, column: int) -> None:
+        col_group[column] = group_id
+        group_cols.setdefault(group_id, []).append(column)
+        sizes[group_id] = sizes.get(group_id, 0) + 1
+        if sizes[group_id] >= config.max_group_size:
+            blocked[group_cols[group_id]] = True
 
     decisions: dict[str, dict[str, Any]] = {}  # incident id -> {group_id, score, reasons, ...}
     new_groups: dict[str, dict[str, Any]] = {}
     for idx in order:
         item = new_items[idx]
+        column = n_old + idx
         if item.id in already:
             member = already[item.id]
             item.group_id = member.group_id
+            col_group[column] = member.group_id
             decisions[item.id] = {"group_id": member.group_id, "score": member.score, "reasons": member.reasons,
                                   "existing": True}
             continue
-        row = scores[idx].copy()
-        # Only earlier incidents of the batch are candidates (and never the incident itself).
-        row[n_old:][rank >= rank[idx]] = -1.0
-        eligible = np.nonzero(row >= config.score_threshold)[0]
-        best: Item | None = None
-        if eligible.size:
-            for j in sorted(eligible, key=lambda j: (-row[j], created_ts[j])):
-                other = items[j]
-                if other.group_id and sizes.get(other.group_id, 0) >= config.max_group_size:
-                    continue
-                if not other.group_id and config.max_group_size < 2:
-                    continue
-                best = other
-                best_j = j
-                break
-        if best is None:
+        # Candidates: the window's incidents and the earlier incidents of this batch, in groups with room.
+        row = np.where(blocked | (col_rank >= rank[idx]), -1.0, scores[idx])
+        if row.size == 0:
             continue
-        other = best
+        best_j = int(np.argmax(row))
+        if row[best_j] < config.score_threshold:
+            continue
+        other = items[best_j]
+        other.group_id = col_group[best_j]
         score, reasons = weighted_score(strategy_scores(item, other, float(scores.similarity[idx, best_j])), config)
         if other.group_id is None:
             group_id = f"CG-{uuid.uuid4().hex[:20]}"
             other.group_id = group_id
             new_groups[group_id] = {"root": other.id, "score": score, "reasons": reasons,
                                     "root_is_new": other.id in batch_ids}
-            sizes[group_id] = 1
+            grow(group_id, best_j)
             if other.id in batch_ids:
                 decisions[other.id] = {"group_id": group_id, "score": 1.0, "reasons": [{"strategy": "root"}]}
         item.group_id = other.group_id
-        sizes[other.group_id] = sizes.get(other.group_id, 0) + 1
+        grow(other.group_id, column)
         decisions[item.id] = {"group_id": other.group_id, "score": score, "reasons": reasons,
                               "related_to": other.id}
 
@@ -303,9 +313,7 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
                             "reasons": decision["reasons"], "added_at": now})
         joined: list[tuple[str, str]] = []
         if members:
-            joined = [(r.incident_id, r.group_id) for r in session.execute(
-                insert(CorrelationMember).values(members).on_conflict_do_nothing(index_elements=["incident_id"])
-                .returning(CorrelationMember.incident_id, CorrelationMember.group_id)).all()]
+            joined = _insert_members(session, members, now)
         added: dict[str, int] = {}
         for _, group_id in joined:
             added[group_id] = added.get(group_id, 0) + 1
@@ -333,6 +341,26 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
         if remap.get(gid, gid) != gid:
             group["root_is_new"] = True  # not ours to stamp: the other worker's group has it
     return decisions
+
+
+_RECORDSET_MEMBERS = text(
+    "INSERT INTO correlation_group_members (incident_id, group_id, score, reasons, added_at) "
+    "SELECT v.incident_id, v.group_id, v.score, v.reasons, :now "
+    "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(incident_id text, group_id text, score float8, reasons jsonb) "
+    "ON CONFLICT (incident_id) DO NOTHING RETURNING incident_id, group_id"
+)
+
+
+def _insert_members(session: Session, members: list[dict[str, Any]], now: datetime) -> list[tuple[str, str]]:
+    """Insert memberships, skipping incidents already in a group; (incident_id, group_id) of those inserted."""
+    if session.get_bind().dialect.name == "postgresql":
+        payload = [{k: m[k] for k in ("incident_id", "group_id", "score", "reasons")} for m in members]
+        rows = session.execute(_RECORDSET_MEMBERS, {"now": now, "rows": json.dumps(payload)}).all()
+    else:
+        rows = session.execute(
+            _insert(session)(CorrelationMember).values(members).on_conflict_do_nothing(index_elements=["incident_id"])
+            .returning(CorrelationMember.incident_id, CorrelationMember.group_id)).all()
+    return [(r[0], r[1]) for r in rows]
 
 
 def related(session: Session, incident_id: str) -> tuple[CorrelationGroup | None, list[CorrelationMember]]:

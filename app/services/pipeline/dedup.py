@@ -39,6 +39,14 @@ class BrokenEvent(RuntimeError):
     """An event points at an incident that does not exist: the batch cannot be processed."""
 
 
+SNAPSHOT_COLUMNS = (
+    Incident.id, Incident.title, Incident.description, Incident.source, Incident.event_type, Incident.category,
+    Incident.severity, Incident.source_severity, Incident.service, Incident.resource, Incident.tags, Incident.metrics,
+    Incident.team, Incident.escalation_policy, Incident.created_at, Incident.processed_at, Incident.merged_into,
+    Incident.fingerprint,
+)
+
+
 def _iso(value: datetime) -> str:
     return value.astimezone(timezone.utc).isoformat()
 
@@ -77,8 +85,8 @@ def deduplicate(outbox_ids: Sequence[int], settings: Settings | None = None) -> 
         ).all()) if event_ids else []
         if not events:
             return batch
-        incidents = {i.id: i for i in session.scalars(
-            select(Incident).where(Incident.id.in_({e.incident_id for e in events})))}
+        incidents = {i.id: i for i in session.execute(
+            select(*SNAPSHOT_COLUMNS).where(Incident.id.in_({e.incident_id for e in events})))}
         missing = {e.incident_id for e in events} - set(incidents)
         if missing:
             raise BrokenEvent(f"events {[e.id for e in events if e.incident_id in missing][:20]} point at "
@@ -108,8 +116,12 @@ def deduplicate(outbox_ids: Sequence[int], settings: Settings | None = None) -> 
                     session.add(TimelineEntry(**row))
 
     final_of = {e.id: moved.get(e.id, survivors[e.incident_id]) for e in events}
-    with read_session() as session:
-        rows = list(session.scalars(select(Incident).where(Incident.id.in_(set(final_of.values())))))
+    final_ids = set(final_of.values())
+    if final_ids <= set(incidents) and not duplicates:
+        rows = [incidents[i] for i in final_ids]
+    else:  # merges happened: read the survivors as they are now
+        with read_session() as session:
+            rows = list(session.execute(select(*SNAPSHOT_COLUMNS).where(Incident.id.in_(final_ids))))
     batch["event_ids"] = sorted(final_of)
     batch["incidents"] = [snapshot(i) for i in sorted(rows, key=lambda r: r.id) if i_new(i)]
     batch["touched"] = sorted(i.id for i in rows if not i_new(i))
@@ -118,7 +130,7 @@ def deduplicate(outbox_ids: Sequence[int], settings: Settings | None = None) -> 
     return batch
 
 
-def i_new(incident: Incident) -> bool:
+def i_new(incident: Any) -> bool:
     return incident.processed_at is None and incident.merged_into is None
 
 
@@ -129,7 +141,7 @@ def _group(moved: dict[int, str], events: Sequence[Any]) -> dict[str, list[int]]
     return grouped
 
 
-def _follow_merges(session: Session, incidents: dict[str, Incident]) -> dict[str, str]:
+def _follow_merges(session: Session, incidents: dict[str, Any]) -> dict[str, str]:
     """incident id -> the id of the incident it ends up in (itself when not merged)."""
     final: dict[str, str] = {}
     for incident_id, incident in incidents.items():
@@ -190,7 +202,7 @@ def _merge(session: Session, loser_ids: list[str], survivor_id: str) -> None:
     survivor.updated_at = now
 
 
-def _previous_activity(session: Session, processed: Sequence[Incident], batch_event_ids: list[int]) -> dict[str, datetime]:
+def _previous_activity(session: Session, processed: Sequence[Any], batch_event_ids: list[int]) -> dict[str, datetime]:
     """Latest processed event per already-processed incident (before this batch)."""
     if not processed:
         return {}
@@ -203,7 +215,7 @@ def _previous_activity(session: Session, processed: Sequence[Incident], batch_ev
     return {r[0]: r[1] for r in rows if r[1] is not None}
 
 
-def _recurrences(events: Sequence[Any], incidents: dict[str, Incident], survivors: dict[str, str],
+def _recurrences(events: Sequence[Any], incidents: dict[str, Any], survivors: dict[str, str],
                  previous_seen: dict[str, datetime], window_secs: int) -> list[dict[str, Any]]:
     first_in_batch: dict[str, Any] = {}
     counts: dict[str, int] = defaultdict(int)

@@ -1,0 +1,225 @@
+"""Pipeline benchmark (issue 4). Run: `flock /tmp/im-bench.lock .venv/bin/python -m bench.pipeline`.
+
+gunicorn (2 workers, api.gunicorn_conf) + Celery workers (pipeline and ingest queues) on a fresh
+Postgres database and Redis db; the load generator drives HTTP. Every event has its own title, so
+every event opens its own incident: the heaviest pipeline work (dedup, classification, enrichment
+with similar-incident search, correlation scoring, routing, one incident row write each).
+
+(a) sustained: open-loop load at --rate events/s ({"events": [--batch]} per request) for
+    --duration s; events whose incident row was processed inside the window / duration, and the
+    backlog left when the load stops (a sustained rate leaves a bounded backlog);
+(b) latency: 500 events/s (10 per request) for --latency-duration s; p50/p95/p99 of
+    processed_at - received_at (accept -> incident processed) over those events;
+(c) baseline, same run: one event per request and PIPELINE_BATCH_SIZE=1 (a chain per event: the
+    "task per event" design ARCHITECTURE.md measured at ~135 events/s) -> ratio (a) / (c);
+worker RSS (main process + pool children) before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench.common import ROOT, Server, make_environment, run_load
+
+SENTINEL = json.loads((ROOT / "tests" / "fixtures" / "sentinel-event.json").read_text())
+TITLES = ["Latency Spike Detected", "GPU memory exhausted", "Token usage over budget", "Prompt injection attempt",
+          "Model drift detected", "Error rate above threshold", "Rate limit exceeded", "Toxicity score spike"]
+
+
+def factory(tag: str, size: int):  # type: ignore[no-untyped-def]
+    def make(worker: int, n: int) -> bytes:
+        events = []
+        for i in range(size):
+            event = dict(SENTINEL)
+            event["event_id"] = f"{tag}-{worker}-{n}-{i}"
+            event["title"] = f"{TITLES[(n + i) % len(TITLES)]} {tag}-{worker}-{n}-{i}"
+            event["tags"] = {**SENTINEL["tags"], "service": f"svc-{(n + i) % 20}"}
+            events.append(event)
+        body: Any = {"events": events} if size > 1 else events[0]
+        return json.dumps(body).encode()
+
+    return make
+
+
+class Workers:
+    """A `celery worker` process group; RSS summed over the main process and its pool children."""
+
+    def __init__(self, env: dict[str, str], concurrency: int, log: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker", "-Q", "pipeline,ingest",
+             "--concurrency", str(concurrency), "-n", f"bench-{os.getpid()}-{time.time_ns()}@%h", "--loglevel",
+             "WARNING", "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=env, start_new_session=True, stdout=log.open("a"), stderr=subprocess.STDOUT)
+
+    def pids(self) -> list[int]:
+        found = [self.process.pid]
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    stat = Path(f"/proc/{pid}/stat").read_text().split()
+                except OSError:
+                    continue
+                if int(stat[3]) == self.process.pid:
+                    found.append(int(pid))
+        return found
+
+    def rss_mb(self) -> float:
+        total = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                continue
+        return total / 1024
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+
+
+def _db(env: dict[str, str]) -> psycopg.Connection:
+    return psycopg.connect(env["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+
+
+def _counts(env: dict[str, str], prefix: str) -> tuple[int, int]:
+    with _db(env) as conn:
+        row = conn.execute("SELECT count(*), count(processed_at) FROM events WHERE event_id LIKE %s",
+                           (f"{prefix}-%",)).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def _wait_drained(env: dict[str, str], prefix: str, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        total, done = _counts(env, prefix)
+        if total == done:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    return float("nan")
+
+
+def sustained(env: dict[str, str], port: int, headers: dict[str, str], rate: float, batch: int, duration: float,
+              tag: str) -> dict[str, Any]:
+    with _db(env) as conn:
+        t0 = conn.execute("SELECT now()").fetchone()[0]
+    load = run_load(port, "/api/v1/events", headers, factory(tag, batch), duration=duration, processes=1,
+                    threads=8, rate=rate / batch, count_items=True)
+    with _db(env) as conn:
+        t1 = conn.execute("SELECT now()").fetchone()[0]
+        accepted, processed_in_window = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE processed_at <= %s) FROM events WHERE event_id LIKE %s",
+            (t1, f"{tag}-%")).fetchone()
+    window = (t1 - t0).total_seconds()
+    drain = _wait_drained(env, tag, 300)
+    with _db(env) as conn:
+        incidents = conn.execute("SELECT count(*), count(processed_at), count(correlation_group_id), "
+                                 "count(enrichment) FROM incidents WHERE title LIKE %s", (f"% {tag}-%",)).fetchone()
+    return {"offered_events_per_s": rate, "accepted": accepted, "accepted_per_s": accepted / window,
+            "processed_per_s": processed_in_window / window, "backlog_at_end": accepted - processed_in_window,
+            "drain_secs": drain, "http": load.summary(), "incidents": incidents}
+
+
+def latency(env: dict[str, str], port: int, headers: dict[str, str], rate: float, batch: int, duration: float,
+            tag: str) -> dict[str, Any]:
+    load = run_load(port, "/api/v1/events", headers, factory(tag, batch), duration=duration, processes=1,
+                    threads=8, rate=rate / batch, count_items=True)
+    _wait_drained(env, tag, 120)
+    with _db(env) as conn:
+        row = conn.execute(
+            "SELECT count(*), "
+            "percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - received_at)), "
+            "percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - received_at)), "
+            "percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - received_at)), "
+            "max(extract(epoch FROM processed_at - received_at)) FROM events WHERE event_id LIKE %s",
+            (f"{tag}-%",)).fetchone()
+    return {"events": row[0], "p50_ms": round(float(row[1]) * 1000, 1), "p95_ms": round(float(row[2]) * 1000, 1),
+            "p99_ms": round(float(row[3]) * 1000, 1), "max_ms": round(float(row[4]) * 1000, 1), "http": load.summary()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=float, default=2000.0, help="offered events/s for the sustained phase")
+    parser.add_argument("--batch", type=int, default=100, help="events per HTTP request (sustained phase)")
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--latency-rate", type=float, default=500.0)
+    parser.add_argument("--latency-duration", type=float, default=30.0)
+    parser.add_argument("--baseline-duration", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
+    parser.add_argument("--keep", action="store_true", help="print the log tail on exit")
+    parser.add_argument("--skip", choices=["sustained", "latency", "baseline"], action="append", default=[])
+    args = parser.parse_args()
+
+    environment = make_environment()
+    env = {**environment.env, "PIPELINE_FLUSH_MS": os.environ.get("PIPELINE_FLUSH_MS", "50")}
+    log = Path(env["DATA_DIR"]) / "bench.log"
+    created = subprocess.run(
+        [sys.executable, "-m", "app.cli", "apikey", "create", "--name", "bench", "--permission", "event:create",
+         "--rate-limit", "0"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    key = created.stdout.strip().splitlines()[-1]
+    headers = {"Content-Type": "application/json", "X-API-Key": key}
+    web = Server("api.wsgi:app", env, config="python:api.gunicorn_conf", log=log)
+    workers = Workers(env, args.concurrency, log)
+    print(f"database {environment.db_name}, redis db {environment.redis_db}, web :{web.port}, "
+          f"{args.concurrency} worker processes; logs {log}", flush=True)
+    results: dict[str, Any] = {}
+    try:
+        time.sleep(5)
+        run_load(web.port, "/api/v1/events", headers, factory("warm", 10), duration=3, processes=1, threads=2, rate=20)
+        _wait_drained(env, "warm", 60)
+        results["rss_before_mb"] = round(workers.rss_mb(), 1)
+        print(f"worker RSS after warm-up: {results['rss_before_mb']} MB", flush=True)
+        if "sustained" not in args.skip:
+            results["sustained"] = sustained(env, web.port, headers, args.rate, args.batch, args.duration, "sus")
+            print(f"RESULT sustained: {json.dumps(results['sustained'], default=str)}", flush=True)
+        if "latency" not in args.skip:
+            results["latency"] = latency(env, web.port, headers, args.latency_rate, 10, args.latency_duration, "lat")
+            print(f"RESULT latency at {args.latency_rate:.0f} events/s: {json.dumps(results['latency'])}", flush=True)
+        results["rss_after_mb"] = round(workers.rss_mb(), 1)
+        print(f"worker RSS after load: {results['rss_after_mb']} MB", flush=True)
+        workers.stop()
+        if "baseline" not in args.skip:
+            baseline_workers = Workers({**env, "PIPELINE_BATCH_SIZE": "1"}, args.concurrency, log)
+            try:
+                time.sleep(5)
+                load = run_load(web.port, "/api/v1/events", headers, factory("base", 1),
+                                duration=args.baseline_duration, processes=1, threads=8)
+                with _db(env) as conn:
+                    # processed during the load window only: a per-event chain cannot keep up
+                    start = conn.execute("SELECT min(received_at) FROM events WHERE event_id LIKE 'base-%'").fetchone()[0]
+                    done = conn.execute("SELECT count(*) FROM events WHERE event_id LIKE 'base-%%' AND processed_at <= "
+                                        "%s::timestamptz + make_interval(secs => %s)",
+                                        (start, args.baseline_duration)).fetchone()[0]
+                results["baseline"] = {"accepted_per_s": load.items_per_sec,
+                                       "processed_per_s": done / args.baseline_duration}
+                print(f"RESULT baseline (a chain per event): {json.dumps(results['baseline'])}", flush=True)
+            finally:
+                baseline_workers.stop()
+        if "sustained" in results and "baseline" in results and results["baseline"]["processed_per_s"]:
+            ratio = results["sustained"]["processed_per_s"] / results["baseline"]["processed_per_s"]
+            print(f"RESULT ratio sustained / per-event baseline: {ratio:.1f}x", flush=True)
+        print("SUMMARY " + json.dumps(results, default=str), flush=True)
+    finally:
+        workers.stop()
+        web.stop()
+        environment.close()
+
+
+if __name__ == "__main__":
+    main()
