@@ -61,7 +61,7 @@ class EnrichmentSettings:
     max_concurrent: int = 5
     similarity_threshold: float = 0.5
     # How many recent incidents the similar-incidents search compares against, and how many it keeps.
-    history_size: int = 2000
+    history_size: int = 500
     similar_limit: int = 5
 
 
@@ -84,7 +84,7 @@ class CorrelationSettings:
     tags_weight: float = 0.15
     service_weight: float = 0.2
     # Candidates compared per batch: the most recent incidents inside the time window.
-    max_candidates: int = 2000
+    max_candidates: int = 500
 
 
 @dataclass(frozen=True)
