@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Mapping
 
 import grpc
-from google.protobuf import json_format
 from prometheus_client import Counter, Histogram
 
 import proto
@@ -89,9 +89,33 @@ def _parse_timestamp(value: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+_REQUEST_STRINGS = ("event_id", "source", "source_version", "timestamp", "event_type", "category", "title",
+                    "description", "severity", "service", "dedup_key")
+
+
+def _resource_dict(resource: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {name: getattr(resource, name) for name in ("type", "id", "name") if getattr(resource, name)}
+    if resource.metadata:
+        out["metadata"] = dict(resource.metadata)
+    return out
+
+
+def request_payload(request: Any) -> dict[str, Any]:
+    """The request as proto3 JSON with original field names (what MessageToDict gives, without its
+    cost), minus `encrypted_payload`: the raw payload ingest stores."""
+    raw: dict[str, Any] = {name: getattr(request, name) for name in _REQUEST_STRINGS if getattr(request, name)}
+    if request.HasField("resource"):
+        raw["resource"] = _resource_dict(request.resource)
+    if request.metrics:
+        raw["metrics"] = dict(request.metrics)
+    if request.tags:
+        raw["tags"] = dict(request.tags)
+    return raw
+
+
 def request_to_event(request: Any) -> NewEvent:
-    """CreateIncidentRequest → NewEvent. The stored raw payload is the request as proto3 JSON
-    (original field names) without `encrypted_payload`, which is kept apart and never logged."""
+    """CreateIncidentRequest → NewEvent. `encrypted_payload` is kept apart from the stored raw
+    payload and never logged."""
     errors = []
     for name, limit in (("event_id", 200), ("source", 100), ("title", 500), ("severity", 50)):
         value = getattr(request, name)
@@ -101,14 +125,13 @@ def request_to_event(request: Any) -> NewEvent:
             errors.append(f"{name} is longer than {limit} characters")
     if request.HasField("resource") and (not request.resource.type or not request.resource.id):
         errors.append("resource.type and resource.id are required when resource is given")
+    bad_metrics = sorted(k for k, v in request.metrics.items() if not math.isfinite(v))
+    if bad_metrics:
+        errors.append(f"metrics must be finite numbers: {', '.join(bad_metrics)}")
     if errors:
         raise InvalidArgument("; ".join(errors))
     timestamp = _parse_timestamp(request.timestamp)
-    raw = json_format.MessageToDict(request, preserving_proto_field_name=True)
-    raw.pop("encrypted_payload", None)
-    resource = None
-    if request.HasField("resource"):
-        resource = json_format.MessageToDict(request.resource, preserving_proto_field_name=True)
+    raw = request_payload(request)
     return NewEvent(
         source=request.source,
         event_id=request.event_id,
@@ -119,9 +142,9 @@ def request_to_event(request: Any) -> NewEvent:
         description=request.description,
         severity=request.severity,
         timestamp=timestamp,
-        resource=resource,
-        metrics=dict(request.metrics) or None,
-        tags=dict(request.tags),
+        resource=raw.get("resource"),
+        metrics=raw.get("metrics"),
+        tags=raw.get("tags", {}),
         service=request.service or None,
         dedup_key=request.dedup_key or None,
         encrypted_payload=bytes(request.encrypted_payload) or None,

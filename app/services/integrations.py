@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, Sequence
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import or_, select, update
 
 from app.adapters.db import read_session, unit_of_work
 from app.adapters.models import Incident, TimelineEntry
@@ -570,44 +570,50 @@ class Correlations:
     analyzed_at: datetime
 
 
-# Weights of the reasons two incidents are related (a shared correlation group says it all).
-_REASON_WEIGHTS = {"group": 1.0, "fingerprint": 0.6, "service": 0.4, "event_type": 0.2, "source": 0.15, "tags": 0.15}
+# Weights of the reasons two incidents outside one correlation group are related.
+_REASON_WEIGHTS = {"fingerprint": 0.6, "service": 0.4, "event_type": 0.2, "source": 0.15, "tags": 0.15}
 
 
 def analyze_correlations(incident_id: str, time_window_secs: int = 0, limit: int = 0,
                          settings: Settings | None = None) -> Correlations:
-    """Incidents related to `incident_id`: members of its correlation group (the pipeline's
-    correlation stage), and incidents within ±window sharing its fingerprint, service or source,
-    scored by the reasons they share. Raises IncidentNotFound."""
+    """Incidents related to `incident_id`: first the members of its correlation group, with the
+    scores and reasons the pipeline's correlation stage gave them (app.services.correlation); then
+    incidents within ±window sharing its fingerprint, service or source (the pipeline may not have
+    run yet, or grouped them), scored by the reasons they share. Raises IncidentNotFound."""
+    from app.services.correlation import related_incidents
+
     settings = settings or get_settings()
     window = time_window_secs or settings.correlation.time_window_secs
     limit = limit or settings.correlation.max_group_size
+    grouped = related_incidents(incident_id)  # follows merges; IncidentNotFound for an unknown id
+    group = grouped.get("correlation_group") or {}
+    related: list[RelatedIncident] = [
+        RelatedIncident(str(m["id"]), round(float(m.get("score") or 0.0), 3),
+                        ("group", *(str(r) for r in (m.get("reasons") or []))), str(m.get("title") or ""),
+                        str(m.get("severity") or ""), str(m.get("status") or ""),
+                        datetime.fromisoformat(str(m["created_at"]).replace("Z", "+00:00")))
+        for m in grouped.get("related") or [] if m.get("created_at")
+    ]
+    seen = {r.incident_id for r in related}
     with read_session() as session:
-        incident = session.get(Incident, incident_id)
+        incident = session.get(Incident, grouped["incident_id"])
         if incident is None:
             raise IncidentNotFound(incident_id)
-        while incident.merged_into:
-            merged = session.get(Incident, incident.merged_into)
-            if merged is None:
-                break
-            incident = merged
         low = incident.created_at - timedelta(seconds=window)
         high = incident.created_at + timedelta(seconds=window)
         shared = [Incident.fingerprint == incident.fingerprint, Incident.source == incident.source]
         if incident.service:
             shared.append(Incident.service == incident.service)
-        clauses = [and_(Incident.created_at >= low, Incident.created_at <= high, or_(*shared))]
-        if incident.correlation_group_id:
-            clauses.append(Incident.correlation_group_id == incident.correlation_group_id)
         candidates = list(session.scalars(
-            select(Incident).where(Incident.id != incident.id, Incident.merged_into.is_(None), or_(*clauses))
+            select(Incident).where(Incident.id != incident.id, Incident.merged_into.is_(None),
+                                   Incident.created_at >= low, Incident.created_at <= high, or_(*shared))
             .order_by(Incident.created_at.desc()).limit(max(limit * 4, 200))
         ))
-    related = []
+    nearby = []
     for other in candidates:
+        if other.id in seen:
+            continue
         reasons = []
-        if incident.correlation_group_id and other.correlation_group_id == incident.correlation_group_id:
-            reasons.append("group")
         if other.fingerprint == incident.fingerprint:
             reasons.append("fingerprint")
         if incident.service and other.service == incident.service:
@@ -620,10 +626,11 @@ def analyze_correlations(incident_id: str, time_window_secs: int = 0, limit: int
         if any(k in theirs and theirs[k] == v for k, v in mine.items()):
             reasons.append("tags")
         score = min(1.0, sum(_REASON_WEIGHTS[r] for r in reasons))
-        related.append(RelatedIncident(other.id, round(score, 3), tuple(reasons), other.title, other.severity,
-                                       other.status, other.created_at))
+        nearby.append(RelatedIncident(other.id, round(score, 3), tuple(reasons), other.title, other.severity,
+                                      other.status, other.created_at))
+    nearby.sort(key=lambda r: (-r.score, -r.created_at.timestamp()))
     related.sort(key=lambda r: (-r.score, -r.created_at.timestamp()))
-    return Correlations(incident.id, incident.correlation_group_id, related[:limit], window, datetime.now(timezone.utc))
+    return Correlations(incident.id, group.get("id"), (related + nearby)[:limit], window, datetime.now(timezone.utc))
 
 
 __all__ = [

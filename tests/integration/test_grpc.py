@@ -16,6 +16,7 @@ from app.adapters.db import read_session
 from app.adapters.models import Event, Incident, TimelineEntry
 from app.config import reset_settings_cache
 from app.services.auth import create_token
+from tests.conftest import wait_for
 
 # Integration guide §3, verbatim; the two request messages the guide's service names but never
 # spells out are declared as the smallest wire-compatible messages.
@@ -493,3 +494,27 @@ def test_concurrent_creates_of_one_event_give_one_incident(guide, channel):
     assert len({a.incident_id for a in answers}) == 1
     assert sorted(a.status for a in answers).count("accepted") == 1
     assert counts() == (1, 1)
+
+
+def test_analyze_correlations_reports_the_pipelines_correlation_group(ours, channel, worker):
+    from app.adapters.pipeline_models import CorrelationMember
+
+    pb2, pb2_grpc = ours
+    stub = pb2_grpc.IncidentServiceStub(channel)
+    md = bearer(create_token("analyst", 300))
+    ids = [stub.CreateIncident(shield_request(pb2, event_id=f"gpu-{i}", title=f"GPU memory exhausted on node {i}",
+                                              service="inference", source="llm-sentinel", event_type="anomaly",
+                                              resource=pb2.Resource(type="node", id=f"node-{i}")),
+                               metadata=md).incident_id for i in (1, 2)]
+
+    def grouped() -> list[Any]:
+        with read_session() as session:
+            members = list(session.scalars(select(CorrelationMember).where(CorrelationMember.incident_id.in_(ids))))
+        return members if len(members) == 2 else []
+
+    members = wait_for(grouped, 30, 0.2, "the pipeline's correlation stage to group the two incidents")
+    result = stub.AnalyzeCorrelations(pb2.AnalyzeCorrelationsRequest(incident_id=ids[0]), metadata=md)
+    assert result.group_id == members[0].group_id
+    [other] = [c for c in result.correlations if c.incident_id == ids[1]]
+    assert other.reasons[0] == "group" and other.score == pytest.approx(
+        next(m.score for m in members if m.incident_id == ids[1]), abs=1e-3)
