@@ -94,10 +94,10 @@ class Server:
     """A gunicorn process group on a free port."""
 
     def __init__(self, app: str, env: dict[str, str], workers: int = 2, config: str | None = None,
-                 log: Path | None = None) -> None:
+                 log: Path | None = None, worker_class: str = "sync") -> None:
         self.port = free_port()
         command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
-                   "--worker-class", "sync", "--log-level", "warning"]
+                   "--worker-class", worker_class, "--log-level", "warning"]
         if config:
             command += ["--config", config]
         command.append(app)

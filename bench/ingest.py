@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--only", choices=["single", "rate", "batch"], action="append")
+    parser.add_argument("--worker-class", default="sync", help="gunicorn worker class of both apps (sync, gevent)")
+    parser.add_argument("--baseline-worker-class", default=None, help="default: same as --worker-class")
     args = parser.parse_args()
     only = set(args.only or ["single", "rate", "batch"])
 
@@ -68,8 +70,10 @@ def main() -> None:
          "--rate-limit", "0"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
     key = created.stdout.strip().splitlines()[-1]
     headers = {"Content-Type": "application/json", "X-API-Key": key}
-    baseline = Server("bench.baseline_app:app", env)
-    incident_manager = Server("api.wsgi:app", env, config="python:api.gunicorn_conf")
+    baseline = Server("bench.baseline_app:app", env, worker_class=args.baseline_worker_class or args.worker_class)
+    incident_manager = Server("api.wsgi:app", env, config="python:api.gunicorn_conf", worker_class=args.worker_class)
+    print(f"worker class: incident manager {args.worker_class}, baseline "
+          f"{args.baseline_worker_class or args.worker_class}", flush=True)
     print(f"database {environment.db_name}, redis db {environment.redis_db}; "
           f"baseline :{baseline.port}, incident manager :{incident_manager.port}", flush=True)
     try:

@@ -16,7 +16,9 @@ PENDING_KEY = "im:pipeline:pending"
 DRAIN_FLAG_KEY = "im:pipeline:drain-scheduled"
 
 
-def dispatch_pipeline(outbox_ids: Sequence[int]) -> None:
+def dispatch_pipeline(outbox_ids: Sequence[int], announcements: Sequence[tuple[str, str]] = ()) -> None:
+    """Hand outbox ids to the pipeline. `announcements` are (channel, message) pairs to publish in
+    the same Redis round trip (ingest announces the incidents it opened this way)."""
     from tasks.celery_app import app
 
     if not outbox_ids:
@@ -30,6 +32,11 @@ def dispatch_pipeline(outbox_ids: Sequence[int]) -> None:
     pipe = client.pipeline(transaction=False)
     pipe.rpush(PENDING_KEY, *outbox_ids)
     pipe.set(DRAIN_FLAG_KEY, "1", nx=True, px=max(200, settings.pipeline_flush_ms * 4))
-    _, scheduled = pipe.execute()
+    for channel, message in announcements:
+        pipe.publish(channel, message)
+    _, scheduled, *_ = pipe.execute()
     if scheduled:
         app.send_task("pipeline.drain", countdown=settings.pipeline_flush_ms / 1000.0)
+
+
+dispatch_pipeline.carries_announcements = True  # type: ignore[attr-defined]

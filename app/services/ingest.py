@@ -164,11 +164,20 @@ def ingest_events(
             continue
     if fast is not None:
         results, outbox_ids, opened = fast
-    if opened:
+    # One Redis round trip for both the hand-off and the announcements when the dispatcher can
+    # carry them (tasks.dispatch.dispatch_pipeline can); else the change bus publishes them.
+    combined = bool(opened and outbox_ids and getattr(dispatcher, "carries_announcements", False))
+    if opened and not combined:
         changes.publish_many("incident_created", opened)
     if outbox_ids and dispatcher is not None:
         try:
-            dispatcher(outbox_ids)
+            if combined:
+                dispatcher(outbox_ids, announcements=[  # type: ignore[call-arg]
+                    (changes.CHANNEL, json.dumps({"kind": "incident_created", "incident": incident, "changes": []},
+                                                 default=str))
+                    for incident in opened])
+            else:
+                dispatcher(outbox_ids)
         except Exception:  # the broker is down: the outbox relay will deliver it later
             log.warning("pipeline dispatch failed; outbox relay will retry", exc_info=True,
                         extra={"outbox_ids": list(outbox_ids)})

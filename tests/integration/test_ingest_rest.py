@@ -283,3 +283,32 @@ def test_source_severity_mapping_at_ingest(client, key, given, expected):
     body = post(client, "/api/v1/events", event(f"sev-{given}", severity=given), key).get_json()
     incident = client.get(f"/api/v1/incidents/{body['incident_id']}", headers={"X-API-Key": key}).get_json()
     assert (incident["severity"], incident["source_severity"]) == (expected, given)
+
+
+def test_opened_incidents_are_announced_on_the_change_bus(client, key, test_env):
+    import time
+
+    import redis as redis_lib
+
+    from app.services.changes import CHANNEL
+
+    pubsub = redis_lib.Redis.from_url(test_env["REDIS_URL"]).pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(CHANNEL)
+    try:
+        pubsub.get_message(timeout=1)
+        body = post(client, "/api/v1/events/sentinel", event("bus-1", title="Bus announcement"), key).get_json()
+        post(client, "/api/v1/events/sentinel", event("bus-2", title="Bus announcement"), key)  # joins: no news
+        ours = []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.2)
+            # Redis pub/sub ignores database numbers: other test sessions' messages arrive too
+            if message and json.loads(message["data"])["incident"].get("title") == "Bus announcement":
+                ours.append(json.loads(message["data"]))
+        assert len(ours) == 1
+        announced = ours[0]
+        assert announced["kind"] == "incident_created" and announced["changes"] == []
+        assert announced["incident"]["id"] == body["incident_id"]
+        assert announced["incident"]["severity"] == "P1" and announced["incident"]["status"] == "NEW"
+    finally:
+        pubsub.close()
