@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.doors_support import bench_environment, free_port  # noqa: E402
 
 
-async def run_load(call: Callable[[int], Awaitable[Any]], seconds: float, concurrency: int) -> tuple[float, list[float]]:
+async def run_load(call: Callable[[int], Awaitable[Any]], seconds: float,
+                   concurrency: int) -> tuple[float, list[float]]:
     """`concurrency` calls in flight at all times on one channel (one client process, asyncio)."""
     stop = time.monotonic() + seconds
     latencies: list[float] = []
@@ -49,8 +50,9 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def measure(port: int, key: str, seconds: float, concurrency: int, ceiling: float) -> str:
-    import proto
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    import proto
 
     pb2, pb2_grpc = proto.load()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -75,7 +77,8 @@ async def measure(port: int, key: str, seconds: float, concurrency: int, ceiling
         rate, latencies = await run_load(create, seconds, concurrency)
     return "\n".join([
         f"baseline health Check:  {base_rate:8.0f} calls/s  ({concurrency} in flight, same server, no database)",
-        f"CreateIncident:         {rate:8.0f} calls/s  p50 {pct(latencies, .5):.1f} ms  p99 {pct(latencies, .99):.1f} ms"
+        f"CreateIncident:         {rate:8.0f} calls/s  p50 {pct(latencies, .5):.1f} ms"
+        f"  p99 {pct(latencies, .99):.1f} ms"
         f"  ({len(latencies)} events committed)",
         f"ratio CreateIncident / health baseline: {rate / base_rate:.2f}; / ingest service alone: {rate / ceiling:.2f}",
     ])
@@ -129,7 +132,8 @@ def main() -> None:
                                   env={**os.environ, "GRPC_MAX_WORKERS": "16"}, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
         try:
-            print(f"ingest service alone (in-process GroupCommitter, {args.concurrency} threads): {ceiling:8.0f} events/s")
+            print(f"ingest service alone (in-process GroupCommitter, {args.concurrency} threads): "
+                  f"{ceiling:8.0f} events/s")
             print(asyncio.run(measure(port, key, args.seconds, args.concurrency, ceiling)))
         finally:
             os.killpg(server.pid, signal.SIGTERM)

@@ -235,7 +235,8 @@ class IncidentServicer(pb2_grpc.IncidentServiceServicer):  # type: ignore[misc,n
         self.dispatcher = dispatcher
         self.stream_idle_secs = stream_idle_secs
         # Concurrent CreateIncident calls share one transaction; each answers after its commit.
-        self.committer = GroupCommitter(lambda events: ingest_with_auto_page(events, dispatcher=dispatcher, door="grpc"))
+        self.committer = GroupCommitter(
+            lambda events: ingest_with_auto_page(events, dispatcher=dispatcher, door="grpc"))
 
     @_observed("CreateIncident")
     def CreateIncident(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -288,7 +289,8 @@ class IncidentServicer(pb2_grpc.IncidentServiceServicer):  # type: ignore[misc,n
         try:
             self.auth.principal(context, "incident:read")
             if severities - set(SEVERITIES):
-                raise CallRefused(grpc.StatusCode.INVALID_ARGUMENT, f"severities must be within {', '.join(SEVERITIES)}")
+                raise CallRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"severities must be within {', '.join(SEVERITIES)}")
             if kinds - set(CHANGE_KINDS):
                 raise CallRefused(grpc.StatusCode.INVALID_ARGUMENT, f"changes must be within {', '.join(CHANGE_KINDS)}")
         except CallRefused as exc:
@@ -313,4 +315,4 @@ class IncidentServicer(pb2_grpc.IncidentServiceServicer):  # type: ignore[misc,n
                     continue
                 yield incident_message(incident, change=str(message.get("kind") or ""))
         finally:
-            feed.close()
+            feed.close()  # type: ignore[attr-defined]  # a generator: closing ends the Redis subscription

@@ -65,7 +65,8 @@ def _parse_time(value: Any, field_name: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise InvalidPayload(f"{field_name} is not an RFC 3339 time", {field_name: [f"not an RFC 3339 time: {value!r}"]}) from None
+        raise InvalidPayload(f"{field_name} is not an RFC 3339 time",
+                             {field_name: [f"not an RFC 3339 time: {value!r}"]}) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed
@@ -75,7 +76,8 @@ def _string_map(value: Any, field_name: str) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
-        raise InvalidPayload(f"{field_name} must be an object of strings", {field_name: ["expected an object of strings"]})
+        raise InvalidPayload(f"{field_name} must be an object of strings",
+                             {field_name: ["expected an object of strings"]})
     return {str(k): v for k, v in value.items()}
 
 
@@ -126,7 +128,7 @@ def parse_alertmanager(body: Any) -> AlertmanagerBatch:
     common_labels = _string_map(body.get("commonLabels"), "commonLabels")
     firing: list[NewEvent] = []
     resolved: list[tuple[str, str]] = []
-    for i, alert in enumerate(alerts):
+    for i, alert in enumerate(alerts or []):
         try:
             event, status = _alertmanager_alert(alert, common_labels)
         except InvalidPayload as exc:
@@ -186,7 +188,8 @@ def handle_alertmanager(batch: AlertmanagerBatch, dispatcher: Dispatcher | None)
     """Ingest the firing alerts (durably), then resolve the incidents of the resolved ones."""
     outcomes: list[AlertOutcome] = []
     if batch.firing:
-        for event, result in zip(batch.firing, ingest_events(batch.firing, dispatcher=dispatcher, door="alertmanager")):
+        results = ingest_events(batch.firing, dispatcher=dispatcher, door="alertmanager")
+        for event, result in zip(batch.firing, results, strict=True):
             outcomes.append(AlertOutcome(result.status, event.title, result.incident_id))
     for alert_fp, alertname in batch.resolved:
         incident_id = resolve_by_dedup_key(ALERTMANAGER_SOURCE, alert_fp, actor="alertmanager",
@@ -292,7 +295,7 @@ def parse_pagerduty(body: Any) -> PagerDutyCommand:
         title=str(payload["summary"]).strip()[:500],
         raw=dict(body),
         event_type=str(payload.get("class") or "alert"),
-        category=details.get("category") if isinstance(details, Mapping) and isinstance(details.get("category"), str) else None,
+        category=tags.get("category"),
         description=details if isinstance(details, str) else json.dumps(details, sort_keys=True) if details else "",
         severity=str(payload["severity"]),
         timestamp=timestamp,
@@ -323,7 +326,8 @@ def handle_pagerduty(command: PagerDutyCommand, dispatcher: Dispatcher | None) -
         incident_id = resolve_by_dedup_key(PAGERDUTY_SOURCE, command.dedup_key, actor="pagerduty",
                                            notes="PagerDuty Events API v2: resolve")
     if incident_id is None:
-        log.info("pagerduty event for no open incident", extra={"action": command.action, "dedup_key": command.dedup_key})
+        log.info("pagerduty event for no open incident",
+                 extra={"action": command.action, "dedup_key": command.dedup_key})
     return PagerDutyOutcome(command.action, command.dedup_key, incident_id)
 
 
@@ -371,7 +375,8 @@ def _byte_indexed(value: Mapping[str, Any]) -> bytes:
             indexed = sorted(((int(k), v) for k, v in value.items()), key=lambda kv: kv[0])
         except ValueError:
             raise InvalidPayload("events: an object must be the byte array of gzip data (numeric keys)",
-                                 {"events": ["object keys must be byte indexes 0..n-1"]}, code="bad_compression") from None
+                                 {"events": ["object keys must be byte indexes 0..n-1"]},
+                                 code="bad_compression") from None
         if [k for k, _ in indexed] != list(range(len(indexed))):
             raise InvalidPayload("events: byte indexes must run 0..n-1", {"events": ["byte indexes must run 0..n-1"]},
                                  code="bad_compression")
@@ -417,7 +422,8 @@ def decode_ws_frame(data: bytes | str, settings: Settings | None = None) -> WsFr
     elif isinstance(events, Mapping):
         events = _json(_gunzip(_byte_indexed(events), limit), "the decompressed events")
     if not isinstance(events, list) or not events:
-        raise InvalidPayload("events must be a non-empty array (or its gzip)", {"events": ["expected a non-empty array"]},
+        raise InvalidPayload("events must be a non-empty array (or its gzip)",
+                             {"events": ["expected a non-empty array"]},
                              code="invalid_batch")
     if len(events) > settings.max_batch_events:
         raise InvalidPayload(f"a batch holds at most {settings.max_batch_events} events, got {len(events)}",
@@ -465,7 +471,7 @@ def ingest_with_auto_page(events: Sequence[NewEvent], dispatcher: Dispatcher | N
     """Durable ingest, then Shield's auto-page for what it opened (both committed before answering)."""
     results = ingest_events(events, dispatcher=dispatcher, door=door)
     by_source: dict[str, list[IngestResult]] = {}
-    for event, result in zip(events, results):
+    for event, result in zip(events, results, strict=True):
         by_source.setdefault(event.source, []).append(result)
     for source, source_results in by_source.items():
         auto_page(source_results, source)
@@ -525,7 +531,7 @@ class GroupCommitter:
                 except Exception as exc:  # this event's own failure goes to its caller
                     future.set_exception(exc)
             return
-        for (_, future), result in zip(batch, results):
+        for (_, future), result in zip(batch, results, strict=True):
             future.set_result(result)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 from sqlalchemy import func, select
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from app.adapters.db import read_session
@@ -211,6 +211,6 @@ def test_idle_connection_is_closed(ws_url):
     with open_socket(ws_url) as ws:
         error = receive(ws)  # WS_IDLE_TIMEOUT_SECS=3 in this module
         assert (error["type"], error["code"]) == ("error", "idle_timeout")
-        with pytest.raises(Exception):
+        with pytest.raises(ConnectionClosed):
             ws.recv(timeout=10)
         assert ws.close_code == 1000

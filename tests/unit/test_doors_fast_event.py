@@ -32,7 +32,8 @@ MUTATIONS: list[tuple[str, Any]] = [
     ("timestamp", "yesterday"), ("timestamp", 1731321600), ("timestamp", None), ("timestamp", "2025-11-11T24:00:00Z"),
     ("resource", {"type": "tenant"}), ("resource", {"id": "x"}), ("resource", {"type": "", "id": "x"}),
     ("resource", {"type": "t", "id": "i", "name": None}), ("resource", {"type": "t", "id": "i", "extra": [1]}),
-    ("resource", {"type": "t", "id": "i", "metadata": {"a": "b"}}), ("resource", {"type": "t", "id": "i", "metadata": 3}),
+    ("resource", {"type": "t", "id": "i", "metadata": {"a": "b"}}),
+    ("resource", {"type": "t", "id": "i", "metadata": 3}),
     ("resource", "tenant-456"), ("resource", None),
     ("metrics", {"a": "1"}), ("metrics", {"a": True}), ("metrics", {"a": None}), ("metrics", {"a": 1.5, "b": -2}),
     ("metrics", []), ("tags", {"a": {"b": 1}}), ("tags", {"a": [1]}), ("tags", {"a": 1, "b": True, "c": "x"}),
@@ -56,7 +57,7 @@ def cases() -> list[dict[str, Any]]:
     return out
 
 
-@pytest.mark.parametrize("event", cases(), ids=lambda e: str(sorted(set(e) ^ set(GUIDE_EVENT)) or e.get("event_id"))[:60])
+@pytest.mark.parametrize("event", cases(), ids=lambda e: str(sorted(set(e) ^ set(GUIDE_EVENT)) or e["event_id"])[:60])
 def test_fast_path_never_disagrees_with_the_schema(event):
     body = event if "source" in event else {**event, "source": "llm-edge-agent"}  # the door's default
     try:

@@ -24,7 +24,8 @@ REQUESTS = [
                                                    metadata={"model_version": "gpt-4-0613"}),
         metrics={"confidence_score": 0.95, "attack_vectors": 3}, tags={"environment": "production"},
         encrypted_payload=b"\x00secret", service="chat-api", dedup_key="k1"),
-    pb2.CreateIncidentRequest(event_id="e3", source="s", title="t", severity="low", resource=pb2.Resource(type="x", id="y")),
+    pb2.CreateIncidentRequest(event_id="e3", source="s", title="t", severity="low",
+                              resource=pb2.Resource(type="x", id="y")),
 ]
 
 

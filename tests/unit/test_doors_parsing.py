@@ -12,8 +12,8 @@ from app.config import load_settings
 from app.services.integrations import (
     ALERTMANAGER_SOURCE,
     InvalidPayload,
-    dedup_fingerprint,
     decode_ws_frame,
+    dedup_fingerprint,
     parse_alertmanager,
     parse_pagerduty,
 )
