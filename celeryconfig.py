@@ -69,6 +69,8 @@ task_routes = {
 }
 
 beat_schedule = {
+    # Retrain when enough feedback arrived (ml.training_batch_size); the check itself is one COUNT.
+    "ml-retrain-check": {"task": "ml.check_retrain", "schedule": float(os.environ.get("ML_RETRAIN_CHECK_SECS", "60"))},
     "outbox-relay": {"task": "ingest.relay_outbox", "schedule": 10.0},
     "queue-metrics": {"task": "ops.record_queue_depths", "schedule": 15.0},
     "beat-heartbeat": {"task": "ingest.beat_heartbeat", "schedule": 10.0},

@@ -165,6 +165,9 @@ def run(processes: str) -> None:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
+    from ml.training import bootstrap as bootstrap_ml  # first start: train the first model from the shipped data
+
+    bootstrap_ml()
     env = dict(os.environ)
     # The Procfile's commands (gunicorn, celery) live beside this interpreter, venv or not.
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
@@ -209,6 +212,10 @@ def _read_procfile(path: Path) -> dict[str, str]:
 from api.grpc.cli import grpc_group  # noqa: E402  (the gRPC door's commands)
 
 main.add_command(grpc_group)
+
+from ml.cli import ml_group  # noqa: E402
+
+main.add_command(ml_group)
 
 
 if __name__ == "__main__":

@@ -297,6 +297,10 @@ def resolve(incident_id: str, resolved_by: str, method: str = "Manual", notes: s
             changes.append(_record(session, incident, resolved_by, "severity_corrected", "severity",
                                    incident.severity, corrected_severity))
             incident.severity = corrected_severity
+        if corrected_severity:  # a person's severity at resolution is a label the classifier learns from
+            from app.services.feedback import record_resolution_sample
+
+            record_resolution_sample(session, incident, corrected_severity, resolved_by)
         if incident.sla_resolve_by and now > incident.sla_resolve_by:
             incident.sla_resolve_breached = True
         return changes

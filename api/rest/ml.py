@@ -1,0 +1,218 @@
+"""ML over REST: real-time classification, model versions (list, activate, rollback, train) and
+feedback on an incident's classification."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from flask import Blueprint, jsonify
+from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+from api.auth import current_principal, enforce, require
+from api.body import json_object
+from api.errors import ApiError
+from api.openapi import Operation, operation, schema
+from app.config import get_settings
+from app.domain.severity import SEVERITIES, map_source_severity
+from app.services import feedback as feedback_service
+from ml.interface import ClassifierInput, get_classifier
+
+bp = Blueprint("ml", __name__)
+
+
+class ClassifyResourceSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    type = fields.String(validate=validate.Length(max=100))
+
+
+class ClassifyEventSchema(Schema):
+    """An event to classify: the fields of an ingest event that the classifier reads."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    title = fields.String(required=True, validate=validate.Length(min=1, max=500))
+    description = fields.String(load_default="", validate=validate.Length(max=100_000))
+    source = fields.String(load_default="api", validate=validate.Length(min=1, max=100))
+    event_type = fields.String(validate=validate.Length(max=100))
+    category = fields.String(validate=validate.Length(max=100))
+    resource_type = fields.String(validate=validate.Length(max=100))
+    resource = fields.Nested(ClassifyResourceSchema)
+    severity = fields.String(validate=validate.Length(min=1, max=50))  # the source's own severity
+    tags = fields.Dict(keys=fields.String(), values=fields.Raw())
+    metrics = fields.Dict(keys=fields.String(), values=fields.Raw())
+
+    @validates_schema
+    def _numeric_metrics(self, data: Mapping[str, Any], **_: Any) -> None:
+        bad = [k for k, v in (data.get("metrics") or {}).items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if bad:
+            raise ValidationError({"metrics": [f"metric {k!r} must be a number" for k in bad]})
+
+
+class FeedbackSchema(Schema):
+    """The true classification of an incident, for learning."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    severity = fields.String(validate=validate.OneOf(SEVERITIES))
+    category = fields.String(validate=validate.Length(min=1, max=100))
+    notes = fields.String(validate=validate.Length(max=10_000))
+    actor = fields.String(validate=validate.Length(min=1, max=200))
+
+    @validates_schema
+    def _something(self, data: Mapping[str, Any], **_: Any) -> None:
+        if "severity" not in data and "category" not in data:
+            raise ValidationError("give severity, category or both")
+
+
+class ClassifyBatchSchema(Schema):
+    events = fields.List(fields.Nested(ClassifyEventSchema), required=True)
+
+
+schema("ClassifyEvent", ClassifyEventSchema)
+schema("ClassifyBatch", ClassifyBatchSchema)
+schema("Feedback", FeedbackSchema)
+EVENT = ClassifyEventSchema()
+
+
+def _inputs(body: dict[str, Any]) -> list[ClassifierInput]:
+    limit = get_settings().max_batch_events
+    if "events" in body:
+        events = body["events"]
+        if not isinstance(events, list):
+            raise ValidationError({"events": ["must be a list of events"]})
+        if not events:
+            raise ValidationError({"events": ["give at least one event"]})
+        if len(events) > limit:
+            raise ApiError(422, "validation_failed", f"at most {limit} events per request",
+                           {"events": [f"{len(events)} events; the limit is {limit}"]})
+        try:
+            loaded = EVENT.load(events, many=True)
+        except ValidationError as exc:
+            raise ValidationError({"events": exc.messages}) from None
+    else:
+        loaded = [EVENT.load(body)]
+    return [
+        ClassifierInput(
+            title=e["title"], description=e.get("description", ""), source=e.get("source", "api"),
+            event_type=e.get("event_type"), category=e.get("category"),
+            resource_type=e.get("resource_type") or (e.get("resource") or {}).get("type"),
+            source_severity=e.get("severity"), tags=e.get("tags") or {}, metrics=e.get("metrics") or {},
+        )
+        for e in loaded
+    ]
+
+
+@bp.post("/api/v1/ml/classify")
+def classify() -> Any:
+    """Classify one event or `{"events": [...]}`; needs `event:create` or `incident:read`."""
+    principal = current_principal()
+    enforce(principal, "event:create" if principal.can("event:create") else "incident:read")
+    items = _inputs(json_object())
+    classifier = get_classifier()
+    threshold = get_settings().ml.confidence_threshold
+    predictions = classifier.predict_batch(items)
+    results = []
+    for item, prediction in zip(items, predictions):
+        mapped = map_source_severity(item.source_severity)
+        use_model = prediction.confidence >= threshold
+        results.append({
+            "severity": prediction.severity if use_model else mapped,
+            "decided_by": "model" if use_model else "source_severity",
+            "predicted_severity": prediction.severity,
+            "confidence": round(prediction.confidence, 4),
+            "source_severity": item.source_severity,
+            "mapped_source_severity": mapped,
+            "category": prediction.category,
+            "category_confidence": round(prediction.category_confidence, 4),
+            "probabilities": dict(prediction.probabilities),
+            "model_version": prediction.model_version,
+        })
+    return jsonify({"model_version": classifier.version, "confidence_threshold": threshold, "predictions": results})
+
+
+@bp.get("/api/v1/ml/models")
+@require("incident:read")
+def list_models() -> Any:
+    from ml import registry
+
+    items = registry.list_versions()
+    active = next((m["version"] for m in items if m["active"]), None)
+    return jsonify({"items": items, "active_version": active, "serving_version": registry.serving_version()})
+
+
+@bp.post("/api/v1/ml/models/<version>/activate")
+@require("admin")
+def activate_model(version: str) -> Any:
+    from ml import registry
+
+    try:
+        return jsonify(registry.activate(version, actor=current_principal().name))
+    except registry.RegistryError as exc:
+        raise ApiError(404, "not_found", str(exc), {"version": version}) from None
+    except registry.ModelLoadError as exc:
+        raise ApiError(409, "model_unloadable", str(exc), {"version": version}) from None
+
+
+@bp.post("/api/v1/ml/models/rollback")
+@require("admin")
+def rollback_model() -> Any:
+    from ml import registry
+
+    try:
+        return jsonify(registry.rollback(actor=current_principal().name))
+    except registry.RegistryError as exc:
+        raise ApiError(409, "nothing_to_roll_back", str(exc)) from None
+
+
+@bp.post("/api/v1/ml/train")
+@require("admin")
+def train() -> Any:
+    """Queue a training on the `ml` queue (202); the gate decides whether it becomes active."""
+    from tasks.ml import train_model
+
+    result = train_model.delay(actor=current_principal().name)
+    response = jsonify({"status": "queued", "task_id": result.id})
+    response.status_code = 202
+    return response
+
+
+@bp.post("/api/v1/incidents/<incident_id>/feedback")
+@require("incident:write")
+def feedback(incident_id: str) -> Any:
+    data = FeedbackSchema().load(json_object())
+    actor = data.get("actor") or current_principal().name
+    try:
+        sample = feedback_service.record_feedback(incident_id, actor, severity=data.get("severity"),
+                                                  category=data.get("category"), notes=data.get("notes"))
+    except feedback_service.InvalidFeedback as exc:
+        raise ApiError(422, "validation_failed", "the feedback does not match the schema", exc.errors) from None
+    response = jsonify(sample)
+    response.status_code = 201
+    return response
+
+
+_VERSION = ({"name": "version", "in": "path", "required": True, "schema": {"type": "string"}},)
+_ID = ({"name": "incident_id", "in": "path", "required": True, "schema": {"type": "string"}},)
+for _op in [
+    Operation("/api/v1/ml/classify", "post", "Classify one event or {\"events\": [...]} (up to MAX_BATCH_EVENTS)",
+              "event:create or incident:read", "ClassifyEvent",
+              ((200, "{model_version, confidence_threshold, predictions: [...]}"), (400, ""), (401, ""), (403, ""),
+               (415, ""), (422, ""), (429, ""))),
+    Operation("/api/v1/ml/models", "get", "Model versions, newest first, with held-out metrics", "incident:read",
+              responses=((200, "{items, active_version, serving_version}"), (401, ""), (403, ""))),
+    Operation("/api/v1/ml/models/{version}/activate", "post", "Activate a model version (file verified first)",
+              "admin", responses=((200, "The version"), (404, ""), (409, "File missing or corrupted")),
+              parameters=_VERSION),
+    Operation("/api/v1/ml/models/rollback", "post", "Go back to the previously active version", "admin",
+              responses=((200, "The version now active"), (409, "Nothing to roll back to"))),
+    Operation("/api/v1/ml/train", "post", "Queue a training (the not-worse gate decides activation)", "admin",
+              responses=((202, "{status: queued, task_id}"), (401, ""), (403, ""))),
+    Operation("/api/v1/incidents/{incident_id}/feedback", "post", "True severity/category of an incident, for learning",
+              "incident:write", "Feedback",
+              ((201, "The training sample"), (400, ""), (404, ""), (415, ""), (422, "")), _ID),
+]:
+    operation(_op)
