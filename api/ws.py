@@ -148,6 +148,8 @@ class EventSocket:
             except ConnectionClosed:
                 # The client left: what was committed stays committed; it re-sends what it never saw acked.
                 continue
+            except Exception:  # keep draining, or the reader would block on a full queue
+                log.exception("ws frame handling failed", extra={"session_id": self.session_id})
 
     def ingest(self, frame: WsFrame, valid: list[NewEvent], rejected: list[tuple[str, Any]]) -> None:
         started = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Mapping
@@ -234,6 +235,9 @@ class IncidentServicer(pb2_grpc.IncidentServiceServicer):  # type: ignore[misc,n
         self.auth = GrpcAuthenticator(settings)
         self.dispatcher = dispatcher
         self.stream_idle_secs = stream_idle_secs
+        # A stream holds a server thread for its life: at most half the pool, so unary calls never starve.
+        self.max_streams = max(1, settings.grpc_max_workers // 2)
+        self._streams = threading.BoundedSemaphore(self.max_streams)
         # Concurrent CreateIncident calls share one transaction; each answers after its commit.
         self.committer = GroupCommitter(
             lambda events: ingest_with_auto_page(events, dispatcher=dispatcher, door="grpc"))
@@ -296,6 +300,17 @@ class IncidentServicer(pb2_grpc.IncidentServiceServicer):  # type: ignore[misc,n
         except CallRefused as exc:
             GRPC_REQUESTS.labels("StreamIncidents", exc.code.name).inc()
             context.abort(exc.code, exc.message)
+        if not self._streams.acquire(blocking=False):
+            GRPC_REQUESTS.labels("StreamIncidents", "RESOURCE_EXHAUSTED").inc()
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"at most {self.max_streams} concurrent streams (half of GRPC_MAX_WORKERS); retry later")
+        try:
+            yield from self._stream(severities, sources, kinds, context)
+        finally:
+            self._streams.release()
+
+    def _stream(self, severities: set[str], sources: set[str], kinds: set[str],
+                context: grpc.ServicerContext) -> Iterator[Any]:
         GRPC_REQUESTS.labels("StreamIncidents", "OK").inc()
         feed = changes.subscribe(timeout=self.stream_idle_secs)
         first = next(feed)  # subscribes, then waits up to stream_idle_secs

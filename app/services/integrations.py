@@ -293,7 +293,7 @@ def parse_pagerduty(body: Any) -> PagerDutyCommand:
         source=PAGERDUTY_SOURCE,
         event_id=f"pd-{uuid.uuid4().hex}",
         title=str(payload["summary"]).strip()[:500],
-        raw=dict(body),
+        raw={k: v for k, v in body.items() if k != "routing_key"},  # the routing key is a credential
         event_type=str(payload.get("class") or "alert"),
         category=tags.get("category"),
         description=details if isinstance(details, str) else json.dumps(details, sort_keys=True) if details else "",

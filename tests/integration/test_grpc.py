@@ -519,3 +519,41 @@ def test_analyze_correlations_reports_the_pipelines_correlation_group(ours, chan
     [other] = [c for c in result.correlations if c.incident_id == ids[1]]
     assert other.reasons[0] == "group" and other.score == pytest.approx(
         next(m.score for m in members if m.incident_id == ids[1]), abs=1e-3)
+
+
+def test_streams_are_capped_so_unary_calls_keep_their_threads(ours, db):
+    import dataclasses
+
+    from api.grpc.server import build_server
+    from app.config import get_settings
+
+    pb2, pb2_grpc = ours
+    server, port = build_server(dataclasses.replace(get_settings(), grpc_max_workers=4), address="127.0.0.1:0",
+                                stream_idle_secs=0.2)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
+            stub = pb2_grpc.IncidentServiceStub(chan)
+            md = bearer(create_token("watcher", 60))
+            open_streams = [stub.StreamIncidents(pb2.StreamIncidentsRequest(), metadata=md, timeout=30)
+                            for _ in range(2)]
+            for stream in open_streams:
+                assert dict(stream.initial_metadata())["x-subscribed"] == "1"
+            refused = stub.StreamIncidents(pb2.StreamIncidentsRequest(), metadata=md, timeout=10)
+            with pytest.raises(grpc.RpcError) as info:
+                next(refused)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert stub.CreateIncident(shield_request(pb2), metadata=md, timeout=10).status == "accepted"
+            open_streams[0].cancel()
+
+            def another_stream_opens() -> bool:
+                stream = stub.StreamIncidents(pb2.StreamIncidentsRequest(), metadata=md, timeout=10)
+                try:
+                    return dict(stream.initial_metadata()).get("x-subscribed") == "1"
+                finally:
+                    stream.cancel()
+
+            wait_for(another_stream_opens, 10, 0.2, "a stream slot to free up after a cancel")
+            open_streams[1].cancel()
+    finally:
+        server.stop(grace=None).wait()

@@ -63,6 +63,9 @@ def test_trigger_acknowledge_resolve_on_one_dedup_key(url, make_key):
     opened = incident()
     assert (opened.status, opened.severity, opened.category, opened.source) == ("NEW", "P0", "performance", "pagerduty")
     assert body["incident_id"] == opened.id
+    with read_session() as session:
+        stored = session.scalars(select(Event)).one().payload
+    assert "routing_key" not in stored and stored["payload"]["summary"] == "P1: Latency Spike Detected"
 
     # A repeated trigger joins the same incident (PagerDuty de-duplicates on dedup_key too).
     assert httpx.post(url, json=guide_event(key, dedup_key="latency-chat-api"), timeout=10).status_code == 202
