@@ -3,6 +3,7 @@ against a real grpcio server on loopback, real Postgres and Redis."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -557,3 +558,28 @@ def test_streams_are_capped_so_unary_calls_keep_their_threads(ours, db):
             open_streams[1].cancel()
     finally:
         server.stop(grace=None).wait()
+
+
+def test_the_procfile_grpc_process_serves_and_stops_on_sigterm(test_env):
+    """`incident-manager grpc serve` (the Procfile's grpc line): health SERVING, clean exit on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.conftest import ROOT
+    from tests.integration.test_ws import free_port
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "app.cli", "grpc", "serve", "--address", f"127.0.0.1:{port}"],
+                               cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
+            grpc.channel_ready_future(chan).result(timeout=30)
+            answer = health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output.decode()[-2000:]

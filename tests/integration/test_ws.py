@@ -214,3 +214,12 @@ def test_idle_connection_is_closed(ws_url):
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=10)
         assert ws.close_code == 1000
+
+
+def test_a_message_far_over_the_limit_closes_with_1009(ws_url):
+    with open_socket(ws_url) as ws:
+        ws.send("x" * (4 * 262144 + 1))  # 4 x WS_MAX_MESSAGE_BYTES: never buffered
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+        assert ws.close_code == 1009
+    assert counts() == (0, 0)
