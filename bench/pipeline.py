@@ -36,13 +36,17 @@ TITLES = ["Latency Spike Detected", "GPU memory exhausted", "Token usage over bu
           "Model drift detected", "Error rate above threshold", "Rate limit exceeded", "Toxicity score spike"]
 
 
-def factory(tag: str, size: int):  # type: ignore[no-untyped-def]
+def factory(tag: str, size: int, per_incident: int = 1):  # type: ignore[no-untyped-def]
+    """Events with their own ids; every `per_incident` consecutive events of a client share a title
+    (one fingerprint: the later ones dedup into the first one's incident, across requests)."""
+
     def make(worker: int, n: int) -> bytes:
         events = []
         for i in range(size):
             event = dict(SENTINEL)
             event["event_id"] = f"{tag}-{worker}-{n}-{i}"
-            event["title"] = f"{TITLES[(n + i) % len(TITLES)]} {tag}-{worker}-{n}-{i}"
+            group = (n * size + i) // per_incident
+            event["title"] = f"{TITLES[group % len(TITLES)]} {tag}-{worker}-{group}"
             event["tags"] = {**SENTINEL["tags"], "service": f"svc-{(n + i) % 20}"}
             events.append(event)
         body: Any = {"events": events} if size > 1 else events[0]
@@ -116,11 +120,11 @@ def _wait_drained(env: dict[str, str], prefix: str, timeout: float) -> float:
 
 
 def sustained(env: dict[str, str], port: int, headers: dict[str, str], rate: float, batch: int, duration: float,
-              tag: str) -> dict[str, Any]:
+              tag: str, per_incident: int) -> dict[str, Any]:
     with _db(env) as conn:
         t0 = conn.execute("SELECT now()").fetchone()[0]
-    load = run_load(port, "/api/v1/events", headers, factory(tag, batch), duration=duration, processes=1,
-                    threads=8, rate=rate / batch, count_items=True)
+    load = run_load(port, "/api/v1/events", headers, factory(tag, batch, per_incident), duration=duration,
+                    processes=1, threads=8, rate=rate / batch, count_items=True)
     with _db(env) as conn:
         t1 = conn.execute("SELECT now()").fetchone()[0]
         accepted, processed_in_window = conn.execute(
@@ -130,10 +134,12 @@ def sustained(env: dict[str, str], port: int, headers: dict[str, str], rate: flo
     drain = _wait_drained(env, tag, 300)
     with _db(env) as conn:
         incidents = conn.execute("SELECT count(*), count(processed_at), count(correlation_group_id), "
-                                 "count(enrichment) FROM incidents WHERE title LIKE %s", (f"% {tag}-%",)).fetchone()
+                                 "count(enrichment), sum(event_count) FROM incidents WHERE title LIKE %s",
+                                 (f"% {tag}-%",)).fetchone()
     return {"offered_events_per_s": rate, "accepted": accepted, "accepted_per_s": accepted / window,
             "processed_per_s": processed_in_window / window, "backlog_at_end": accepted - processed_in_window,
-            "drain_secs": drain, "http": load.summary(), "incidents": incidents}
+            "drain_secs": drain, "http": load.summary(),
+            "incidents": dict(zip(("rows", "processed", "grouped", "enriched", "events"), incidents))}
 
 
 def latency(env: dict[str, str], port: int, headers: dict[str, str], rate: float, batch: int, duration: float,
@@ -158,11 +164,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="offered events/s for the sustained phase")
     parser.add_argument("--batch", type=int, default=100, help="events per HTTP request (sustained phase)")
     parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--events-per-incident", type=int, default=1,
+                        help="1: every event opens an incident (worst case); 10: nine of ten dedup")
     parser.add_argument("--latency-rate", type=float, default=500.0)
     parser.add_argument("--latency-duration", type=float, default=30.0)
     parser.add_argument("--baseline-duration", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
-    parser.add_argument("--keep", action="store_true", help="print the log tail on exit")
     parser.add_argument("--skip", choices=["sustained", "latency", "baseline"], action="append", default=[])
     args = parser.parse_args()
 
@@ -186,7 +193,8 @@ def main() -> None:
         results["rss_before_mb"] = round(workers.rss_mb(), 1)
         print(f"worker RSS after warm-up: {results['rss_before_mb']} MB", flush=True)
         if "sustained" not in args.skip:
-            results["sustained"] = sustained(env, web.port, headers, args.rate, args.batch, args.duration, "sus")
+            results["sustained"] = sustained(env, web.port, headers, args.rate, args.batch, args.duration, "sus",
+                                             args.events_per_incident)
             print(f"RESULT sustained: {json.dumps(results['sustained'], default=str)}", flush=True)
         if "latency" not in args.skip:
             results["latency"] = latency(env, web.port, headers, args.latency_rate, 10, args.latency_duration, "lat")

@@ -102,7 +102,7 @@ def _codes(values: Sequence[Any]) -> np.ndarray:
 
 
 def score_matrix(new: Sequence[Item], columns: Sequence[Item], column_texts: Sequence[str],
-                 config: CorrelationSettings) -> ScoreMatrix:
+                 config: CorrelationSettings, ids: Sequence[str] | None = None) -> ScoreMatrix:
     """Vectorised `weighted_score` of every new incident (the last len(new) columns) against every column."""
     n, m = len(new), len(columns)
     weights = np.array([
@@ -124,7 +124,7 @@ def score_matrix(new: Sequence[Item], columns: Sequence[Item], column_texts: Seq
     etype = pairwise_equal([c.event_type for c in columns]) if weights[1] else 0.0
     similarity = np.zeros((n, m))
     if weights[2]:
-        vecs = textsim.vectors(column_texts)
+        vecs = textsim.vectors_by_id(ids, column_texts) if ids is not None else textsim.vectors(column_texts)
         similarity = np.clip(textsim.similarity_matrix(vecs[offset:], vecs), 0.0, 1.0)
     tags: Any = 0.0
     if weights[3]:
@@ -214,7 +214,8 @@ def correlate(batch: Batch, settings: Settings | None = None) -> Batch:
     rank = np.empty(len(new_items), dtype=np.int64)
     rank[order] = np.arange(len(new_items))
     scores = score_matrix(new_items, items, [textsim.incident_text(r.title, r.description) for r in old] +
-                          [textsim.incident_text(s["title"], s["description"]) for s in incidents], config)
+                          [textsim.incident_text(s["title"], s["description"]) for s in incidents], config,
+                          ids=[c.id for c in items])
     # Columns of a full group are no candidates; kept up to date as groups fill during the loop.
     col_rank = np.concatenate([np.full(n_old, -1, dtype=np.int64), rank])
     col_group = [c.group_id for c in items]

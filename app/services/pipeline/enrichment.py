@@ -155,19 +155,16 @@ def _similar(incidents: Sequence[Snapshot], results: dict[str, dict[str, Any]], 
         candidates = [c for c in candidates if c.id not in batch_ids][:config.history_size]
         fresh: dict[str, list[dict[str, Any]]] = {}
         if candidates:
-            left = text.vectors([text.incident_text(s["title"], s["description"]) for s in misses])
-            right = text.vectors([text.incident_text(c.title, c.description) for c in candidates])
+            left = text.vectors_by_id([s["id"] for s in misses],
+                                      [text.incident_text(s["title"], s["description"]) for s in misses])
+            right = text.vectors_by_id([c.id for c in candidates],
+                                       [text.incident_text(c.title, c.description) for c in candidates])
             scores = text.similarity_matrix(left, right)
             limit = config.similar_limit
             for row, snap in enumerate(misses):
                 order = np.argsort(-scores[row])[:limit]
                 fresh[keys[snap["id"]]] = [
-                    {"incident_id": candidates[j].id, "title": candidates[j].title,
-                     "score": round(float(scores[row, j]), 4), "status": candidates[j].status,
-                     "severity": candidates[j].severity, "category": candidates[j].category,
-                     "created_at": candidates[j].created_at.isoformat(),
-                     "resolved_at": candidates[j].resolved_at.isoformat() if candidates[j].resolved_at else None,
-                     "root_cause": candidates[j].root_cause}
+                    _similar_entry(candidates[j], float(scores[row, j]))
                     for j in order if scores[row, j] >= config.similarity_threshold
                 ]
         else:
@@ -176,6 +173,16 @@ def _similar(incidents: Sequence[Snapshot], results: dict[str, dict[str, Any]], 
         cached.update(fresh)
     for snap in incidents:
         results[snap["id"]]["similar_incidents"] = cached.get(keys[snap["id"]], [])
+
+
+def _similar_entry(candidate: Any, score: float) -> dict[str, Any]:
+    """A similar past incident as enrichment records it (resolution details only once resolved)."""
+    entry = {"incident_id": candidate.id, "title": candidate.title, "score": round(score, 4),
+             "status": candidate.status, "severity": candidate.severity, "category": candidate.category}
+    if candidate.resolved_at is not None:
+        entry["resolved_at"] = candidate.resolved_at.isoformat()
+        entry["root_cause"] = candidate.root_cause
+    return entry
 
 
 # ------------------------------------------------------------------------------------ service, team

@@ -4,6 +4,7 @@ Stateless (no fitted vocabulary), so every worker process scores the same way wi
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
@@ -30,3 +31,27 @@ def similarity_matrix(left: sparse.csr_matrix, right: sparse.csr_matrix) -> np.n
     if left.shape[0] == 0 or right.shape[0] == 0:
         return np.zeros((left.shape[0], right.shape[0]))
     return np.asarray((left @ right.T).todense())
+
+
+_CACHE_SIZE = 20_000
+_cache: "OrderedDict[tuple[str, int], sparse.csr_matrix]" = OrderedDict()
+
+
+def vectors_by_id(ids: Sequence[str], texts: Sequence[str]) -> sparse.csr_matrix:
+    """`vectors(texts)`, with each incident's row cached in this process (keyed by id and text):
+    every batch compares against mostly the same recent incidents."""
+    keys = [(i, hash(t)) for i, t in zip(ids, texts)]
+    missing = [k for k, key in enumerate(keys) if key not in _cache]
+    if missing:
+        fresh = vectors([texts[k] for k in missing])
+        for row, k in enumerate(missing):
+            _cache[keys[k]] = fresh[row]
+    rows = []
+    for key in keys:
+        _cache.move_to_end(key)
+        rows.append(_cache[key])
+    while len(_cache) > _CACHE_SIZE:
+        _cache.popitem(last=False)
+    if not rows:
+        return vectors([])
+    return sparse.vstack(rows, format="csr")
