@@ -359,18 +359,19 @@ def _persistent_secret(data_dir: Path, name: str) -> str:
 
 
 def _door_settings(env: Mapping[str, str]) -> dict[str, Any]:
-    """GRPC_TLS_CERT/GRPC_TLS_KEY/GRPC_CLIENT_CA (all three or none: mTLS), GRPC_ALLOWED_IDENTITIES
-    (comma-separated subject CNs or SANs), GRPC_MAX_WORKERS, WS_MAX_MESSAGE_BYTES, WS_IDLE_TIMEOUT_SECS."""
+    """GRPC_TLS_CERT + GRPC_TLS_KEY: TLS (callers authenticate with bearer metadata); with GRPC_CLIENT_CA
+    too: mTLS, client certificates required and checked against GRPC_ALLOWED_IDENTITIES (comma-separated
+    subject CNs or SANs). GRPC_MAX_WORKERS, WS_MAX_MESSAGE_BYTES, WS_IDLE_TIMEOUT_SECS."""
     tls = {name: env.get(name) or None for name in ("GRPC_TLS_CERT", "GRPC_TLS_KEY", "GRPC_CLIENT_CA")}
     given = [name for name, value in tls.items() if value]
-    if given and len(given) != 3:
-        missing = sorted(set(tls) - set(given))
-        raise ConfigError(f"{', '.join(missing)}: mTLS needs GRPC_TLS_CERT, GRPC_TLS_KEY and GRPC_CLIENT_CA together")
+    if given and not (tls["GRPC_TLS_CERT"] and tls["GRPC_TLS_KEY"]):
+        missing = sorted({"GRPC_TLS_CERT", "GRPC_TLS_KEY"} - set(given))
+        raise ConfigError(f"{', '.join(missing)}: TLS needs GRPC_TLS_CERT and GRPC_TLS_KEY together")
     for name in given:
         if not Path(str(tls[name])).is_file():
             raise ConfigError(f"{name}: {tls[name]} is not a readable file")
     identities = tuple(i.strip() for i in env.get("GRPC_ALLOWED_IDENTITIES", "").split(",") if i.strip())
-    if given and not identities:
+    if tls["GRPC_CLIENT_CA"] and not identities:
         raise ConfigError("GRPC_ALLOWED_IDENTITIES: with mTLS on, list the client identities (certificate CN or SAN) allowed in")
     return {
         "grpc_tls_cert": tls["GRPC_TLS_CERT"],

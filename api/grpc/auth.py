@@ -1,12 +1,12 @@
 """Who is calling a gRPC method.
 
-With certificates configured (GRPC_TLS_CERT/KEY/CLIENT_CA) the server requires a client
+With a client CA configured (GRPC_TLS_CERT/KEY + GRPC_CLIENT_CA) the server requires a client
 certificate signed by GRPC_CLIENT_CA at the TLS handshake (no certificate or another CA: the
 connection never opens), and a method call is allowed only when the certificate's subject CN or one
 of its SANs is in GRPC_ALLOWED_IDENTITIES (PERMISSION_DENIED otherwise). Without certificates the
 caller sends `authorization: Bearer <JWT or API key>` (as the guide's grpcurl example does) or
 `x-api-key` metadata (UNAUTHENTICATED when missing or invalid, PERMISSION_DENIED when the credential
-lacks the method's permission).
+lacks the method's permission); GRPC_TLS_CERT/KEY alone give TLS with this metadata auth.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class GrpcAuthenticator:
     """Turns a call's TLS peer or metadata into a Principal allowed `permission`, or aborts."""
 
     def __init__(self, settings: Settings) -> None:
-        self.mtls = bool(settings.grpc_tls_cert)
+        self.mtls = bool(settings.grpc_client_ca)
         self.allowed = frozenset(settings.grpc_allowed_identities)
         self.rate_limit = settings.rate_limit
 

@@ -24,14 +24,16 @@ SERVICE_NAME = pb2.DESCRIPTOR.services_by_name["IncidentService"].full_name
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """mTLS credentials (client certificate required, verified against GRPC_CLIENT_CA), or None."""
+    """TLS credentials; with GRPC_CLIENT_CA, mTLS (a client certificate signed by it is required).
+    None without certificates (plaintext, bearer metadata)."""
     if not settings.grpc_tls_cert:
         return None
-    assert settings.grpc_tls_key and settings.grpc_client_ca
+    assert settings.grpc_tls_key
+    client_ca = Path(settings.grpc_client_ca).read_bytes() if settings.grpc_client_ca else None
     return grpc.ssl_server_credentials(
         [(Path(settings.grpc_tls_key).read_bytes(), Path(settings.grpc_tls_cert).read_bytes())],
-        root_certificates=Path(settings.grpc_client_ca).read_bytes(),
-        require_client_auth=True,
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
     )
 
 
@@ -70,7 +72,7 @@ def serve(settings: Settings | None = None, address: str | None = None) -> None:
     server, port = build_server(settings, address=address)
     server.start()
     log.info("grpc server listening", extra={"address": address or f"{settings.grpc_host}:{port}",
-                                            "mtls": bool(settings.grpc_tls_cert)})
+                                            "tls": bool(settings.grpc_tls_cert), "mtls": bool(settings.grpc_client_ca)})
     stopped = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:

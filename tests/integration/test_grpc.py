@@ -583,3 +583,31 @@ def test_the_procfile_grpc_process_serves_and_stops_on_sigterm(test_env):
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output.decode()[-2000:]
+
+
+def test_tls_without_client_ca_takes_bearer_metadata(ours, db, tmp_path, monkeypatch):
+    """GRPC_TLS_CERT/KEY alone: TLS as the guide's grpcurl example expects (no -plaintext), bearer auth."""
+    from api.grpc.server import build_server
+
+    _certificates(tmp_path)
+    monkeypatch.setenv("GRPC_TLS_CERT", str(tmp_path / "server.crt"))
+    monkeypatch.setenv("GRPC_TLS_KEY", str(tmp_path / "server.key"))
+    reset_settings_cache()
+    server, port = build_server(address="127.0.0.1:0")
+    server.start()
+    try:
+        pb2, pb2_grpc = ours
+        credentials = grpc.ssl_channel_credentials(root_certificates=(tmp_path / "ca.crt").read_bytes())
+        with grpc.secure_channel(f"localhost:{port}", credentials) as chan:
+            stub = pb2_grpc.IncidentServiceStub(chan)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.CreateIncident(shield_request(pb2), timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert counts() == (0, 0)
+            answer = stub.CreateIncident(shield_request(pb2), metadata=bearer(create_token("shield", 60)), timeout=10)
+            assert answer.status == "accepted"
+    finally:
+        server.stop(grace=None).wait()
+        monkeypatch.delenv("GRPC_TLS_CERT")
+        monkeypatch.delenv("GRPC_TLS_KEY")
+        reset_settings_cache()
