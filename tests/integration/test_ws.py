@@ -223,3 +223,25 @@ def test_a_message_far_over_the_limit_closes_with_1009(ws_url):
             ws.recv(timeout=10)
         assert ws.close_code == 1009
     assert counts() == (0, 0)
+
+
+def test_many_concurrent_connections_on_one_worker(ws_url):
+    """One gunicorn worker (gevent) holds 60 agents at once; each one's event is acked."""
+    import asyncio
+
+    from websockets.asyncio.client import connect as aconnect
+
+    async def agent(i: int) -> dict[str, Any]:
+        token = create_token(f"edge-agent-{i}", 60)
+        async with aconnect(ws_url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=20) as ws:
+            assert json.loads(await ws.recv())["type"] == "connection_ack"
+            await asyncio.sleep(0.5)  # all connected at the same time
+            await ws.send(json.dumps({"type": "event", **edge_event(5000 + i)}))
+            return json.loads(await asyncio.wait_for(ws.recv(), 20))
+
+    async def main() -> list[dict[str, Any]]:
+        return await asyncio.gather(*(agent(i) for i in range(60)))
+
+    acks = asyncio.run(main())
+    assert {a["type"] for a in acks} == {"ack"} and len({a["event_id"] for a in acks}) == 60
+    assert counts() == (60, 60)
