@@ -47,7 +47,7 @@ def factory(tag: str, size: int, per_incident: int = 1):  # type: ignore[no-unty
             event["event_id"] = f"{tag}-{worker}-{n}-{i}"
             group = (n * size + i) // per_incident
             event["title"] = f"{TITLES[group % len(TITLES)]} {tag}-{worker}-{group}"
-            event["tags"] = {**SENTINEL["tags"], "service": f"svc-{(n + i) % 20}"}
+            event["tags"] = {**SENTINEL["tags"], "service": f"svc-{group % 20}"}
             events.append(event)
         body: Any = {"events": events} if size > 1 else events[0]
         return json.dumps(body).encode()

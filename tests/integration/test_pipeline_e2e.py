@@ -146,3 +146,14 @@ def test_sentinel_event_becomes_classified_enriched_correlated_incident(client, 
     assert second["enrichment"]["metrics"]["p95_latency_ms"]["value"] == 5400.0
     assert len(prometheus.received_queries) == 2, "metrics answers are cached in Redis"
     assert second["correlation_group_id"] == incident["correlation_group_id"]
+
+    # The web's /metrics includes what the worker counted (shared multiprocess directory).
+    exposition = client.get("/metrics", headers=headers).get_data(as_text=True)
+    values = {line.split(" ")[0]: float(line.split(" ")[-1]) for line in exposition.splitlines()
+              if line and not line.startswith("#")}
+    assert values["incident_manager_alerts_processed_total"] >= 3
+    assert values["incident_manager_correlation_groups_created_total"] >= 1
+    assert values["incident_manager_event_to_incident_latency_seconds_count"] >= 3
+    assert values['incident_manager_processing_duration_seconds_count{stage="correlate"}'] >= 3
+    assert values['incident_manager_enrichment_duration_seconds_count{enricher="metrics"}'] >= 2
+    assert 0.0 < values["incident_manager_enrichment_cache_hit_rate"] <= 1.0

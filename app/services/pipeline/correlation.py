@@ -166,6 +166,21 @@ def score_matrix(new: Sequence[Item], columns: Sequence[Item], column_texts: Seq
     return result
 
 
+@dataclass
+class Candidate:
+    """A recent incident of the window, with its correlation group (if any)."""
+
+    id: str
+    source: str
+    event_type: str | None
+    service: str | None
+    tags: Any
+    created_at: datetime
+    title: str
+    description: str
+    group_id: str | None
+
+
 def _tags(tags: Any) -> frozenset[str]:
     return frozenset(f"{k}={v}" for k, v in (tags or {}).items() if isinstance(v, (str, int, float, bool)))
 
@@ -186,13 +201,17 @@ def correlate(batch: Batch, settings: Settings | None = None) -> Batch:
     batch_ids = {s["id"] for s in incidents}
     since = now - timedelta(seconds=config.time_window_secs)
     with read_session() as session:
-        rows = list(session.execute(
+        # The newest incidents of the window first (a backward scan of ix_incidents_created_id; no
+        # other filter or join before the LIMIT, so stale statistics cannot turn it into a sort).
+        recent = [r for r in session.execute(
             select(Incident.id, Incident.source, Incident.event_type, Incident.service, Incident.tags,
-                   Incident.created_at, Incident.title, Incident.description, CorrelationMember.group_id)
-            .outerjoin(CorrelationMember, CorrelationMember.incident_id == Incident.id)
-            .where(Incident.created_at >= since, Incident.merged_into.is_(None))
-            .order_by(Incident.created_at.desc()).limit(config.max_candidates + len(batch_ids))
-        ).all())
+                   Incident.created_at, Incident.title, Incident.description, Incident.merged_into)
+            .where(Incident.created_at >= since)
+            .order_by(Incident.created_at.desc(), Incident.id.desc()).limit(config.max_candidates + len(batch_ids))
+        ).all() if r.merged_into is None]
+        group_of = dict(session.execute(select(CorrelationMember.incident_id, CorrelationMember.group_id).where(
+            CorrelationMember.incident_id.in_([r.id for r in recent]))).all()) if recent else {}
+        rows = [Candidate(*r[:8], group_of.get(r.id)) for r in recent]
         already = {m.incident_id: m for m in session.scalars(
             select(CorrelationMember).where(CorrelationMember.incident_id.in_(batch_ids)))}
         sizes = dict(session.execute(select(CorrelationGroup.id, CorrelationGroup.member_count).where(

@@ -19,12 +19,12 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from app import metrics
 from app.adapters.db import read_session, unit_of_work
-from app.adapters.models import Event, Incident, OutboxMessage, TimelineEntry
+from app.adapters.models import ACTIVE_STATUS_SQL, Event, Incident, OutboxMessage, TimelineEntry
 from app.config import Settings, get_settings
 from app.services.pipeline.batch import Batch, Snapshot, empty_batch
 from app.services.pipeline.instruments import PIPELINE_BATCH_SIZE
@@ -161,7 +161,7 @@ def _find_duplicates(session: Session, fingerprints: set[str]) -> list[tuple[lis
     """[(loser ids, survivor id)] for fingerprints with more than one active unmerged incident."""
     rows = session.execute(
         select(Incident.id, Incident.fingerprint, Incident.created_at).where(
-            Incident.fingerprint.in_(fingerprints), Incident.status.in_(ACTIVE), Incident.merged_into.is_(None))
+            Incident.fingerprint.in_(fingerprints), text(ACTIVE_STATUS_SQL), Incident.merged_into.is_(None))
     ).all()
     by_fp: dict[str, list[Any]] = defaultdict(list)
     for row in rows:

@@ -146,13 +146,15 @@ def _similar(incidents: Sequence[Snapshot], results: dict[str, dict[str, Any]], 
     if misses:
         batch_ids = {s["id"] for s in incidents}
         with read_session() as session:
+            # Ordered like ix_incidents_created_id and with no other filter in SQL, so the plan is a
+            # short backward index scan whatever the table's statistics say (merged rows are rare).
             candidates = list(session.execute(
                 select(Incident.id, Incident.title, Incident.description, Incident.status, Incident.severity,
-                       Incident.category, Incident.created_at, Incident.resolved_at, Incident.root_cause)
-                .where(Incident.merged_into.is_(None))
-                .order_by(Incident.created_at.desc()).limit(config.history_size + len(batch_ids))
+                       Incident.category, Incident.created_at, Incident.resolved_at, Incident.root_cause,
+                       Incident.merged_into)
+                .order_by(Incident.created_at.desc(), Incident.id.desc()).limit(config.history_size + len(batch_ids))
             ).all())
-        candidates = [c for c in candidates if c.id not in batch_ids][:config.history_size]
+        candidates = [c for c in candidates if c.id not in batch_ids and c.merged_into is None][:config.history_size]
         fresh: dict[str, list[dict[str, Any]]] = {}
         if candidates:
             left = text.vectors_by_id([s["id"] for s in misses],
