@@ -27,8 +27,19 @@ from tasks.dispatch import DRAIN_FLAG_KEY, PENDING_KEY
 log = logging.getLogger(__name__)
 
 
+# Later stages go first (Redis priority 0 is served before 3, 6, 9): batches in flight finish
+# before new ones start, so a backlog delays new work instead of every batch's last stage.
+STAGE_PRIORITY = {"pipeline.dedup": 9, "pipeline.classify": 6, "pipeline.enrich": 3, "pipeline.correlate": 0,
+                  "pipeline.route": 0}
+
+
+def _signature(name: str, *args: Any) -> Any:
+    return app.signature(name, args=args, priority=STAGE_PRIORITY[name])
+
+
 def start_chain(outbox_ids: list[int]) -> None:
-    chain(dedup.s(outbox_ids), classify.s(), enrich.s(), correlate.s(), route.s()).apply_async()
+    chain(_signature("pipeline.dedup", outbox_ids), _signature("pipeline.classify"), _signature("pipeline.enrich"),
+          _signature("pipeline.correlate"), _signature("pipeline.route")).apply_async()
 
 
 @app.task(name="pipeline.drain")
@@ -59,7 +70,7 @@ def process(outbox_ids: list[int]) -> int:
     return len(outbox_ids)
 
 
-STAGE_ORDER = ("pipeline.dedup", "pipeline.classify", "pipeline.enrich", "pipeline.correlate", "pipeline.route")
+STAGE_ORDER = tuple(STAGE_PRIORITY)
 
 
 def _stage(task: Any, batch_or_ids: Any, run: Callable[[Any], Any]) -> Any:
@@ -84,7 +95,7 @@ def _stage(task: Any, batch_or_ids: Any, run: Callable[[Any], Any]) -> Any:
     position = STAGE_ORDER.index(task.name)
     if not task.request.chain and position + 1 < len(STAGE_ORDER):
         names = STAGE_ORDER[position + 1:]
-        chain(app.signature(names[0], args=(result,)), *[app.signature(n) for n in names[1:]]).apply_async()
+        chain(_signature(names[0], result), *[_signature(n) for n in names[1:]]).apply_async()
     return result
 
 
