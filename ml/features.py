@@ -4,7 +4,7 @@
   event type; words and word pairs, sublinear tf), one-hot categoricals (source, event type,
   source category, resource type, source severity, scalar tags) and numeric metrics as
   `log1p(|value|)` scaled to 0..1 by the largest value seen in training (non-negative, as complement
-  naive Bayes needs);
+  naive Bayes needs), plus a flag for events that sent none of the known metrics;
 * the **dense view** (the gradient-boosting member): the categoricals as ordinal codes (the
   trees' native categorical splits; unseen levels are missing), the raw values of the metrics seen
   often enough in training (missing ones as NaN, which the trees handle natively), the mapped
@@ -154,7 +154,12 @@ class FeatureExtractor:
         raw[~np.isfinite(raw)] = np.nan
         scaled = np.nan_to_num(np.log1p(np.abs(raw)) / self.metric_scale, nan=0.0)
         np.clip(scaled, 0.0, 1.0, out=scaled)
-        sparse = sp.hstack([text, categorical, sp.csr_matrix(scaled)], format="csr", dtype=np.float32)
+        # "Sent no metric we know" is not "every metric near zero": its own column, so the linear
+        # members can learn what such events are (manual incidents, new kinds of alerts).
+        no_metrics = (~np.isfinite(raw)).all(axis=1, keepdims=True).astype(np.float32) if raw.shape[1] else \
+            np.ones((n, 1), dtype=np.float32)
+        sparse = sp.hstack([text, categorical, sp.csr_matrix(scaled), sp.csr_matrix(no_metrics)], format="csr",
+                           dtype=np.float32)
         keywords = (text[:, self.keyword_columns] > 0).toarray().astype(np.float32)
         dense = np.hstack([codes, raw, source_level, keywords])
         return FeatureViews(sparse=sparse, dense=dense)
