@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import re
 import threading
 import time
 import uuid
@@ -31,7 +30,7 @@ from simple_websocket import ConnectionClosed, Server
 
 from api.auth import enforce
 from api.errors import error_response
-from api.schemas import EVENT_SCHEMA, to_new_event
+from api.schemas import load_event, to_new_event
 from app.config import Settings, get_settings
 from app.services.auth import AuthError, PermissionDenied, Principal, authenticate_bearer
 from app.services.ingest import NewEvent, ingest_events
@@ -178,10 +177,8 @@ class EventSocket:
 
 
 def validate_events(raw_events: Sequence[Any]) -> tuple[list[NewEvent], list[tuple[str, Any]]]:
-    """The REST event schema for each event (source defaults to llm-edge-agent). The plain common
-    shape takes a fast path that accepts only what the schema accepts and builds the same NewEvent
-    (tests/unit/test_doors_fast_event.py checks both agree); anything else goes through marshmallow,
-    which also writes the field errors."""
+    """The REST event schema for each event (`load_event`: its fast path for plain events, marshmallow
+    and its field errors otherwise); source defaults to llm-edge-agent."""
     valid: list[NewEvent] = []
     rejected: list[tuple[str, Any]] = []
     for item in raw_events:
@@ -189,76 +186,12 @@ def validate_events(raw_events: Sequence[Any]) -> tuple[list[NewEvent], list[tup
             rejected.append(("", {"_schema": ["expected a JSON object"]}))
             continue
         body = item if "source" in item else {**item, "source": EDGE_AGENT_SOURCE}
-        fast = fast_event(body, item)
-        if fast is not None:
-            valid.append(fast)
-            continue
         try:
-            valid.append(to_new_event(EVENT_SCHEMA.load(body), item))
+            valid.append(to_new_event(load_event(body), item))
         except ValidationError as exc:
             messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
             rejected.append((str(item.get("event_id", "")), messages))
     return valid, rejected
-
-
-_REQUIRED_STRINGS = {"event_id": (1, 200), "source": (1, 100), "title": (1, 500), "severity": (1, 50)}
-_OPTIONAL_STRINGS = {"source_version": (0, 50), "event_type": (0, 100), "category": (0, 100),
-                     "description": (0, 100_000), "service": (0, 200), "dedup_key": (1, 255)}
-_ISO_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})\Z")
-
-
-def _text_ok(value: Any, bounds: tuple[int, int]) -> bool:
-    return type(value) is str and bounds[0] <= len(value) <= bounds[1]
-
-
-def fast_event(body: Mapping[str, Any], raw: Mapping[str, Any]) -> NewEvent | None:
-    """`to_new_event(EVENT_SCHEMA.load(body), raw)` for the plain common shape, ~10x cheaper; None
-    whenever anything is unusual (the caller then asks the schema)."""
-    data: dict[str, Any] = {}
-    for name, bounds in _REQUIRED_STRINGS.items():
-        value = body.get(name)
-        if not _text_ok(value, bounds):
-            return None
-        data[name] = value
-    for name, bounds in _OPTIONAL_STRINGS.items():
-        if name in body:
-            if not _text_ok(body[name], bounds):
-                return None
-            data[name] = body[name]
-    if "timestamp" in body:
-        stamp = body["timestamp"]
-        if type(stamp) is not str or not _ISO_TIMESTAMP.match(stamp):
-            return None
-        try:
-            data["timestamp"] = datetime.fromisoformat(stamp)
-        except ValueError:
-            return None
-    if "resource" in body:
-        resource = body["resource"]
-        if type(resource) is not dict or not _text_ok(resource.get("type"), (1, 100)) \
-                or not _text_ok(resource.get("id"), (1, 200)):
-            return None
-        if "name" in resource and not _text_ok(resource["name"], (0, 500)):
-            return None
-        if "metadata" in resource and (type(resource["metadata"]) is not dict
-                                       or any(v is None for v in resource["metadata"].values())):
-            return None
-        if any(v is None for v in resource.values()):
-            return None
-        data["resource"] = dict(resource)
-    if "metrics" in body:
-        metrics = body["metrics"]
-        if type(metrics) is not dict or not all(type(v) in (int, float) for v in metrics.values()):
-            return None
-        data["metrics"] = dict(metrics)
-    if "tags" in body:
-        tags = body["tags"]
-        if type(tags) is not dict or not all(type(v) in (str, int, float, bool) for v in tags.values()):
-            return None
-        data["tags"] = dict(tags)
-    if "payload" in body and body["payload"] is None:
-        return None
-    return to_new_event(data, raw)
 
 
 class _HandledResponse(Response):
