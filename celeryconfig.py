@@ -58,6 +58,9 @@ enable_utc = True
 task_default_queue = "pipeline"
 task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES]
 task_routes = {
+    # The drain at the lowest priority: while the pipeline is busy, ids pile up in Redis and the next
+    # drain takes them as one bigger batch (backpressure makes batches grow with load).
+    "pipeline.drain": {"queue": "pipeline", "routing_key": "pipeline", "priority": 9},
     "pipeline.*": {"queue": "pipeline", "routing_key": "pipeline"},
     "ingest.*": {"queue": "ingest", "routing_key": "ingest"},
     "notifications.*": {"queue": "notifications", "routing_key": "notifications"},

@@ -131,7 +131,7 @@ def sustained(env: dict[str, str], port: int, headers: dict[str, str], rate: flo
             "SELECT count(*), count(*) FILTER (WHERE processed_at <= %s) FROM events WHERE event_id LIKE %s",
             (t1, f"{tag}-%")).fetchone()
     window = (t1 - t0).total_seconds()
-    drain = _wait_drained(env, tag, 300)
+    drain = _wait_drained(env, tag, 900)
     with _db(env) as conn:
         incidents = conn.execute("SELECT count(*), count(processed_at), count(correlation_group_id), "
                                  "count(enrichment), sum(event_count) FROM incidents WHERE title LIKE %s",
@@ -143,10 +143,10 @@ def sustained(env: dict[str, str], port: int, headers: dict[str, str], rate: flo
 
 
 def latency(env: dict[str, str], port: int, headers: dict[str, str], rate: float, batch: int, duration: float,
-            tag: str) -> dict[str, Any]:
-    load = run_load(port, "/api/v1/events", headers, factory(tag, batch), duration=duration, processes=1,
-                    threads=8, rate=rate / batch, count_items=True)
-    _wait_drained(env, tag, 120)
+            tag: str, per_incident: int) -> dict[str, Any]:
+    load = run_load(port, "/api/v1/events", headers, factory(tag, batch, per_incident), duration=duration,
+                    processes=1, threads=8, rate=rate / batch, count_items=True)
+    _wait_drained(env, tag, 900)
     with _db(env) as conn:
         row = conn.execute(
             "SELECT count(*), "
@@ -197,7 +197,8 @@ def main() -> None:
                                              args.events_per_incident)
             print(f"RESULT sustained: {json.dumps(results['sustained'], default=str)}", flush=True)
         if "latency" not in args.skip:
-            results["latency"] = latency(env, web.port, headers, args.latency_rate, 10, args.latency_duration, "lat")
+            results["latency"] = latency(env, web.port, headers, args.latency_rate, 10, args.latency_duration, "lat",
+                                         args.events_per_incident)
             print(f"RESULT latency at {args.latency_rate:.0f} events/s: {json.dumps(results['latency'])}", flush=True)
         results["rss_after_mb"] = round(workers.rss_mb(), 1)
         print(f"worker RSS after load: {results['rss_after_mb']} MB", flush=True)
