@@ -139,7 +139,7 @@ def sustained(env: dict[str, str], port: int, headers: dict[str, str], rate: flo
     return {"offered_events_per_s": rate, "accepted": accepted, "accepted_per_s": accepted / window,
             "processed_per_s": processed_in_window / window, "backlog_at_end": accepted - processed_in_window,
             "drain_secs": drain, "http": load.summary(),
-            "incidents": dict(zip(("rows", "processed", "grouped", "enriched", "events"), incidents))}
+            "incidents": dict(zip(("rows", "processed", "grouped", "enriched", "events"), incidents, strict=True))}
 
 
 def latency(env: dict[str, str], port: int, headers: dict[str, str], rate: float, batch: int, duration: float,
@@ -211,7 +211,8 @@ def main() -> None:
                                 duration=args.baseline_duration, processes=1, threads=8)
                 with _db(env) as conn:
                     # processed during the load window only: a per-event chain cannot keep up
-                    start = conn.execute("SELECT min(received_at) FROM events WHERE event_id LIKE 'base-%'").fetchone()[0]
+                    start = conn.execute(
+                        "SELECT min(received_at) FROM events WHERE event_id LIKE 'base-%'").fetchone()[0]
                     done = conn.execute("SELECT count(*) FROM events WHERE event_id LIKE 'base-%%' AND processed_at <= "
                                         "%s::timestamptz + make_interval(secs => %s)",
                                         (start, args.baseline_duration)).fetchone()[0]

@@ -59,7 +59,8 @@ def drain() -> int:
     # Clear the flag, then look again: a producer that pushed after our last pop either sees the
     # flag gone and schedules a drain itself, or its ids are seen here. No lost wake-ups.
     client.delete(DRAIN_FLAG_KEY)
-    if client.llen(PENDING_KEY) and client.set(DRAIN_FLAG_KEY, "1", nx=True, px=max(200, settings.pipeline_flush_ms * 4)):
+    flag_ttl_ms = max(200, settings.pipeline_flush_ms * 4)
+    if client.llen(PENDING_KEY) and client.set(DRAIN_FLAG_KEY, "1", nx=True, px=flag_ttl_ms):
         app.send_task("pipeline.drain", countdown=settings.pipeline_flush_ms / 1000.0)
     return taken
 

@@ -30,7 +30,8 @@ class ServiceSchema(Schema):
     description = fields.String(validate=validate.Length(max=10_000))
     owner_team = fields.String(allow_none=True, validate=validate.Length(min=1, max=200))
     tier = fields.String(allow_none=True, validate=validate.OneOf(catalog.TIERS))
-    dependencies = fields.List(fields.String(validate=validate.Length(min=1, max=200)), validate=validate.Length(max=200))
+    dependencies = fields.List(fields.String(validate=validate.Length(min=1, max=200)),
+                               validate=validate.Length(max=200))
     runbook_url = fields.Url(allow_none=True, schemes={"http", "https"}, require_tld=False)
     escalation_policy = fields.String(allow_none=True, validate=validate.Length(min=1, max=200))
     metrics_queries = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=100)),
@@ -116,7 +117,8 @@ def import_services() -> Any:
         result = catalog.import_yaml(body)
     except catalog.CatalogImportError as exc:
         status = 400 if "_schema" in exc.details and "not valid YAML" in str(exc) else 422
-        raise ApiError(status, "malformed_yaml" if status == 400 else "validation_failed", str(exc), exc.details) from None
+        code = "malformed_yaml" if status == 400 else "validation_failed"
+        raise ApiError(status, code, str(exc), exc.details) from None
     return jsonify({"created": result.created, "updated": result.updated})
 
 
@@ -133,7 +135,8 @@ def _update(name: str, replace: bool) -> Any:
     body = json_object()
     body.setdefault("name", name)
     if body["name"] != name:
-        raise ApiError(422, "validation_failed", "the name in the body differs from the URL; a service cannot be renamed",
+        raise ApiError(422, "validation_failed",
+                       "the name in the body differs from the URL; a service cannot be renamed",
                        {"name": ["must equal the service name in the URL"]})
     data = ServiceSchema(partial=not replace).load(body)
     try:

@@ -74,7 +74,8 @@ def test_sentinel_event_becomes_classified_enriched_correlated_incident(client, 
     start_worker(queues="pipeline", concurrency=1)
     key = make_key("event:create", "incident:read", "incident:write")
     headers = {"X-API-Key": key}
-    imported = client.post("/api/v1/services/import", data=CATALOG, headers={**headers, "Content-Type": "application/yaml"})
+    imported = client.post("/api/v1/services/import", data=CATALOG,
+                           headers={**headers, "Content-Type": "application/yaml"})
     assert imported.status_code == 200, imported.get_json()
     assert imported.get_json() == {"created": ["ep-chat-completion", "vector-db"], "updated": []}
 
@@ -121,7 +122,7 @@ def test_sentinel_event_becomes_classified_enriched_correlated_incident(client, 
     related = client.get(f"/api/v1/incidents/{incident_id}/related", headers=headers).get_json()
     assert related["correlation_group"]["root_incident_id"] == past_id
     assert [r["id"] for r in related["related"]] == [past_id]
-    strategies = {r["strategy"] for r in related["related"][0]["reasons"]} if related["related"][0]["reasons"] else set()
+    strategies = {r["strategy"] for r in related["related"][0]["reasons"] or []}
     assert related["correlation_group"]["reasons"]
     assert {"source", "type", "similarity"} <= {r["strategy"] for r in related["correlation_group"]["reasons"]}
     assert strategies == {"root"}

@@ -137,12 +137,14 @@ def test_sigkill_a_worker_every_few_seconds_while_5000_events_flow(app, make_key
         assert len(incidents) == 500
         assert len({i.fingerprint for i in incidents}) == 500
         assert sum(i.event_count for i in incidents) == 5000
-        counts = dict(session.execute(select(Event.incident_id, func.count(Event.id)).group_by(Event.incident_id)).all())
+        counts = dict(session.execute(
+            select(Event.incident_id, func.count(Event.id)).group_by(Event.incident_id)).all())
         assert all(counts[i.id] == i.event_count == 10 for i in incidents)
         assert all(i.processed_at is not None and i.predicted_severity == "P0" for i in incidents)
         # One pipeline verdict per incident, even with batches redelivered and relayed.
         classified = dict(session.execute(text(
-            "SELECT incident_id, count(*) FROM incident_timeline WHERE kind = 'classified' GROUP BY incident_id")).all())
+            "SELECT incident_id, count(*) FROM incident_timeline WHERE kind = 'classified' "
+            "GROUP BY incident_id")).all())
         assert len(classified) == 500 and set(classified.values()) == {1}
         members = session.scalar(select(func.count(CorrelationMember.incident_id)))
         grouped = session.scalar(select(func.count(Incident.id)).where(Incident.correlation_group_id.is_not(None)))
@@ -159,7 +161,8 @@ def test_poison_event_is_dead_lettered_alone_and_replayed(app, make_key, start_w
     good = client.post("/api/v1/events", json=_event(1), headers={"X-API-Key": key}).get_json()
     now = datetime.now(timezone.utc)
     with unit_of_work() as session:
-        poison = Event(source="llm-sentinel", event_id="poison-1", incident_id="INC-20990101-99999", fingerprint="x" * 64,
+        poison = Event(source="llm-sentinel", event_id="poison-1", incident_id="INC-20990101-99999",
+                       fingerprint="x" * 64,
                        title="poison", received_at=now, payload={"title": "poison"})
         session.add(poison)
         session.flush()

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.integration
 
 CHAT = {"name": "chat-api", "description": "Chat completions", "owner_team": "llm-serving", "tier": "tier-0",
         "dependencies": ["vector-db"], "runbook_url": "https://runbooks.example.com/chat",
-        "escalation_policy": "serving", "metrics_queries": {"rps": 'sum(rate(requests_total{service="{service}"}[1m]))'},
+        "escalation_policy": "serving",
+        "metrics_queries": {"rps": 'sum(rate(requests_total{service="{service}"}[1m]))'},
         "tags": {"env": "prod"}}
 
 
@@ -82,8 +83,10 @@ def test_create_rejects_bad_input_and_writes_nothing(client, headers, body, fiel
 
 
 def test_bad_requests(client, headers, make_key):
-    assert client.post("/api/v1/services", data="{nope", headers={**headers, "Content-Type": "application/json"}).status_code == 400
-    assert client.post("/api/v1/services", data="name: a", headers={**headers, "Content-Type": "text/plain"}).status_code == 415
+    malformed = client.post("/api/v1/services", data="{nope", headers={**headers, "Content-Type": "application/json"})
+    assert malformed.status_code == 400
+    wrong_type = client.post("/api/v1/services", data="name: a", headers={**headers, "Content-Type": "text/plain"})
+    assert wrong_type.status_code == 415
     assert client.post("/api/v1/services", json=CHAT).status_code == 401
     reader = {"X-API-Key": make_key("incident:read")}
     forbidden = client.post("/api/v1/services", json=CHAT, headers=reader)

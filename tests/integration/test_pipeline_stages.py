@@ -150,7 +150,8 @@ def test_routing_precedence(db, monkeypatch):
     pipeline.process_outbox(outbox)
     by_title = {i.title: i for i in _all_incidents()}
     assert (by_title["Latency spike 1"].team, by_title["Latency spike 1"].escalation_policy) == ("sre", "sev0")
-    assert (by_title["Latency spike 2"].team, by_title["Latency spike 2"].escalation_policy) == ("llm-serving", "serving")
+    assert (by_title["Latency spike 2"].team, by_title["Latency spike 2"].escalation_policy) == \
+        ("llm-serving", "serving")
     assert (by_title["Latency spike 3"].team, by_title["Latency spike 3"].escalation_policy) == \
         ("security-team", "security-oncall")
     assert by_title["Latency spike 4"].team == "manual-team"
@@ -195,8 +196,8 @@ def test_enrichment_timeout_is_partial(db, monkeypatch, black_hole):
 def test_enrichment_error_from_prometheus_is_partial(db, monkeypatch, httpserver):
     def answer(request: Request) -> Response:
         if "rate(e{" in request.args["query"]:
-            return Response(json.dumps({"status": "error", "errorType": "bad_data", "error": "parse error"}), status=400,
-                            content_type="application/json")
+            body = {"status": "error", "errorType": "bad_data", "error": "parse error"}
+            return Response(json.dumps(body), status=400, content_type="application/json")
         return Response(json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
             {"metric": {}, "value": [1, "12.5"]}]}}), content_type="application/json")
 

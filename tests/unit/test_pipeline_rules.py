@@ -45,7 +45,8 @@ def test_weighted_score_normalises_over_enabled_strategies():
 def test_score_matrix_matches_the_pairwise_score():
     config = CorrelationSettings()
     old = [_item("o1", tags={"env": "prod"}), _item("o2", source="llm-shield", service="db", deps=frozenset({"chat"}))]
-    new = [_item("n1", tags={"env": "prod", "x": "1"}, deps=frozenset({"db"})), _item("n2", etype="drift", service=None)]
+    new = [_item("n1", tags={"env": "prod", "x": "1"}, deps=frozenset({"db"})),
+           _item("n2", etype="drift", service=None)]
     texts = ["GPU pool exhausted", "prompt injection", "GPU pool exhausted again", "model drift"]
     matrix = score_matrix(new, old + new, texts, config)
     assert matrix.shape == (2, 4)

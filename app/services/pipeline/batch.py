@@ -59,7 +59,8 @@ def pack_outbox(outbox_ids: Sequence[int], max_events: int) -> list[list[int]]:
         return []
     with read_session() as session:
         sizes = {row.id: len((row.payload or {}).get("event_ids", []))
-                 for row in session.execute(select(OutboxMessage.id, OutboxMessage.payload).where(OutboxMessage.id.in_(ids)))}
+                 for row in session.execute(
+                     select(OutboxMessage.id, OutboxMessage.payload).where(OutboxMessage.id.in_(ids)))}
     groups: list[list[int]] = []
     current: list[int] = []
     count = 0

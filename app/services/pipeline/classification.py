@@ -42,9 +42,10 @@ def classify(batch: Batch, settings: Settings | None = None) -> Batch:
     ]
     predictions = classifier.predict_batch(inputs)
     if len(predictions) != len(inputs):
-        raise RuntimeError(f"classifier {classifier.version} answered {len(predictions)} predictions for {len(inputs)} inputs")
+        raise RuntimeError(f"classifier {classifier.version} answered {len(predictions)} predictions "
+                           f"for {len(inputs)} inputs")
     threshold = settings.ml.confidence_threshold
-    for snap, prediction in zip(incidents, predictions):
+    for snap, prediction in zip(incidents, predictions, strict=True):
         confident = prediction.confidence >= threshold
         batch["classification"][snap["id"]] = {
             "severity": prediction.severity if confident else snap["severity"],

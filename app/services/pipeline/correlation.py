@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
 import numpy as np
-from sqlalchemy import select, text, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -107,7 +107,8 @@ def score_matrix(new: Sequence[Item], columns: Sequence[Item], column_texts: Seq
     n, m = len(new), len(columns)
     weights = np.array([
         config.source_weight if config.enable_source else 0.0, config.type_weight if config.enable_type else 0.0,
-        config.similarity_weight if config.enable_similarity else 0.0, config.tags_weight if config.enable_tags else 0.0,
+        config.similarity_weight if config.enable_similarity else 0.0,
+        config.tags_weight if config.enable_tags else 0.0,
         config.service_weight if config.enable_service else 0.0,
     ])
     result = np.zeros((n, m)).view(ScoreMatrix)
@@ -211,7 +212,9 @@ def correlate(batch: Batch, settings: Settings | None = None) -> Batch:
         ).all() if r.merged_into is None]
         group_of = dict(session.execute(select(CorrelationMember.incident_id, CorrelationMember.group_id).where(
             CorrelationMember.incident_id.in_([r.id for r in recent]))).all()) if recent else {}
-        rows = [Candidate(*r[:8], group_of.get(r.id)) for r in recent]
+        rows = [Candidate(id=r.id, source=r.source, event_type=r.event_type, service=r.service, tags=r.tags,
+                          created_at=r.created_at, title=r.title, description=r.description,
+                          group_id=group_of.get(r.id)) for r in recent]
         already = {m.incident_id: m for m in session.scalars(
             select(CorrelationMember).where(CorrelationMember.incident_id.in_(batch_ids)))}
         sizes = dict(session.execute(select(CorrelationGroup.id, CorrelationGroup.member_count).where(
@@ -242,7 +245,7 @@ def correlate(batch: Batch, settings: Settings | None = None) -> Batch:
     for j, gid in enumerate(col_group):
         if gid:
             group_cols.setdefault(gid, []).append(j)
-    blocked = np.array([bool(g) and sizes.get(g, 0) >= config.max_group_size for g in col_group], dtype=bool)
+    blocked = np.array([bool(g) and sizes.get(g or "", 0) >= config.max_group_size for g in col_group], dtype=np.bool_)
     if config.max_group_size < 2:
         blocked[:] = True
 
@@ -319,7 +322,7 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
                     remap[gid] = existing or gid
             dropped = [gid for gid, target in remap.items() if target != gid]
             if dropped:
-                session.execute(CorrelationGroup.__table__.delete().where(CorrelationGroup.id.in_(dropped)))
+                session.execute(delete(CorrelationGroup).where(CorrelationGroup.id.in_(dropped)))
         members = []
         roots = {g["root"] for g in new_groups.values()}
         for incident_id, decision in sorted(decisions.items()):
@@ -337,7 +340,7 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
         added: dict[str, int] = {}
         for _, group_id in joined:
             added[group_id] = added.get(group_id, 0) + 1
-        for gid, group in new_groups.items():
+        for gid in new_groups:
             if remap.get(gid, gid) == gid:
                 added[gid] = added.get(gid, 0) + 1  # the root
         # Hot rows: one short UPDATE per group, in id order, at the end of the transaction.

@@ -106,8 +106,8 @@ def deduplicate(outbox_ids: Sequence[int], settings: Settings | None = None) -> 
                 for event in events:
                     if event.incident_id in loser_ids:
                         moved[event.id] = survivor_id
-            for survivor_id, loser_ids in _group(moved, events).items():
-                session.execute(update(Event).where(Event.id.in_(loser_ids)).values(incident_id=survivor_id))
+            for survivor_id, moved_event_ids in _group(moved, events).items():
+                session.execute(update(Event).where(Event.id.in_(moved_event_ids)).values(incident_id=survivor_id))
             for row in recurred:
                 exists = session.scalar(select(TimelineEntry.id).where(
                     TimelineEntry.incident_id == row["incident_id"], TimelineEntry.kind == "recurred",

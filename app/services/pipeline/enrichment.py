@@ -58,7 +58,7 @@ class Cache:
             log.warning("enrichment cache read failed", exc_info=True, extra={"kind": kind})
             record_cache(kind, 0, len(keys))
             return {}
-        found = {k: json.loads(v) for k, v in zip(keys, values) if v is not None}
+        found = {k: json.loads(v) for k, v in zip(keys, values, strict=True) if v is not None}
         record_cache(kind, len(found), len(keys) - len(found))
         return found
 
@@ -287,7 +287,7 @@ def _instant_query(client: httpx.Client, base: str, query: str) -> dict[str, Any
         raise RuntimeError(f"prometheus answered {body.get('errorType')}: {body.get('error')}")
     data = body.get("data") or {}
     result = data.get("result")
-    if data.get("resultType") == "scalar":
+    if data.get("resultType") == "scalar" and isinstance(result, list):
         return {"query": query, "value": float(result[1])}
     series = [{"labels": item.get("metric", {}), "value": float(item["value"][1])}
               for item in (result or []) if "value" in item]

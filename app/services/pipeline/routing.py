@@ -15,9 +15,9 @@ import json
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import Table, bindparam, insert, select, text, update
 
 from app import metrics
 from app.adapters.db import unit_of_work
@@ -89,7 +89,7 @@ def _write_incidents(session: Any, rows: list[dict[str, Any]]) -> None:
     if session.get_bind().dialect.name == "postgresql":
         session.execute(_RECORDSET_UPDATE, {"rows": json.dumps(rows, default=_json_default)})
         return
-    table = Incident.__table__
+    table = cast(Table, Incident.__table__)
     session.execute(
         update(table).where(table.c.id == bindparam("b_id"), table.c.processed_at.is_(None))
         .values({k: bindparam(k) for k in rows[0] if k != "b_id"}),
@@ -132,7 +132,8 @@ def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
             deadlines = sla.deadlines(severity, current.created_at)
             rows.append({
                 "b_id": current.id, "severity": severity, "category": cls.get("category", current.category),
-                "predicted_severity": cls.get("predicted_severity"), "predicted_category": cls.get("predicted_category"),
+                "predicted_severity": cls.get("predicted_severity"),
+                "predicted_category": cls.get("predicted_category"),
                 "confidence": cls.get("confidence"), "model_version": cls.get("model_version"),
                 "enrichment": enrichment, "correlation_group_id": group.get("group_id"),
                 "team": route["team"], "escalation_policy": route["escalation_policy"],
@@ -157,7 +158,7 @@ def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
                               "correlation_group_id": group.get("group_id")})
         if rows:
             _write_incidents(session, rows)
-            session.execute(TimelineEntry.__table__.insert(), timeline)
+            session.execute(insert(TimelineEntry), timeline)
         roots = batch.get("correlation_roots") or {}
         for root_id, group_id in sorted(roots.items()):
             session.execute(update(Incident).where(Incident.id == root_id, Incident.correlation_group_id.is_(None))

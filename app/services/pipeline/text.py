@@ -40,7 +40,7 @@ _cache: "OrderedDict[tuple[str, int], sparse.csr_matrix]" = OrderedDict()
 def vectors_by_id(ids: Sequence[str], texts: Sequence[str]) -> sparse.csr_matrix:
     """`vectors(texts)`, with each incident's row cached in this process (keyed by id and text):
     every batch compares against mostly the same recent incidents."""
-    keys = [(i, hash(t)) for i, t in zip(ids, texts)]
+    keys = [(i, hash(t)) for i, t in zip(ids, texts, strict=True)]
     missing = [k for k, key in enumerate(keys) if key not in _cache]
     if missing:
         fresh = vectors([texts[k] for k in missing])
