@@ -18,14 +18,14 @@ Everything is vectorised over a batch: the only per-event Python is building one
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.feature_extraction import DictVectorizer
-from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.feature_selection import chi2
+from sklearn.preprocessing import normalize
 
 from app.domain.severity import SEVERITIES, map_source_severity
 from ml.interface import ClassifierInput
@@ -52,21 +52,21 @@ def text_of(item: ClassifierInput) -> str:
     return f"{item.title} {item.description} {event_type}"
 
 
-def categoricals_of(item: ClassifierInput) -> dict[str, float]:
-    """One-hot categorical features as a dict (`name=value` -> 1)."""
-    features: dict[str, float] = {
-        f"source={item.source.lower()}": 1.0,
-        f"event_type={(item.event_type or '').lower()}": 1.0,
-        f"category={(item.category or '').lower()}": 1.0,
-        f"resource_type={(item.resource_type or '').lower()}": 1.0,
-        f"source_severity={(item.source_severity or '').strip().lower()}": 1.0,
-    }
+def categoricals_of(item: ClassifierInput) -> list[str]:
+    """The one-hot categorical features of an event (`name=value`)."""
+    names = [
+        f"source={item.source.lower()}",
+        f"event_type={(item.event_type or '').lower()}",
+        f"category={(item.category or '').lower()}",
+        f"resource_type={(item.resource_type or '').lower()}",
+        f"source_severity={(item.source_severity or '').strip().lower()}",
+    ]
     for key, value in item.tags.items():
         if isinstance(value, (str, int, float)):  # bool is an int
             text = str(value).lower()
             if len(text) <= MAX_TAG_VALUE_CHARS:
-                features[f"tag:{str(key).lower()}={text}"] = 1.0
-    return features
+                names.append(f"tag:{str(key).lower()}={text}")
+    return names
 
 
 def ordinals_of(item: ClassifierInput) -> tuple[str, ...]:
@@ -88,13 +88,57 @@ def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return result
 
 
+TOKEN = re.compile(r"\b[a-z][\w\-]+\b")
+
+
+class TextVectorizer:
+    """TF-IDF over words and word pairs (sublinear tf, smoothed idf, L2-normalised rows), the
+    same weighting as scikit-learn's TfidfVectorizer, with a tokenizer that does one regex pass
+    and one dict lookup per term: the batch path spends its time here, so it is kept lean."""
+
+    def __init__(self, min_df: int = 2, max_features: int = 20000) -> None:
+        self.min_df = min_df
+        self.max_features = max_features
+        self.vocabulary_: dict[str, int] = {}
+        self.idf = np.zeros(0, dtype=np.float32)
+
+    @staticmethod
+    def terms(text: str) -> list[str]:
+        words = TOKEN.findall(text.lower())
+        return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+
+    def fit_transform(self, texts: Sequence[str]) -> sp.csr_matrix:
+        document_frequency: dict[str, int] = {}
+        for text in texts:
+            for term in set(self.terms(text)):
+                document_frequency[term] = document_frequency.get(term, 0) + 1
+        kept = [t for t, df in document_frequency.items() if df >= self.min_df]
+        kept = sorted(sorted(kept), key=lambda t: -document_frequency[t])[: self.max_features]
+        self.vocabulary_ = {term: j for j, term in enumerate(sorted(kept))}
+        df = np.array([document_frequency[t] for t in sorted(kept)], dtype=np.float64)
+        self.idf = (np.log((1 + len(texts)) / (1 + df)) + 1.0).astype(np.float32)
+        return self.transform(texts)
+
+    def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
+        lookup = self.vocabulary_.get
+        indices: list[int] = []
+        indptr = [0]
+        for text in texts:
+            indices.extend(c for c in map(lookup, self.terms(text)) if c is not None)
+            indptr.append(len(indices))
+        matrix = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), np.array(indices, dtype=np.int32),
+                                np.array(indptr, dtype=np.int64)), shape=(len(texts), len(self.vocabulary_)))
+        matrix.sum_duplicates()
+        matrix.data = (1.0 + np.log(matrix.data)) * self.idf[matrix.indices]
+        return normalize(matrix, norm="l2", copy=False)
+
+
 class FeatureExtractor:
     """Learns the vocabulary, categorical levels and metric scales from training inputs."""
 
     def __init__(self, max_text_features: int = 20000) -> None:
-        self.text = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=max_text_features,
-                                    sublinear_tf=True, dtype=np.float32, token_pattern=r"(?u)\b[a-zA-Z][\w\-]+\b")
-        self.categorical = DictVectorizer(dtype=np.float32)
+        self.text = TextVectorizer(min_df=2, max_features=max_text_features)
+        self.categorical_columns: dict[str, int] = {}
         self.metric_names: list[str] = []
         self.metric_scale = np.ones(0, dtype=np.float32)
         self.levels: list[dict[str, int]] = []
@@ -110,7 +154,8 @@ class FeatureExtractor:
         if target is not None and text.shape[1]:
             scores, _ = chi2(text, np.asarray(target))
             self.keyword_columns = np.sort(np.argsort(-np.nan_to_num(scores))[:KEYWORD_FLAGS])
-        self.categorical.fit([categoricals_of(i) for i in items])
+        names = sorted({name for i in items for name in categoricals_of(i)})
+        self.categorical_columns = {name: j for j, name in enumerate(names)}
         columns = list(zip(*(ordinals_of(i) for i in items)))
         self.levels = []
         for values in columns:
@@ -131,33 +176,48 @@ class FeatureExtractor:
     # -------------------------------------------------------------------------------- transform
 
     def transform(self, items: Sequence[ClassifierInput]) -> FeatureViews:
-        """Both views of a batch; unseen words, levels and metrics are ignored."""
+        """Both views of a batch; unseen words, levels and metrics are ignored. One Python pass
+        over the batch; the rest is numpy/scipy."""
         if not self.fitted:
             raise RuntimeError("FeatureExtractor.transform called before fit")
         n = len(items)
-        text = self.text.transform([text_of(i) for i in items])
-        categorical = self.categorical.transform([categoricals_of(i) for i in items])
-        index = {name: j for j, name in enumerate(self.metric_names)}
+        metric_index = {name: j for j, name in enumerate(self.metric_names)}
         raw = np.full((n, len(self.metric_names)), np.nan, dtype=np.float32)
         source_level = np.empty((n, 1), dtype=np.float32)
         codes = np.full((n, len(self.levels)), np.nan, dtype=np.float32)
+        texts: list[str] = []
+        categorical_indices: list[int] = []
+        categorical_indptr = [0]
+        category_lookup = self.categorical_columns.get
+        levels = [(j, level.get) for j, level in enumerate(self.levels)]
+        severity_levels: dict[str | None, int] = {}
         for row, item in enumerate(items):
-            for j, value in enumerate(ordinals_of(item)):
-                code = self.levels[j].get(value)
+            texts.append(text_of(item))
+            categorical_indices.extend(c for c in map(category_lookup, categoricals_of(item)) if c is not None)
+            categorical_indptr.append(len(categorical_indices))
+            for (j, get), value in zip(levels, ordinals_of(item)):
+                code = get(value)
                 if code is not None:
                     codes[row, j] = code
             for key, value in item.metrics.items():
-                j = index.get(str(key).lower())
-                if j is not None and not isinstance(value, bool) and isinstance(value, (int, float)):
+                j = metric_index.get(key) if key in metric_index else metric_index.get(str(key).lower())
+                if j is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
                     raw[row, j] = value
-            source_level[row, 0] = SEVERITIES.index(map_source_severity(item.source_severity))
+            level = severity_levels.get(item.source_severity)
+            if level is None:
+                level = severity_levels[item.source_severity] = SEVERITIES.index(
+                    map_source_severity(item.source_severity))
+            source_level[row, 0] = level
+        text = self.text.transform(texts)
+        categorical = sp.csr_matrix(
+            (np.ones(len(categorical_indices), dtype=np.float32), np.array(categorical_indices, dtype=np.int32),
+             np.array(categorical_indptr, dtype=np.int64)), shape=(n, len(self.categorical_columns)))
         raw[~np.isfinite(raw)] = np.nan
         scaled = np.nan_to_num(np.log1p(np.abs(raw)) / self.metric_scale, nan=0.0)
         np.clip(scaled, 0.0, 1.0, out=scaled)
         # "Sent no metric we know" is not "every metric near zero": its own column, so the linear
         # members can learn what such events are (manual incidents, new kinds of alerts).
-        no_metrics = (~np.isfinite(raw)).all(axis=1, keepdims=True).astype(np.float32) if raw.shape[1] else \
-            np.ones((n, 1), dtype=np.float32)
+        no_metrics = np.isnan(raw).all(axis=1, keepdims=True).astype(np.float32)
         sparse = sp.hstack([text, categorical, sp.csr_matrix(scaled), sp.csr_matrix(no_metrics)], format="csr",
                            dtype=np.float32)
         keywords = (text[:, self.keyword_columns] > 0).toarray().astype(np.float32)
@@ -174,7 +234,7 @@ class FeatureExtractor:
     @property
     def sizes(self) -> dict[str, int]:
         """Column counts per block (for the model card)."""
-        return {"text": len(self.text.vocabulary_), "categorical": len(self.categorical.feature_names_),
+        return {"text": len(self.text.vocabulary_), "categorical": len(self.categorical_columns),
                 "metrics": len(self.metric_names), "keywords": len(self.keyword_columns)}
 
 

@@ -102,3 +102,20 @@ def test_text_qualifiers_and_impact_move_the_severity() -> None:
     assert severe.severity == "P0"
     assert int(mild.severity[1]) >= 3
     assert severe.category == mild.category == "security"
+
+
+def test_fast_prediction_path_matches_scikit_learn() -> None:
+    from ml.classifier import fast_predict_proba
+
+    model = base_model()
+    _, held_out = load_shipped()
+    views = model.extractor.transform(held_out.inputs[:300])
+    for ensemble in (model.severity_model, model.category_model):
+        assert ensemble.ensemble is not None and ensemble.calibrator is not None
+        for member in ensemble.ensemble.members:
+            matrix = getattr(views, member.view)
+            np.testing.assert_allclose(fast_predict_proba(member.estimator, matrix),
+                                       member.estimator.predict_proba(matrix), atol=1e-5)
+        stacked = ensemble.ensemble.member_log_proba(views)
+        np.testing.assert_allclose(fast_predict_proba(ensemble.calibrator, stacked),
+                                   ensemble.calibrator.predict_proba(stacked), atol=1e-6)

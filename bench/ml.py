@@ -1,0 +1,150 @@
+"""Benchmark of the ML classifier.
+
+1. Batch classification on ONE core (sched_setaffinity to CPU 0; OMP/OpenBLAS threads 1): the
+   active-model path the pipeline uses, `predict_batch` on batches of 1,000 events drawn from the
+   shipped data set (features + both calibrated ensembles + metrics), against same-run baselines:
+   the rules classifier and a bare logistic regression (same features, one model, no calibration).
+2. Single-event `POST /api/v1/ml/classify` latency through the Flask app (in-process WSGI client:
+   auth with a real API key against Postgres, rate limiter in Redis, schema validation, the
+   registry's cached active model, JSON out), sequential requests, p50/p95/p99.
+
+    flock /tmp/im-bench.lock .venv/bin/python -m bench.ml [--events 50000] [--requests 2000]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_name] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from typing import Any, Callable, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+
+from ml.interface import ClassifierInput  # noqa: E402
+
+
+def _throughput(predict: Callable[[Sequence[ClassifierInput]], Any], events: Sequence[ClassifierInput],
+                batch: int, rounds: int) -> list[float]:
+    predict(events[:batch])  # warm caches
+    results = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for start in range(0, len(events), batch):
+            predict(events[start:start + batch])
+        results.append(len(events) / (time.perf_counter() - started))
+    return results
+
+
+def batch_bench(events_count: int, batch: int, rounds: int) -> dict[str, Any]:
+    from ml.classifier import train_classifier
+    from ml.rules import RulesClassifier
+    from ml.training import load_shipped
+
+    os.sched_setaffinity(0, {0})
+    train, held_out = load_shipped()
+    started = time.perf_counter()
+    model = train_classifier("bench", train.inputs, train.severities, train.categories)
+    training_seconds = time.perf_counter() - started
+    events = (held_out.inputs * (events_count // len(held_out.inputs) + 1))[:events_count]
+
+    bare = LogisticRegression(C=8.0, max_iter=2000).fit(model.extractor.transform(train.inputs).sparse,
+                                                        train.severities)
+
+    def bare_predict(items: Sequence[ClassifierInput]) -> Any:
+        views = model.extractor.transform(items)
+        probabilities = bare.predict_proba(views.sparse)
+        return probabilities.argmax(axis=1), probabilities.max(axis=1)
+
+    ensemble = _throughput(model.predict_batch, events, batch, rounds)
+    rules = _throughput(RulesClassifier().predict_batch, events, batch, rounds)
+    logistic = _throughput(bare_predict, events, batch, rounds)
+    best = max(ensemble)
+    return {
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
+        "events": events_count, "batch": batch, "rounds": rounds,
+        "training_seconds": round(training_seconds, 1),
+        "ensemble_events_per_s": [round(v) for v in ensemble],
+        "rules_events_per_s": [round(v) for v in rules],
+        "bare_logreg_events_per_s": [round(v) for v in logistic],
+        "ensemble_best": round(best),
+        "ratio_ensemble_to_rules": round(best / max(rules), 2),
+        "ratio_ensemble_to_bare_logreg": round(best / max(logistic), 2),
+        "target_events_per_s": 15000,
+        "meets_target": best >= 15000,
+        "model": model,
+    }
+
+
+def api_bench(model: Any, requests: int) -> dict[str, Any]:
+    from bench.common import make_environment
+
+    environment = make_environment()
+    try:
+        os.environ.update(environment.env)
+        from app.config import reset_settings_cache
+
+        reset_settings_cache()
+        from api import create_app
+        from app.services.auth import create_api_key
+        from ml import registry
+        from ml.training import load_shipped
+
+        model.version = "bench-1"
+        registry.store_version(model, training_size=0, feedback_samples=0, metrics={}, score=0.0, actor="bench")
+        registry.activate("bench-1", actor="bench")
+        key = create_api_key("bench", ["event:create"], 0, None).key
+        client = create_app().test_client()
+        _, held_out = load_shipped()
+        bodies = []
+        for item in held_out.inputs[:requests]:
+            body = {"title": item.title, "description": item.description, "source": item.source,
+                    "severity": item.source_severity or "info", "tags": dict(item.tags), "metrics": dict(item.metrics)}
+            if item.event_type:
+                body["event_type"] = item.event_type
+            bodies.append(json.dumps(body))
+        headers = {"X-API-Key": key, "Content-Type": "application/json"}
+        for body in bodies[:50]:  # warm-up: key cache, model load
+            client.post("/api/v1/ml/classify", data=body, headers=headers)
+        latencies = []
+        for body in (bodies * (requests // len(bodies) + 1))[:requests]:
+            started = time.perf_counter()
+            response = client.post("/api/v1/ml/classify", data=body, headers=headers)
+            latencies.append((time.perf_counter() - started) * 1000)
+            if response.status_code != 200:
+                raise RuntimeError(f"classify answered {response.status_code}: {response.get_data(as_text=True)}")
+        ordered = np.sort(np.array(latencies))
+        return {
+            "requests": requests,
+            "p50_ms": round(float(np.percentile(ordered, 50)), 2),
+            "p95_ms": round(float(np.percentile(ordered, 95)), 2),
+            "p99_ms": round(float(np.percentile(ordered, 99)), 2),
+            "mean_ms": round(statistics.fmean(latencies), 2),
+            "target_p95_ms": 30,
+            "meets_target": float(np.percentile(ordered, 95)) < 30,
+        }
+    finally:
+        environment.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=2000)
+    args = parser.parse_args()
+    batch = batch_bench(args.events, args.batch, args.rounds)
+    model = batch.pop("model")
+    print(json.dumps({"batch_classification": batch}, indent=2))  # noqa: T201 - a benchmark prints its numbers
+    print(json.dumps({"single_event_api": api_bench(model, args.requests)}, indent=2))  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
