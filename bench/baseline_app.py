@@ -14,7 +14,8 @@ import psycopg
 from flask import Flask, Response, request
 
 app = Flask(__name__)
-_local = threading.local()
+_idle: list[psycopg.Connection] = []
+_lock = threading.Lock()
 URL = os.environ["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
 
 DDL = """CREATE TABLE IF NOT EXISTS bench_baseline_events (
@@ -22,13 +23,23 @@ DDL = """CREATE TABLE IF NOT EXISTS bench_baseline_events (
     received_at TIMESTAMPTZ NOT NULL DEFAULT now(), UNIQUE (source, event_id))"""
 
 
-def connection() -> psycopg.Connection:
-    conn = getattr(_local, "conn", None)
+def acquire() -> psycopg.Connection:
+    """A pooled autocommit connection (a pool, not a thread-local: under gevent that would be one
+    connection per request)."""
+    with _lock:
+        conn = _idle.pop() if _idle else None
     if conn is None or conn.closed:
         conn = psycopg.connect(URL, autocommit=True)
         conn.execute(DDL)
-        _local.conn = conn
     return conn
+
+
+def release(conn: psycopg.Connection) -> None:
+    with _lock:
+        if len(_idle) < 8:
+            _idle.append(conn)
+            return
+    conn.close()
 
 
 @app.get("/health/live")
@@ -39,8 +50,10 @@ def live() -> Response:
 @app.post("/api/v1/events/sentinel")
 def ingest() -> tuple[Response, int]:
     body = request.get_json()
-    connection().execute(
+    conn = acquire()
+    conn.execute(
         "INSERT INTO bench_baseline_events (source, event_id, payload) VALUES (%s, %s, %s)",
         (body.get("source", "llm-sentinel"), body["event_id"], json.dumps(body)),
     )
+    release(conn)
     return Response(json.dumps({"status": "accepted", "event_id": body["event_id"]}), mimetype="application/json"), 202

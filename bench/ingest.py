@@ -36,7 +36,9 @@ def sentinel_factory(tag: str):  # type: ignore[no-untyped-def]
     return make
 
 
-def batch_factory(tag: str, size: int):  # type: ignore[no-untyped-def]
+def batch_factory(tag: str, size: int, distinct: int = 0):  # type: ignore[no-untyped-def]
+    """`distinct` > 0: titles cycle over that many values per batch (an alert storm that dedup
+    folds into few incidents); 0: every event opens its own incident."""
     template = dict(SENTINEL)
 
     def make(worker: int, n: int) -> bytes:
@@ -44,7 +46,8 @@ def batch_factory(tag: str, size: int):  # type: ignore[no-untyped-def]
         for i in range(size):
             event = dict(template)
             event["event_id"] = f"{tag}-{worker}-{n}-{i}"
-            event["title"] = f"Latency Spike Detected {tag}-{worker}-{n}-{i}"
+            suffix = f"{tag}-{worker}-{n}-{i % distinct}" if distinct else f"{tag}-{worker}-{n}-{i}"
+            event["title"] = f"Latency Spike Detected {suffix}"
             events.append(event)
         return json.dumps({"events": events}).encode()
 
@@ -57,6 +60,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--batch-distinct", type=int, action="append",
+                        help="distinct fingerprints per batch (repeatable; 0 = all unique); default 0 and 20")
     parser.add_argument("--only", choices=["single", "rate", "batch"], action="append")
     parser.add_argument("--worker-class", default="sync", help="gunicorn worker class of both apps (sync, gevent)")
     parser.add_argument("--baseline-worker-class", default=None, help="default: same as --worker-class")
@@ -100,11 +105,13 @@ def main() -> None:
                              duration=args.duration, processes=2, threads=16, rate=args.rate)
             print(f"RESULT fixed {args.rate:.0f} req/s: {fixed.summary()} (need p99 < 50 ms)", flush=True)
         if "batch" in only:
-            batch = run_load(incident_manager.port, "/api/v1/events", headers,
-                             batch_factory("batch", args.batch_size), duration=args.duration, processes=1,
-                             threads=3, count_items=True)
-            print(f"RESULT batched {args.batch_size}/request: {batch.summary()} -> "
-                  f"{batch.items_per_sec:,.0f} events/s committed (need >= 10,000)", flush=True)
+            for distinct in args.batch_distinct or [0, 20]:
+                batch = run_load(incident_manager.port, "/api/v1/events", headers,
+                                 batch_factory(f"batch{distinct}", args.batch_size, distinct),
+                                 duration=args.duration, processes=1, threads=3, count_items=True)
+                kind = f"{distinct} incidents per batch" if distinct else "every event a new incident"
+                print(f"RESULT batched {args.batch_size}/request ({kind}): {batch.summary()} -> "
+                      f"{batch.items_per_sec:,.0f} events/s committed (need >= 10,000)", flush=True)
     finally:
         incident_manager.stop()
         baseline.stop()

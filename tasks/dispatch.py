@@ -3,14 +3,26 @@
 With Redis: outbox ids go onto a list and one `pipeline.drain` task takes what arrived within
 PIPELINE_FLUSH_MS (up to PIPELINE_BATCH_SIZE events), so small requests still make big tasks.
 Without Redis (embedded default): one `pipeline.process` task per outbox row.
+
+The HTTP doors hand off through `dispatch_pipeline_in_background`: the answer (sent after the
+commit) does not wait for Redis, and one background sender per process joins the ids of
+concurrent requests into one round trip. If the process dies first, the outbox relay re-sends
+(the outbox row is committed, so nothing is lost; it is only later).
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
+import queue
+import threading
 from typing import Sequence
 
 from app.adapters.redis_client import get_redis
 from app.config import get_settings
+
+log = logging.getLogger(__name__)
 
 PENDING_KEY = "im:pipeline:pending"
 DRAIN_FLAG_KEY = "im:pipeline:drain-scheduled"
@@ -40,3 +52,68 @@ def dispatch_pipeline(outbox_ids: Sequence[int], announcements: Sequence[tuple[s
 
 
 dispatch_pipeline.carries_announcements = True  # type: ignore[attr-defined]
+
+
+class _BackgroundDispatch:
+    """One sender thread per process (started lazily, again after a fork)."""
+
+    carries_announcements = True
+    MAX_IDS_PER_ROUND_TRIP = 5000
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[list[int], list[tuple[str, str]]]] | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        atexit.register(self.flush)
+
+    def __call__(self, outbox_ids: Sequence[int], announcements: Sequence[tuple[str, str]] = ()) -> None:
+        if not outbox_ids:
+            return
+        pid = os.getpid()
+        if self._pid != pid:
+            with self._lock:
+                if self._pid != pid:
+                    # queue.Queue, not SimpleQueue: gevent's monkey-patching makes it cooperative
+                    self._queue = queue.Queue()
+                    threading.Thread(target=self._run, args=(self._queue,), name="pipeline-dispatch",
+                                     daemon=True).start()
+                    self._pid = pid
+        assert self._queue is not None
+        self._queue.put((list(outbox_ids), list(announcements)))
+
+    def _take(self, work: queue.Queue, first: tuple[list[int], list[tuple[str, str]]]) -> tuple[list[int], list[tuple[str, str]]]:  # type: ignore[type-arg]
+        ids, announcements = list(first[0]), list(first[1])
+        while len(ids) < self.MAX_IDS_PER_ROUND_TRIP:
+            try:
+                more_ids, more_announcements = work.get_nowait()
+            except queue.Empty:
+                break
+            ids += more_ids
+            announcements += more_announcements
+        return ids, announcements
+
+    def _send(self, ids: list[int], announcements: list[tuple[str, str]]) -> None:
+        try:
+            dispatch_pipeline(ids, announcements)
+        except Exception:  # the broker is down: the outbox relay will deliver it later
+            log.warning("pipeline dispatch failed; outbox relay will retry", exc_info=True,
+                        extra={"outbox_ids": ids[:50], "count": len(ids)})
+
+    def _run(self, work: queue.Queue) -> None:  # type: ignore[type-arg]
+        while True:
+            self._send(*self._take(work, work.get()))
+
+    def flush(self) -> None:
+        """Send what is still queued (at interpreter exit; the relay covers a hard kill)."""
+        work = self._queue
+        if work is None or self._pid != os.getpid():
+            return
+        while True:
+            try:
+                first = work.get_nowait()
+            except queue.Empty:
+                return
+            self._send(*self._take(work, first))
+
+
+dispatch_pipeline_in_background = _BackgroundDispatch()

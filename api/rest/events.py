@@ -14,7 +14,7 @@ from api.links import incident_links
 from api.schemas import load_event, to_new_event
 from app.config import get_settings
 from app.services.ingest import IngestResult, ingest_events
-from tasks.dispatch import dispatch_pipeline
+from tasks.dispatch import dispatch_pipeline_in_background as dispatch_pipeline
 
 bp = Blueprint("events", __name__)
 

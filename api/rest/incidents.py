@@ -20,7 +20,7 @@ from api.schemas import (
 )
 from app.services import incidents as service
 from app.services.ingest import NewEvent, ingest_events
-from tasks.dispatch import dispatch_pipeline
+from tasks.dispatch import dispatch_pipeline_in_background as dispatch_pipeline
 
 bp = Blueprint("incidents", __name__)
 

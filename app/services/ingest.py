@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
 
+import orjson
 from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -518,8 +519,8 @@ def _ingest_postgres_one_statement(
         _create_day_sequence(seq)
         _known_sequences.add(seq)
     params = {
-        "incidents": json.dumps(incident_rows, default=_json_default),
-        "events": json.dumps(event_rows, default=_json_default),
+        "incidents": orjson.dumps(incident_rows, default=_json_default).decode(),
+        "events": orjson.dumps(event_rows, default=_json_default).decode(),
         "seq": seq, "day": f"{day:%Y%m%d}", "now": now, "kind": PIPELINE_OUTBOX_KIND,
     }
     for attempt in range(2):

@@ -47,7 +47,8 @@ def post_event(client, key=None, data=None, content_type="application/json", pat
 
 # ------------------------------------------------------------------------------ body problems
 
-@pytest.mark.parametrize("data", [b"{", b"{'event_id': 1}", b"", b"\xff\xfe{}", b'{"events": [1,]}'])
+@pytest.mark.parametrize("data", [b"{", b"{'event_id': 1}", b"", b"\xff\xfe{}", b'{"events": [1,]}',
+                                  b'{"event_id": "n", "metrics": {"x": NaN}}', b'{"a": Infinity}'])
 def test_malformed_json_is_400_and_writes_nothing(client, make_key, data):
     key = make_key("event:create")
     for path in ("/api/v1/events/sentinel", "/api/v1/events"):

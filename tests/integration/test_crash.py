@@ -140,7 +140,7 @@ def test_lost_redis_list_is_recovered_by_the_relay(client, make_key, test_env, s
                                headers={"X-API-Key": key})
         assert response.status_code == 202
     broker = redis_lib.Redis.from_url(test_env["REDIS_URL"])
-    assert broker.llen("im:pipeline:pending") >= 1
+    wait_for(lambda: broker.llen("im:pipeline:pending") >= 1, 10, 0.05, "the background hand-off")
     # Redis loses the hand-off: the pending ids and the queued drain task are gone
     lost = [k for k in broker.keys("pipeline*")] + [b"im:pipeline:pending", b"im:pipeline:drain-scheduled"]
     broker.delete(*lost)
