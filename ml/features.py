@@ -55,13 +55,13 @@ def text_of(item: ClassifierInput) -> str:
 def categoricals_of(item: ClassifierInput) -> list[str]:
     """The one-hot categorical features of an event (`name=value`)."""
     names = [
-        f"source={item.source.lower()}",
+        f"source={(item.source or '').lower()}",
         f"event_type={(item.event_type or '').lower()}",
         f"category={(item.category or '').lower()}",
         f"resource_type={(item.resource_type or '').lower()}",
         f"source_severity={(item.source_severity or '').strip().lower()}",
     ]
-    for key, value in item.tags.items():
+    for key, value in (item.tags or {}).items():
         if isinstance(value, (str, int, float)):  # bool is an int
             text = str(value).lower()
             if len(text) <= MAX_TAG_VALUE_CHARS:
@@ -73,7 +73,7 @@ def ordinals_of(item: ClassifierInput) -> tuple[str, ...]:
     """The categorical fields the trees read, as strings (coded by the fitted extractor)."""
     return ((item.source or "").lower(), (item.event_type or "").lower(), (item.category or "").lower(),
             (item.resource_type or "").lower(), (item.source_severity or "").strip().lower(),
-            *(str(item.tags.get(tag, "")).lower() for tag in ORDINAL_TAGS))
+            *(str((item.tags or {}).get(tag, "")).lower() for tag in ORDINAL_TAGS))
 
 
 def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -164,7 +164,7 @@ class FeatureExtractor:
         counts: dict[str, int] = {}
         peaks: dict[str, float] = {}
         for item in items:
-            for key, value in numeric_metrics(item.metrics).items():
+            for key, value in numeric_metrics(item.metrics or {}).items():
                 counts[key] = counts.get(key, 0) + 1
                 peaks[key] = max(peaks.get(key, 0.0), math.log1p(abs(value)))
         minimum = max(1, int(MIN_METRIC_SHARE * len(items)))
@@ -199,7 +199,7 @@ class FeatureExtractor:
                 code = get(value)
                 if code is not None:
                     codes[row, j] = code
-            for key, value in item.metrics.items():
+            for key, value in (item.metrics or {}).items():
                 j = metric_index.get(key) if key in metric_index else metric_index.get(str(key).lower())
                 if j is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
                     raw[row, j] = value

@@ -26,7 +26,7 @@ GPU_EVENT = {
 }
 NEW_PATTERN = {
     "title": "Model weights checksum mismatch on replica 99", "source": "manual", "severity": "low",
-    "event_type": "weights_tampering",
+    "event_type": "weights_tampering", "category": "weights_tampering",
     "description": "Signed model artifact does not match the registry; possible supply-chain tampering.",
 }
 
