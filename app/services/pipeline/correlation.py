@@ -14,10 +14,12 @@ written once, by the route stage.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
@@ -180,6 +182,38 @@ class Candidate:
     title: str
     description: str
     group_id: str | None
+    tag_set: frozenset[str] = frozenset()
+
+
+# The window's recent incidents, cached in this process by id: each batch asks the database only
+# for the ids of the newest ones (a short index scan) and for the details of those it has not seen.
+_CANDIDATES: "OrderedDict[str, Candidate]" = OrderedDict()
+_CANDIDATE_CACHE_SIZE = 20_000
+
+
+def _recent_candidates(session: Session, since: datetime, limit: int) -> list[Candidate]:
+    newest = session.execute(
+        select(Incident.id, Incident.created_at, Incident.merged_into).where(Incident.created_at >= since)
+        .order_by(Incident.created_at.desc(), Incident.id.desc()).limit(limit)
+    ).all()
+    wanted = [r.id for r in newest if r.merged_into is None]
+    # An id seen with another creation time (a database restored or recreated) is read again.
+    missing = [r.id for r in newest if r.merged_into is None and
+               (r.id not in _CANDIDATES or _CANDIDATES[r.id].created_at != r.created_at)]
+    if missing:
+        for r in session.execute(
+            select(Incident.id, Incident.source, Incident.event_type, Incident.service, Incident.tags,
+                   Incident.created_at, Incident.title, Incident.description).where(Incident.id.in_(missing))
+        ):
+            _CANDIDATES[r.id] = Candidate(id=r.id, source=r.source, event_type=r.event_type, service=r.service,
+                                          tags=r.tags, created_at=r.created_at, title=r.title,
+                                          description=(r.description or "")[:2000], group_id=None,
+                                          tag_set=_tags(r.tags))
+    for incident_id in wanted:
+        _CANDIDATES.move_to_end(incident_id)
+    while len(_CANDIDATES) > _CANDIDATE_CACHE_SIZE:
+        _CANDIDATES.popitem(last=False)
+    return [_CANDIDATES[i] for i in wanted if i in _CANDIDATES]
 
 
 def _tags(tags: Any) -> frozenset[str]:
@@ -204,17 +238,10 @@ def correlate(batch: Batch, settings: Settings | None = None) -> Batch:
     with read_session() as session:
         # The newest incidents of the window first (a backward scan of ix_incidents_created_id; no
         # other filter or join before the LIMIT, so stale statistics cannot turn it into a sort).
-        recent = [r for r in session.execute(
-            select(Incident.id, Incident.source, Incident.event_type, Incident.service, Incident.tags,
-                   Incident.created_at, Incident.title, Incident.description, Incident.merged_into)
-            .where(Incident.created_at >= since)
-            .order_by(Incident.created_at.desc(), Incident.id.desc()).limit(config.max_candidates + len(batch_ids))
-        ).all() if r.merged_into is None]
+        recent = _recent_candidates(session, since, config.max_candidates + len(batch_ids))
         group_of = dict(session.execute(select(CorrelationMember.incident_id, CorrelationMember.group_id).where(
             CorrelationMember.incident_id.in_([r.id for r in recent]))).all()) if recent else {}
-        rows = [Candidate(id=r.id, source=r.source, event_type=r.event_type, service=r.service, tags=r.tags,
-                          created_at=r.created_at, title=r.title, description=r.description,
-                          group_id=group_of.get(r.id)) for r in recent]
+        rows = [dataclasses.replace(r, group_id=group_of.get(r.id)) for r in recent]
         already = {m.incident_id: m for m in session.scalars(
             select(CorrelationMember).where(CorrelationMember.incident_id.in_(batch_ids)))}
         sizes = dict(session.execute(select(CorrelationGroup.id, CorrelationGroup.member_count).where(
@@ -226,7 +253,7 @@ def correlate(batch: Batch, settings: Settings | None = None) -> Batch:
         return frozenset((catalog.get(service or "") or {}).get("dependencies") or [])
 
     old = [r for r in rows if r.id not in batch_ids][:config.max_candidates]
-    old_items = [Item(r.id, r.source, r.event_type, r.service, _tags(r.tags), r.created_at, r.group_id, deps(r.service))
+    old_items = [Item(r.id, r.source, r.event_type, r.service, r.tag_set, r.created_at, r.group_id, deps(r.service))
                  for r in old]
     new_items = [Item(s["id"], s["source"], s["event_type"], s["service"], _tags(s["tags"]),
                       datetime.fromisoformat(s["created_at"]), None, deps(s["service"])) for s in incidents]
