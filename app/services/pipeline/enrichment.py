@@ -148,33 +148,50 @@ def _similar(incidents: Sequence[Snapshot], results: dict[str, dict[str, Any]], 
         with read_session() as session:
             # Ordered like ix_incidents_created_id and with no other filter in SQL, so the plan is a
             # short backward index scan whatever the table's statistics say (merged rows are rare).
-            candidates = list(session.execute(
-                select(Incident.id, Incident.title, Incident.description, Incident.status, Incident.severity,
-                       Incident.category, Incident.created_at, Incident.resolved_at, Incident.root_cause,
-                       Incident.merged_into)
+            newest = session.execute(
+                select(Incident.id, Incident.created_at, Incident.merged_into)
                 .order_by(Incident.created_at.desc(), Incident.id.desc()).limit(config.history_size + len(batch_ids))
-            ).all())
-        candidates = [c for c in candidates if c.id not in batch_ids and c.merged_into is None][:config.history_size]
+            ).all()
+            ids = [r.id for r in newest if r.id not in batch_ids and r.merged_into is None][:config.history_size]
+            kept = set(ids)
+            unseen = [r.id for r in newest if r.id in kept and _HISTORY.get(r.id, ("", None))[1] != r.created_at]
+            if unseen:  # title and description, once per incident and process
+                for r in session.execute(select(Incident.id, Incident.title, Incident.description,
+                                                Incident.created_at).where(Incident.id.in_(unseen))):
+                    _HISTORY[r.id] = (text.incident_text(r.title, r.description), r.created_at)
+            while len(_HISTORY) > 4 * config.history_size + 1000:
+                _HISTORY.pop(next(iter(_HISTORY)))
+            ids = [i for i in ids if i in _HISTORY]
+            chosen: dict[str, list[tuple[str, float]]] = {}
+            if ids:
+                left = text.vectors_by_id([s["id"] for s in misses],
+                                          [text.incident_text(s["title"], s["description"]) for s in misses])
+                right = text.vectors_by_id(ids, [_HISTORY[i][0] for i in ids])
+                scores = text.similarity_matrix(left, right)
+                for row, snap in enumerate(misses):
+                    order = np.argsort(-scores[row])[:config.similar_limit]
+                    chosen[snap["id"]] = [(ids[j], float(scores[row, j])) for j in order
+                                          if scores[row, j] >= config.similarity_threshold]
+            # Status and resolution as they are now, for the chosen ones only.
+            picked = {i for pairs in chosen.values() for i, _ in pairs}
+            details = {r.id: r for r in session.execute(
+                select(Incident.id, Incident.title, Incident.status, Incident.severity, Incident.category,
+                       Incident.resolved_at, Incident.root_cause).where(Incident.id.in_(picked)))} if picked else {}
         fresh: dict[str, list[dict[str, Any]]] = {}
-        if candidates:
-            left = text.vectors_by_id([s["id"] for s in misses],
-                                      [text.incident_text(s["title"], s["description"]) for s in misses])
-            right = text.vectors_by_id([c.id for c in candidates],
-                                       [text.incident_text(c.title, c.description) for c in candidates])
-            scores = text.similarity_matrix(left, right)
-            limit = config.similar_limit
-            for row, snap in enumerate(misses):
-                order = np.argsort(-scores[row])[:limit]
-                fresh[keys[snap["id"]]] = [
-                    _similar_entry(candidates[j], float(scores[row, j]))
-                    for j in order if scores[row, j] >= config.similarity_threshold
-                ]
+        if chosen:
+            for snap in misses:
+                fresh[keys[snap["id"]]] = [_similar_entry(details[i], score) for i, score in chosen.get(snap["id"], [])
+                                           if i in details]
         else:
             fresh = {keys[s["id"]]: [] for s in misses}
         cache.set_many("similar", fresh)
         cached.update(fresh)
     for snap in incidents:
         results[snap["id"]]["similar_incidents"] = cached.get(keys[snap["id"]], [])
+
+
+# incident id -> (its text for similarity, created_at): the history's text, read once per process.
+_HISTORY: dict[str, tuple[str, Any]] = {}
 
 
 def _similar_entry(candidate: Any, score: float) -> dict[str, Any]:
