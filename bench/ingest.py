@@ -101,9 +101,11 @@ def main() -> None:
             print(f"RESULT single-event ratio: best {max(ratios):.2f} worst {min(ratios):.2f} (need >= 0.8)",
                   flush=True)
         if "rate" in only:
-            fixed = run_load(incident_manager.port, "/api/v1/events/sentinel", headers, sentinel_factory("rate"),
-                             duration=args.duration, processes=2, threads=16, rate=args.rate)
-            print(f"RESULT fixed {args.rate:.0f} req/s: {fixed.summary()} (need p99 < 50 ms)", flush=True)
+            for name, server in (("baseline", baseline), ("incident-manager", incident_manager)):
+                fixed = run_load(server.port, "/api/v1/events/sentinel", headers, sentinel_factory(f"rate{name}"),
+                                 duration=args.duration, processes=2, threads=16, rate=args.rate)
+                print(f"RESULT fixed {args.rate:.0f} req/s, {name}: {fixed.summary()} (need p99 < 50 ms)",
+                      flush=True)
         if "batch" in only:
             for distinct in args.batch_distinct or [0, 20]:
                 batch = run_load(incident_manager.port, "/api/v1/events", headers,
