@@ -483,8 +483,8 @@ class GroupCommitter:
     several threads are ingested in one transaction, and each caller still returns only after the
     transaction holding its event has committed. One thread at a time commits whatever is pending;
     the others wait for their result or take the next turn. If a group fails, its events are
-    retried one by one so one bad event cannot fail the others. Up to `parallel` groups commit at
-    once (on separate connections), so the dispatch after one commit overlaps the next."""
+    retried one by one so one bad event cannot fail the others. `parallel` > 1 lets that many groups
+    commit at once; 1 (the default) measured best here, since groups then stay larger."""
 
     def __init__(self, ingest: Callable[[Sequence[NewEvent]], list[IngestResult]], max_batch: int = 256,
                  parallel: int = 1) -> None:
