@@ -339,14 +339,14 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
             session.execute(insert(CorrelationGroup).values([
                 {"id": gid, "root_incident_id": g["root"], "score": g["score"], "reasons": g["reasons"],
                  "member_count": 0, "created_at": now, "updated_at": now} for gid, g in sorted(new_groups.items())]))
-            for gid, group in sorted(new_groups.items(), key=lambda kv: kv[1]["root"]):
-                won = session.execute(insert(CorrelationMember).values(
-                    incident_id=group["root"], group_id=gid, score=1.0, reasons=[{"strategy": "root"}], added_at=now,
-                ).on_conflict_do_nothing(index_elements=["incident_id"]).returning(CorrelationMember.incident_id)).first()
-                if won is None:
-                    existing = session.scalar(select(CorrelationMember.group_id).where(
-                        CorrelationMember.incident_id == group["root"]))
-                    remap[gid] = existing or gid
+            root_rows = [{"incident_id": g["root"], "group_id": gid, "score": 1.0, "reasons": [{"strategy": "root"}],
+                          "added_at": now} for gid, g in sorted(new_groups.items(), key=lambda kv: kv[1]["root"])]
+            won = {incident_id for incident_id, _ in _insert_members(session, root_rows, now)}
+            lost_roots = {g["root"]: gid for gid, g in new_groups.items() if g["root"] not in won}
+            if lost_roots:  # grouped by another worker meanwhile: our group joins theirs
+                for row in session.execute(select(CorrelationMember.incident_id, CorrelationMember.group_id)
+                                           .where(CorrelationMember.incident_id.in_(lost_roots))):
+                    remap[lost_roots[row.incident_id]] = row.group_id
             dropped = [gid for gid, target in remap.items() if target != gid]
             if dropped:
                 session.execute(delete(CorrelationGroup).where(CorrelationGroup.id.in_(dropped)))
@@ -370,10 +370,9 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
         for gid in new_groups:
             if remap.get(gid, gid) == gid:
                 added[gid] = added.get(gid, 0) + 1  # the root
-        # Hot rows: one short UPDATE per group, in id order, at the end of the transaction.
-        for group_id in sorted(added):
-            session.execute(update(CorrelationGroup).where(CorrelationGroup.id == group_id).values(
-                member_count=CorrelationGroup.member_count + added[group_id], updated_at=now))
+        # Hot rows, at the end of the transaction: locked in id order, then one UPDATE for all.
+        if added:
+            _add_member_counts(session, added, now)
         # Members that lost a race keep the group they already have.
         lost = {m["incident_id"] for m in members} - {i for i, _ in joined}
         if lost:
@@ -391,6 +390,25 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
         if remap.get(gid, gid) != gid:
             group["root_is_new"] = True  # not ours to stamp: the other worker's group has it
     return decisions
+
+
+_RECORDSET_COUNTS = text(
+    "UPDATE correlation_groups AS g SET member_count = g.member_count + v.n, updated_at = :now "
+    "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(id text, n int) WHERE g.id = v.id"
+)
+
+
+def _add_member_counts(session: Session, added: dict[str, int], now: datetime) -> None:
+    ordered = sorted(added)
+    session.execute(select(CorrelationGroup.id).where(CorrelationGroup.id.in_(ordered))
+                    .order_by(CorrelationGroup.id).with_for_update())
+    if session.get_bind().dialect.name == "postgresql":
+        rows = json.dumps([{"id": g, "n": added[g]} for g in ordered])
+        session.execute(_RECORDSET_COUNTS, {"now": now, "rows": rows})
+        return
+    for group_id in ordered:
+        session.execute(update(CorrelationGroup).where(CorrelationGroup.id == group_id).values(
+            member_count=CorrelationGroup.member_count + added[group_id], updated_at=now))
 
 
 _RECORDSET_MEMBERS = text(
