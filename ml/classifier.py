@@ -90,7 +90,7 @@ def fast_predict_proba(estimator: Any, X: Any) -> np.ndarray:
 class SoftVotingEnsemble:
     """Weighted average of the members' class probabilities over a fixed class order."""
 
-    def __init__(self, members: Sequence[tuple[str, float]], classes: Sequence[str], seed: int = 0,
+    def __init__(self, members: Sequence[tuple[str, float]], classes: Sequence[str] | np.ndarray, seed: int = 0,
                  categorical_mask: np.ndarray | None = None) -> None:
         self.spec = list(members)
         self.categorical_mask = categorical_mask
@@ -125,7 +125,10 @@ class SoftVotingEnsemble:
     def predict_proba(self, views: FeatureViews) -> np.ndarray:
         """The weighted average of the members' probabilities (the plain soft vote)."""
         parts = self._member_probabilities(views)
-        return sum(m.weight * p for m, p in zip(self.members, parts)) / sum(m.weight for m in self.members)
+        total = np.zeros((views.sparse.shape[0], len(self.classes_)), dtype=np.float64)
+        for member, probabilities in zip(self.members, parts, strict=True):
+            total += member.weight * probabilities
+        return total / sum(m.weight for m in self.members)
 
     def member_log_proba(self, views: FeatureViews) -> np.ndarray:
         """The members' log-probabilities side by side: the meta-learner's input."""
@@ -145,7 +148,8 @@ class CalibratedEnsemble:
         self.ensemble: SoftVotingEnsemble | None = None
         self.calibrator: LogisticRegression | None = None
 
-    def fit(self, views: FeatureViews, y: Sequence[str], sample_weight: np.ndarray | None = None) -> "CalibratedEnsemble":
+    def fit(self, views: FeatureViews, y: Sequence[str],
+            sample_weight: np.ndarray | None = None) -> "CalibratedEnsemble":
         labels = np.asarray(y)
         self.classes_ = np.unique(labels)
         weight = np.ones(len(labels)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
@@ -227,10 +231,10 @@ class IncidentClassifier:
             Prediction(
                 severity=severity_classes[s], category=category_classes[c], confidence=float(conf),
                 category_confidence=float(cconf), model_version=self.version,
-                probabilities=dict(zip(severity_classes, probs)),
+                probabilities=dict(zip(severity_classes, probs, strict=True)),
             )
             for s, c, conf, cconf, probs in zip(severity_index.tolist(), category_index.tolist(), confidences.tolist(),
-                                                category_confidences.tolist(), rounded)
+                                                category_confidences.tolist(), rounded, strict=True)
         ]
         if record:
             ml_metrics.record_predictions(self.version, [severity_classes[s] for s in severity_index.tolist()],

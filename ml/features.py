@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from itertools import repeat
+from typing import Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 import scipy.sparse as sp
@@ -71,9 +72,11 @@ def categoricals_of(item: ClassifierInput) -> list[str]:
 
 def ordinals_of(item: ClassifierInput) -> tuple[str, ...]:
     """The categorical fields the trees read, as strings (coded by the fitted extractor)."""
+    tags = item.tags or {}
+    environment, tier = ORDINAL_TAGS
     return ((item.source or "").lower(), (item.event_type or "").lower(), (item.category or "").lower(),
             (item.resource_type or "").lower(), (item.source_severity or "").strip().lower(),
-            *(str((item.tags or {}).get(tag, "")).lower() for tag in ORDINAL_TAGS))
+            str(tags.get(environment, "")).lower(), str(tags.get(tier, "")).lower())
 
 
 def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -88,7 +91,27 @@ def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return result
 
 
+def lookup_matrix(columns: Mapping[Any, int], rows: Sequence[Sequence[Any]]) -> sp.csr_matrix:
+    """Counts of known names per row as CSR (unknown names dropped). The lookups run in C
+    (`map(dict.get, names, repeat(-1))`); misses are removed with numpy afterwards."""
+    indices: list[int] = []
+    indptr = [0]
+    get = columns.get
+    for names in rows:
+        indices.extend(map(get, names, repeat(-1)))
+        indptr.append(len(indices))
+    index = np.array(indices, dtype=np.int32)
+    missing = index < 0
+    index[missing] = 0
+    data = (~missing).astype(np.float32)
+    matrix = sp.csr_matrix((data, index, np.array(indptr, dtype=np.int64)), shape=(len(rows), len(columns)))
+    matrix.sum_duplicates()
+    matrix.eliminate_zeros()
+    return matrix
+
+
 TOKEN = re.compile(r"\b[a-z][\w\-]+\b")
+Term = Union[str, tuple[str, str]]  # a word, or a pair of adjacent words
 
 
 class TextVectorizer:
@@ -99,36 +122,35 @@ class TextVectorizer:
     def __init__(self, min_df: int = 2, max_features: int = 20000) -> None:
         self.min_df = min_df
         self.max_features = max_features
-        self.vocabulary_: dict[str, int] = {}
+        self.vocabulary_: dict[Term, int] = {}
         self.idf = np.zeros(0, dtype=np.float32)
 
     @staticmethod
-    def terms(text: str) -> list[str]:
-        words = TOKEN.findall(text.lower())
-        return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+    def terms(text: str) -> list[Term]:
+        """Words, then word pairs as tuples (made by zip in C: no string formatting per pair)."""
+        words: list[Term] = TOKEN.findall(text.lower())
+        words.extend(zip(words, words[1:], strict=False))
+        return words
+
+    @staticmethod
+    def term_name(term: Term) -> str:
+        return term if isinstance(term, str) else " ".join(term)
 
     def fit_transform(self, texts: Sequence[str]) -> sp.csr_matrix:
-        document_frequency: dict[str, int] = {}
+        document_frequency: dict[Term, int] = {}
         for text in texts:
             for term in set(self.terms(text)):
                 document_frequency[term] = document_frequency.get(term, 0) + 1
         kept = [t for t, df in document_frequency.items() if df >= self.min_df]
-        kept = sorted(sorted(kept), key=lambda t: -document_frequency[t])[: self.max_features]
-        self.vocabulary_ = {term: j for j, term in enumerate(sorted(kept))}
-        df = np.array([document_frequency[t] for t in sorted(kept)], dtype=np.float64)
+        kept = sorted(sorted(kept, key=self.term_name), key=lambda t: -document_frequency[t])[: self.max_features]
+        ordered = sorted(kept, key=self.term_name)
+        self.vocabulary_ = {term: j for j, term in enumerate(ordered)}
+        df = np.array([document_frequency[t] for t in ordered], dtype=np.float64)
         self.idf = (np.log((1 + len(texts)) / (1 + df)) + 1.0).astype(np.float32)
         return self.transform(texts)
 
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
-        lookup = self.vocabulary_.get
-        indices: list[int] = []
-        indptr = [0]
-        for text in texts:
-            indices.extend(c for c in map(lookup, self.terms(text)) if c is not None)
-            indptr.append(len(indices))
-        matrix = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), np.array(indices, dtype=np.int32),
-                                np.array(indptr, dtype=np.int64)), shape=(len(texts), len(self.vocabulary_)))
-        matrix.sum_duplicates()
+        matrix = lookup_matrix(self.vocabulary_, [self.terms(text) for text in texts])
         matrix.data = (1.0 + np.log(matrix.data)) * self.idf[matrix.indices]
         return normalize(matrix, norm="l2", copy=False)
 
@@ -156,7 +178,7 @@ class FeatureExtractor:
             self.keyword_columns = np.sort(np.argsort(-np.nan_to_num(scores))[:KEYWORD_FLAGS])
         names = sorted({name for i in items for name in categoricals_of(i)})
         self.categorical_columns = {name: j for j, name in enumerate(names)}
-        columns = list(zip(*(ordinals_of(i) for i in items)))
+        columns = list(zip(*(ordinals_of(i) for i in items), strict=True))
         self.levels = []
         for values in columns:
             frequent = sorted(set(values), key=lambda v: (-values.count(v), v))[:MAX_LEVELS]
@@ -186,32 +208,28 @@ class FeatureExtractor:
         source_level = np.empty((n, 1), dtype=np.float32)
         codes = np.full((n, len(self.levels)), np.nan, dtype=np.float32)
         texts: list[str] = []
-        categorical_indices: list[int] = []
-        categorical_indptr = [0]
-        category_lookup = self.categorical_columns.get
+        categorical_names: list[list[str]] = []
         levels = [(j, level.get) for j, level in enumerate(self.levels)]
         severity_levels: dict[str | None, int] = {}
         for row, item in enumerate(items):
             texts.append(text_of(item))
-            categorical_indices.extend(c for c in map(category_lookup, categoricals_of(item)) if c is not None)
-            categorical_indptr.append(len(categorical_indices))
-            for (j, get), value in zip(levels, ordinals_of(item)):
+            categorical_names.append(categoricals_of(item))
+            for (j, get), value in zip(levels, ordinals_of(item), strict=True):
                 code = get(value)
                 if code is not None:
                     codes[row, j] = code
             for key, value in (item.metrics or {}).items():
-                j = metric_index.get(key) if key in metric_index else metric_index.get(str(key).lower())
-                if j is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    raw[row, j] = value
+                column = metric_index.get(key) if key in metric_index else metric_index.get(str(key).lower())
+                if column is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    raw[row, column] = value
             level = severity_levels.get(item.source_severity)
             if level is None:
                 level = severity_levels[item.source_severity] = SEVERITIES.index(
                     map_source_severity(item.source_severity))
             source_level[row, 0] = level
         text = self.text.transform(texts)
-        categorical = sp.csr_matrix(
-            (np.ones(len(categorical_indices), dtype=np.float32), np.array(categorical_indices, dtype=np.int32),
-             np.array(categorical_indptr, dtype=np.int64)), shape=(n, len(self.categorical_columns)))
+        categorical = lookup_matrix(self.categorical_columns, categorical_names)
+        categorical.data[:] = 1.0  # one-hot, even if a tag repeats a name
         raw[~np.isfinite(raw)] = np.nan
         scaled = np.nan_to_num(np.log1p(np.abs(raw)) / self.metric_scale, nan=0.0)
         np.clip(scaled, 0.0, 1.0, out=scaled)

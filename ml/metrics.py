@@ -25,8 +25,20 @@ TRAININGS = Counter(
 def record_predictions(version: str, severities: Sequence[str], confidences: np.ndarray) -> None:
     """Count a batch of predictions; one counter increment per severity, not per event."""
     levels, counts = np.unique(np.asarray(severities), return_counts=True)
-    for level, count in zip(levels.tolist(), counts.tolist()):
+    for level, count in zip(levels.tolist(), counts.tolist(), strict=True):
         PREDICTIONS.labels(version, level).inc(count)
     histogram = CONFIDENCE.labels(version)
-    for value in confidences.tolist():
-        histogram.observe(value)
+    buckets = getattr(histogram, "_buckets", None)
+    if buckets is None or len(buckets) != len(CONFIDENCE_BUCKETS) + 1:  # the client changed: the slow way
+        for value in confidences.tolist():
+            histogram.observe(value)
+        return
+    # One increment per bucket for the whole batch (what observe() does per value, bucket by bucket);
+    # per-event observe() calls cost ~7 % of batch classification.
+    values = np.asarray(confidences, dtype=np.float64)
+    positions = np.searchsorted(np.asarray(CONFIDENCE_BUCKETS), values, side="left")
+    counts = np.bincount(positions, minlength=len(buckets))
+    for bucket, count in zip(buckets, counts.tolist(), strict=True):
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(float(values.sum()))  # noqa: SLF001 - see above

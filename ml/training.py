@@ -86,7 +86,7 @@ def load_shipped(path: Path = DATA_FILE) -> tuple[LabelledSet, LabelledSet]:
     train, held_out = LabelledSet(), LabelledSet()
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    for row, item in zip(rows, inputs_from_rows(rows)):
+    for row, item in zip(rows, inputs_from_rows(rows), strict=True):
         target = held_out if row["split"] == "test" else train
         target.add(item, row["severity"], row["incident_category"])
     return train, held_out
@@ -129,7 +129,7 @@ def expected_calibration_error(correct: np.ndarray, confidence: np.ndarray, bins
     """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
     edges = np.linspace(0.0, 1.0, bins + 1)
     total = 0.0
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
         inside = (confidence > low) & (confidence <= high)
         if inside.any():
             total += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
@@ -143,7 +143,7 @@ def evaluate(model: Any, data: LabelledSet, threshold: float = 0.7) -> dict[str,
     severities = [p.severity for p in predictions]
     categories = [p.category for p in predictions]
     confidence = np.array([p.confidence for p in predictions])
-    correct = np.array([a == b for a, b in zip(severities, data.severities)])
+    correct = np.array([a == b for a, b in zip(severities, data.severities, strict=True)])
     confident = confidence >= threshold
     return {
         "held_out_size": len(data),
@@ -155,7 +155,7 @@ def evaluate(model: Any, data: LabelledSet, threshold: float = 0.7) -> dict[str,
             level: round(float(score), 4) for level, score in zip(
                 sorted(set(data.severities)),
                 f1_score(data.severities, severities, average=None, labels=sorted(set(data.severities)),
-                         zero_division=0))
+                         zero_division=0), strict=True)
         },
         "expected_calibration_error": round(expected_calibration_error(correct, confidence), 4),
         "share_above_threshold": round(float(confident.mean()), 4),

@@ -46,7 +46,8 @@ class ClassifyEventSchema(Schema):
 
     @validates_schema
     def _numeric_metrics(self, data: Mapping[str, Any], **_: Any) -> None:
-        bad = [k for k, v in (data.get("metrics") or {}).items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+        bad = [k for k, v in (data.get("metrics") or {}).items()
+               if isinstance(v, bool) or not isinstance(v, (int, float))]
         if bad:
             raise ValidationError({"metrics": [f"metric {k!r} must be a number" for k in bad]})
 
@@ -116,7 +117,7 @@ def classify() -> Any:
     threshold = get_settings().ml.confidence_threshold
     predictions = classifier.predict_batch(items)
     results = []
-    for item, prediction in zip(items, predictions):
+    for item, prediction in zip(items, predictions, strict=True):
         mapped = map_source_severity(item.source_severity)
         use_model = prediction.confidence >= threshold
         results.append({

@@ -93,7 +93,8 @@ def record_feedback(incident_id: str, actor: str, severity: str | None = None, c
         sample = _add_sample(session, incident, "feedback", severity, category, actor)
         session.add(TimelineEntry(
             incident_id=incident.id, at=sample.created_at, actor=actor, kind="classification_feedback",
-            field="classification", old_value=f"{incident.predicted_severity or '-'}/{incident.predicted_category or '-'}",
+            field="classification",
+            old_value=f"{incident.predicted_severity or '-'}/{incident.predicted_category or '-'}",
             new_value=f"{sample.severity}/{sample.category}",
             details={"notes": notes} if notes else None,
         ))

@@ -95,7 +95,8 @@ def test_classify_one_and_many_with_confidence_and_version(client: Any, make_key
     assert "incident_manager_ml_prediction_confidence_bucket" in exposition
 
 
-def test_classify_bad_input(client: Any, make_key: Callable[..., str], served: str) -> None:
+def test_classify_bad_input(client: Any, make_key: Callable[..., str], served: str,
+                            test_env: dict[str, str]) -> None:
     key = make_key("event:create")
     headers = {"X-API-Key": key}
     cases = [
@@ -125,6 +126,15 @@ def test_classify_bad_input(client: Any, make_key: Callable[..., str], served: s
     assert client.post("/api/v1/ml/models/nope/activate", headers=admin).status_code == 404
     assert client.post("/api/v1/ml/models/rollback", headers=admin).status_code == 409
     assert client.post("/api/v1/ml/models/base/activate", headers=admin).get_json()["version"] == "base"
+
+    import redis
+
+    broker = redis.Redis.from_url(test_env["CELERY_BROKER_URL"])
+    broker.delete("ml")
+    queued = client.post("/api/v1/ml/train", headers=admin)
+    assert queued.status_code == 202 and queued.get_json()["status"] == "queued"
+    assert broker.llen("ml") == 1  # routed to the ml queue; no worker here, so drop it for later tests
+    broker.delete("ml")
 
 
 def test_feedback_is_stored_and_bad_feedback_writes_nothing(client: Any, make_key: Callable[..., str],

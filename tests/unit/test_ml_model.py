@@ -119,3 +119,22 @@ def test_fast_prediction_path_matches_scikit_learn() -> None:
         stacked = ensemble.ensemble.member_log_proba(views)
         np.testing.assert_allclose(fast_predict_proba(ensemble.calibrator, stacked),
                                    ensemble.calibrator.predict_proba(stacked), atol=1e-6)
+
+
+def test_batched_confidence_histogram_counts_like_observe() -> None:
+    from prometheus_client import REGISTRY, Histogram
+
+    from ml import metrics as ml_metrics
+
+    values = np.array([0.05, 0.1, 0.1000001, 0.69, 0.7, 0.95, 0.99, 1.0, 0.5])
+    ml_metrics.record_predictions("hist-check", ["P0"] * 5 + ["P2"] * 4, values)
+    reference = Histogram("ml_hist_reference", "reference", buckets=ml_metrics.CONFIDENCE_BUCKETS, registry=None)
+    for value in values:
+        reference.observe(value)
+    expected = {s.labels["le"]: s.value for s in reference.collect()[0].samples if s.name.endswith("_bucket")}
+    for bound, count in expected.items():
+        got = REGISTRY.get_sample_value("incident_manager_ml_prediction_confidence_bucket",
+                                        {"model_version": "hist-check", "le": bound})
+        assert got == count, bound
+    assert REGISTRY.get_sample_value("incident_manager_ml_predictions_total",
+                                     {"model_version": "hist-check", "severity": "P2"}) == 4
