@@ -53,6 +53,10 @@ def batch_bench(events_count: int, batch: int, rounds: int) -> dict[str, Any]:
     model = train_classifier("bench", train.inputs, train.severities, train.categories)
     training_seconds = time.perf_counter() - started
     events = (held_out.inputs * (events_count // len(held_out.inputs) + 1))[:events_count]
+    from ml.training import evaluate
+
+    quality = evaluate(model, held_out)
+    rules_quality = evaluate(RulesClassifier(), held_out)
 
     bare = LogisticRegression(C=8.0, max_iter=2000).fit(model.extractor.transform(train.inputs).sparse,
                                                         train.severities)
@@ -70,6 +74,10 @@ def batch_bench(events_count: int, batch: int, rounds: int) -> dict[str, Any]:
         "cpu_affinity": sorted(os.sched_getaffinity(0)),
         "events": events_count, "batch": batch, "rounds": rounds,
         "training_seconds": round(training_seconds, 1),
+        "held_out_severity_macro_f1": quality["severity_macro_f1"],
+        "held_out_category_macro_f1": quality["category_macro_f1"],
+        "held_out_expected_calibration_error": quality["expected_calibration_error"],
+        "rules_held_out_severity_macro_f1": rules_quality["severity_macro_f1"],
         "ensemble_events_per_s": [round(v) for v in ensemble],
         "rules_events_per_s": [round(v) for v in rules],
         "bare_logreg_events_per_s": [round(v) for v in logistic],
