@@ -128,9 +128,10 @@ class TextVectorizer:
     @staticmethod
     def terms(text: str) -> list[Term]:
         """Words, then word pairs as tuples (made by zip in C: no string formatting per pair)."""
-        words: list[Term] = TOKEN.findall(text.lower())
-        words.extend(zip(words, words[1:], strict=False))
-        return words
+        words: list[str] = TOKEN.findall(text.lower())
+        terms: list[Term] = list(words)
+        terms.extend(zip(words, words[1:], strict=False))
+        return terms
 
     @staticmethod
     def term_name(term: Term) -> str:
@@ -204,29 +205,35 @@ class FeatureExtractor:
             raise RuntimeError("FeatureExtractor.transform called before fit")
         n = len(items)
         metric_index = {name: j for j, name in enumerate(self.metric_names)}
-        raw = np.full((n, len(self.metric_names)), np.nan, dtype=np.float32)
-        source_level = np.empty((n, 1), dtype=np.float32)
-        codes = np.full((n, len(self.levels)), np.nan, dtype=np.float32)
         texts: list[str] = []
         categorical_names: list[list[str]] = []
-        levels = [(j, level.get) for j, level in enumerate(self.levels)]
+        code_rows: list[list[float]] = []
+        metric_rows: list[int] = []
+        metric_columns: list[int] = []
+        metric_values: list[float] = []
+        levels: list[int] = []
         severity_levels: dict[str | None, int] = {}
+        nan = float("nan")
         for row, item in enumerate(items):
             texts.append(text_of(item))
             categorical_names.append(categoricals_of(item))
-            for (j, get), value in zip(levels, ordinals_of(item), strict=True):
-                code = get(value)
-                if code is not None:
-                    codes[row, j] = code
+            # dict.get(level, value, nan) for each categorical, in C
+            code_rows.append(list(map(dict.get, self.levels, ordinals_of(item), repeat(nan))))
             for key, value in (item.metrics or {}).items():
                 column = metric_index.get(key) if key in metric_index else metric_index.get(str(key).lower())
                 if column is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    raw[row, column] = value
+                    metric_rows.append(row)
+                    metric_columns.append(column)
+                    metric_values.append(value)
             level = severity_levels.get(item.source_severity)
             if level is None:
                 level = severity_levels[item.source_severity] = SEVERITIES.index(
                     map_source_severity(item.source_severity))
-            source_level[row, 0] = level
+            levels.append(level)
+        codes = np.array(code_rows, dtype=np.float32).reshape(n, len(self.levels))
+        raw = np.full((n, len(self.metric_names)), np.nan, dtype=np.float32)
+        raw[metric_rows, metric_columns] = np.array(metric_values, dtype=np.float64)
+        source_level = np.array(levels, dtype=np.float32).reshape(n, 1)
         text = self.text.transform(texts)
         categorical = lookup_matrix(self.categorical_columns, categorical_names)
         categorical.data[:] = 1.0  # one-hot, even if a tag repeats a name
