@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import orjson
+import re
 from typing import Any
+
+import orjson
 
 from flask import current_app, request
 
 from api.errors import ApiError
+
+# `\u0000` preceded by an even number of backslashes (an odd number escapes the backslash itself)
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def json_body(optional: bool = False) -> Any:
@@ -29,9 +34,14 @@ def json_body(optional: bool = False) -> Any:
     try:
         # orjson: ~4x faster on a 1,000-event batch, and strict: NaN/Infinity (not JSON, and
         # refused by Postgres' jsonb) are malformed here instead of failing later.
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {exc}") from None
+    if _NUL_ESCAPE.search(raw):
+        # Postgres text and jsonb cannot hold U+0000: refuse it here rather than fail at the INSERT
+        raise ApiError(422, "validation_failed", "strings must not contain NUL (\\u0000) characters",
+                       {"_schema": ["strings must not contain NUL (\\u0000) characters"]})
+    return body
 
 
 def json_object(optional: bool = False) -> dict[str, Any]:

@@ -298,3 +298,22 @@ def test_rate_limit_is_shared_across_processes_through_redis(client, make_key, t
 def test_unknown_route_and_method_use_the_error_shape(client, make_key):
     assert_error(client.get("/api/v1/nope"), 404, "not_found")
     assert_error(client.delete("/api/v1/events/sentinel"), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize("data", [
+    b'{"event_id": "nul", "source": "s", "title": "a\\u0000b", "severity": "high"}',
+    b'{"event_id": "nul", "source": "s", "title": "t", "severity": "high", "payload": {"k": "\\\\\\u0000"}}',
+])
+def test_nul_characters_are_422_not_a_database_error(client, make_key, data):
+    key = make_key("event:create")
+    for path in ("/api/v1/events/sentinel", "/api/v1/events"):
+        error = assert_error(post_event(client, key, data=data, path=path), 422, "validation_failed")
+        assert "NUL" in error["message"]
+    assert counts() == EMPTY
+
+
+def test_an_escaped_backslash_before_u0000_is_plain_text(client, make_key):
+    key = make_key("event:create")
+    data = b'{"event_id": "not-nul", "source": "s", "title": "C:\\\\u0000", "severity": "high"}'
+    assert json.loads(data)["title"] == "C:\\u0000"
+    assert post_event(client, key, data=data).status_code == 202
