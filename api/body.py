@@ -6,7 +6,6 @@ import re
 from typing import Any
 
 import orjson
-
 from flask import current_app, request
 
 from api.errors import ApiError

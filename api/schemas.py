@@ -101,7 +101,8 @@ class PatchIncidentSchema(Schema):
     @validates_schema
     def _not_empty(self, data: Mapping[str, Any], **_: Any) -> None:
         if not set(data) - {"actor"}:
-            raise ValidationError("nothing to change: give assignee, severity, status, tags, team, title or description")
+            raise ValidationError(
+                "nothing to change: give assignee, severity, status, tags, team, title or description")
 
 
 class AcknowledgeSchema(Schema):

@@ -81,7 +81,8 @@ class _BackgroundDispatch:
         assert self._queue is not None
         self._queue.put((list(outbox_ids), list(announcements)))
 
-    def _take(self, work: queue.Queue, first: tuple[list[int], list[tuple[str, str]]]) -> tuple[list[int], list[tuple[str, str]]]:  # type: ignore[type-arg]
+    def _take(self, work: queue.Queue,  # type: ignore[type-arg]
+              first: tuple[list[int], list[tuple[str, str]]]) -> tuple[list[int], list[tuple[str, str]]]:
         ids, announcements = list(first[0]), list(first[1])
         while len(ids) < self.MAX_IDS_PER_ROUND_TRIP:
             try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 from marshmallow import ValidationError
 
 from api.auth import require
@@ -57,7 +57,8 @@ def create_events() -> Any:
     events = body["events"]
     limit = get_settings().max_batch_events
     if not isinstance(events, list) or not events:
-        raise ApiError(422, "validation_failed", "events must be a non-empty list", {"events": ["expected a non-empty list"]})
+        raise ApiError(422, "validation_failed", "events must be a non-empty list",
+                       {"events": ["expected a non-empty list"]})
     if len(events) > limit:
         raise ApiError(422, "validation_failed", f"a batch holds at most {limit} events, got {len(events)}",
                        {"events": [f"at most {limit} events per request"]})
@@ -73,7 +74,7 @@ def create_events() -> Any:
         except ValidationError as exc:
             results[i] = IngestResult("rejected", str(item.get("event_id", "")), error=exc.messages)  # type: ignore[arg-type]
     if valid:
-        for position, result in zip(positions, ingest_events(valid, dispatcher=dispatch_pipeline)):
+        for position, result in zip(positions, ingest_events(valid, dispatcher=dispatch_pipeline), strict=True):
             results[position] = result
     summary = {s: sum(1 for r in results if r and r.status == s) for s in ("accepted", "duplicate", "rejected")}
     return jsonify({"results": [result_body(r) for r in results if r is not None], **summary}), 202

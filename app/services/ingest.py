@@ -25,13 +25,13 @@ from sqlalchemy.orm import Session
 
 from app import metrics
 from app.adapters.db import unit_of_work
-from app.services import changes
 from app.adapters.models import ACTIVE_STATUS_SQL, Event, Incident, IncidentDayCounter, OutboxMessage, TimelineEntry
 from app.config import Settings, get_settings
 from app.domain import sla
 from app.domain.fingerprint import fingerprint as compute_fingerprint
 from app.domain.ids import format_incident_id, utc_day
 from app.domain.severity import map_source_severity
+from app.services import changes
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def _ingest_in_transaction(
         insert = _insert_for(session)
         rows = []
         allocated: dict[str, str] = {}
-        for (fp, idxs), number in zip(by_fp.items(), numbers):
+        for (fp, idxs), number in zip(by_fp.items(), numbers, strict=True):
             first = events[idxs[0]]
             seen = [events[i].timestamp or now for i in idxs]
             incident_id = format_incident_id(day, number)

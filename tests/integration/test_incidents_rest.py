@@ -120,7 +120,8 @@ def test_manual_incident_defaults_and_validation(client, h):
 def test_manual_incident_with_assignee_records_the_assignment(client, h):
     incident = create(client, h, title="Assigned at birth", assignee="alice")
     assert incident["assignee"] == "alice"
-    kinds = [t["kind"] for t in client.get(f"/api/v1/incidents/{incident['id']}/timeline", headers=h).get_json()["items"]]
+    items = client.get(f"/api/v1/incidents/{incident['id']}/timeline", headers=h).get_json()["items"]
+    kinds = [t["kind"] for t in items]
     assert kinds == ["created", "assigned"]
 
 
@@ -207,7 +208,8 @@ def test_resolve_with_actions_and_a_corrected_severity(client, h):
     resolved = client.post(f"/api/v1/incidents/{incident['id']}/resolve", headers=h, data=json.dumps(body)).get_json()
     assert resolved["resolution"]["actions_taken"] == ["restart", "scale"]
     assert resolved["resolution"]["method"] == "Automated" and resolved["severity"] == "P1"
-    kinds = [t["kind"] for t in client.get(f"/api/v1/incidents/{incident['id']}/timeline", headers=h).get_json()["items"]]
+    items = client.get(f"/api/v1/incidents/{incident['id']}/timeline", headers=h).get_json()["items"]
+    kinds = [t["kind"] for t in items]
     assert kinds == ["created", "status_changed", "severity_corrected"]
 
 
@@ -392,7 +394,7 @@ def test_every_change_has_a_timeline_row_with_who_when_old_new(client, h):
         ("patch", "", {"status": "IN_PROGRESS"}),  # reopen
         ("post", "/close", {"actor": "erin", "notes": "done"}),
     ]
-    for i, (method, suffix, body) in enumerate(steps, start=1):
+    for method, suffix, body in steps:
         before = timeline_count()
         response = getattr(client, method)(f"/api/v1/incidents/{incident_id}{suffix}", headers=h,
                                            data=json.dumps(body))

@@ -212,7 +212,8 @@ def test_json_logs_carry_the_request_id_and_no_secrets(app, make_key, log_lines)
     assert access, log_lines
     entry = access[-1]
     assert entry["request_id"] == "req-abc-123"
-    assert (entry["method"], entry["path"], entry["status"], entry["level"]) == ("GET", "/api/v1/incidents", 403, "info")
+    assert (entry["method"], entry["path"], entry["status"], entry["level"]) == (
+        "GET", "/api/v1/incidents", 403, "info")
     assert entry["query"]["status"] == "NEW"
     assert entry["query"]["token"] == "[REDACTED]" and entry["query"]["api_key"] == "[REDACTED]"
     joined = "\n".join(log_lines)
