@@ -97,7 +97,7 @@ class Incident(Base):
     event_count: Mapped[int] = mapped_column(Integer, default=1)
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)  # covered by ix_incidents_created_id
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     assignee: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
     team: Mapped[Optional[str]] = mapped_column(String(200), nullable=True, index=True)

@@ -11,7 +11,16 @@ from app.adapters.redis_client import get_redis
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "im:incident-changes"
+CHANNEL_PREFIX = "im:incident-changes"
+
+
+def channel() -> str:
+    """The change channel of this deployment. Redis pub/sub ignores database numbers, so the
+    database number is part of the name: deployments (and test sessions) sharing a Redis server on
+    different databases never hear each other."""
+    client = get_redis()
+    db = client.connection_pool.connection_kwargs.get("db", 0) if client is not None else 0
+    return f"{CHANNEL_PREFIX}:{db}"
 
 # kinds: incident_created, incident_updated, incident_acknowledged, incident_resolved, incident_closed,
 # incident_merged, event_received
@@ -23,7 +32,7 @@ def publish(kind: str, incident: Mapping[str, Any], changes: Sequence[Mapping[st
         return
     message = json.dumps({"kind": kind, "incident": dict(incident), "changes": list(changes)}, default=str)
     try:
-        client.publish(CHANNEL, message)
+        client.publish(channel(), message)
     except Exception:  # subscribers are best-effort; the database already holds the change
         log.warning("could not publish incident change", exc_info=True, extra={"kind": kind})
 
@@ -35,7 +44,7 @@ def publish_many(kind: str, incidents: Sequence[Mapping[str, Any]]) -> None:
         return
     pipe = client.pipeline(transaction=False)
     for incident in incidents:
-        pipe.publish(CHANNEL, json.dumps({"kind": kind, "incident": dict(incident), "changes": []}, default=str))
+        pipe.publish(channel(), json.dumps({"kind": kind, "incident": dict(incident), "changes": []}, default=str))
     try:
         pipe.execute()
     except Exception:
@@ -49,7 +58,7 @@ def subscribe(timeout: float = 1.0) -> Iterator[dict[str, Any] | None]:
     if client is None:
         raise RuntimeError("change subscriptions need REDIS_URL")
     pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(CHANNEL)
+    pubsub.subscribe(channel())
     try:
         while True:
             message = pubsub.get_message(timeout=timeout)

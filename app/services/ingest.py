@@ -174,7 +174,7 @@ def ingest_events(
         try:
             if combined:
                 dispatcher(outbox_ids, announcements=[  # type: ignore[call-arg]
-                    (changes.CHANNEL, json.dumps({"kind": "incident_created", "incident": incident, "changes": []},
+                    (changes.channel(), json.dumps({"kind": "incident_created", "incident": incident, "changes": []},
                                                  default=str))
                     for incident in opened])
             else:

@@ -126,7 +126,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('incidents', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_incidents_category'), ['category'], unique=False)
-        batch_op.create_index(batch_op.f('ix_incidents_created_at'), ['created_at'], unique=False)
         batch_op.create_index('ix_incidents_created_id', ['created_at', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_incidents_severity'), ['severity'], unique=False)
         batch_op.create_index(batch_op.f('ix_incidents_source'), ['source'], unique=False)
@@ -181,7 +180,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_incidents_source'))
         batch_op.drop_index(batch_op.f('ix_incidents_severity'))
         batch_op.drop_index('ix_incidents_created_id')
-        batch_op.drop_index(batch_op.f('ix_incidents_created_at'))
         batch_op.drop_index(batch_op.f('ix_incidents_category'))
 
     op.drop_table('incidents')

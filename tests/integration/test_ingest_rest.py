@@ -290,10 +290,10 @@ def test_opened_incidents_are_announced_on_the_change_bus(client, key, test_env)
 
     import redis as redis_lib
 
-    from app.services.changes import CHANNEL
+    from app.services.changes import channel
 
     pubsub = redis_lib.Redis.from_url(test_env["REDIS_URL"]).pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(CHANNEL)
+    pubsub.subscribe(channel())
     try:
         pubsub.get_message(timeout=1)
         body = post(client, "/api/v1/events/sentinel", event("bus-1", title="Bus announcement"), key).get_json()
@@ -302,7 +302,6 @@ def test_opened_incidents_are_announced_on_the_change_bus(client, key, test_env)
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
             message = pubsub.get_message(timeout=0.2)
-            # Redis pub/sub ignores database numbers: other test sessions' messages arrive too
             if message and json.loads(message["data"])["incident"].get("title") == "Bus announcement":
                 ours.append(json.loads(message["data"]))
         assert len(ours) == 1
