@@ -196,8 +196,10 @@ def _plainly_valid(body: Mapping[str, Any]) -> dict[str, Any] | None:
             return None
     if "tags" in body:
         tags = body["tags"]
-        if type(tags) is not dict or any(isinstance(v, (dict, list)) for v in tags.values()):
+        if type(tags) is not dict or any(v is None or isinstance(v, (dict, list)) for v in tags.values()):
             return None
+    if "payload" in body and body["payload"] is None:
+        return None  # EventSchema refuses a null payload; let it say so
     return data
 
 
