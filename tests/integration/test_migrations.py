@@ -104,8 +104,9 @@ def test_embedded_default_without_postgres_or_redis(embedded_env, tmp_path):
         again = httpx.post(f"{server.url}/api/v1/events/sentinel", json=SENTINEL, headers={"X-API-Key": key},
                            timeout=30)
         assert again.status_code == 200 and again.json()["incident_id"] == incident_id
-        # the task waits in the filesystem broker until a worker comes
-        assert any((tmp_path / "data" / "broker").iterdir())
+        # the task waits in the filesystem broker until a worker comes (the hand-off happens on a
+        # background sender after the answer, hence the wait)
+        wait_for(lambda: any((tmp_path / "data" / "broker").iterdir()), 10, 0.05, "the task in the broker folder")
 
         log = (tmp_path / "worker.log").open("w")
         worker = subprocess.Popen(
