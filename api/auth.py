@@ -47,7 +47,8 @@ def enforce(principal: Principal, permission: str) -> None:
     if not decision.allowed:
         metrics.RATE_LIMITED.labels(key=principal.name).inc()
         raise ApiError(429, "rate_limited",
-                       f"rate limit of {principal.requests_per_minute} requests/minute (burst {principal.burst}) exceeded",
+                       f"rate limit of {principal.requests_per_minute} requests/minute "
+                       f"(burst {principal.burst}) exceeded",
                        {"retry_after_secs": decision.retry_after_secs},
                        headers={"Retry-After": str(decision.retry_after_secs)})
 

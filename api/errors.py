@@ -49,7 +49,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(AuthError)
     def _auth(exc: AuthError):  # type: ignore[no-untyped-def]
-        return error_response(401, "unauthenticated", str(exc), headers={"WWW-Authenticate": 'ApiKey header="X-API-Key"'})
+        return error_response(401, "unauthenticated", str(exc),
+                              headers={"WWW-Authenticate": 'ApiKey header="X-API-Key"'})
 
     @app.errorhandler(PermissionDenied)
     def _forbidden(exc: PermissionDenied):  # type: ignore[no-untyped-def]

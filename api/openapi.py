@@ -54,7 +54,8 @@ for _name, _cls in {
 }.items():
     schema(_name, _cls)
 
-_ID = ({"name": "incident_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": r"^INC-\d{8}-\d{5,}$"}},)
+_ID = ({"name": "incident_id", "in": "path", "required": True,
+        "schema": {"type": "string", "pattern": r"^INC-\d{8}-\d{5,}$"}},)
 _LIST = tuple(
     {"name": n, "in": "query", "required": False, "schema": s}
     for n, s in [
@@ -119,7 +120,8 @@ def build_spec() -> dict[str, Any]:
         body: dict[str, Any] = {"summary": op.summary, "responses": {}}
         if op.permission:
             body["security"] = [{"ApiKey": []}, {"Bearer": []}]
-            body["description"] = f"Needs permission `{op.permission}`." if op.permission != "any" else "Any valid credential."
+            body["description"] = (f"Needs permission `{op.permission}`." if op.permission != "any"
+                                   else "Any valid credential.")
         if op.parameters:
             body["parameters"] = list(op.parameters)
         if op.request_schema:

@@ -322,7 +322,8 @@ def _routing_rules(tree: Mapping[str, Any]) -> tuple[RoutingRule, ...]:
             raise ConfigError(f"{prefix}.match: expected a mapping")
         unknown = set(match) - {"severity", "category", "source", "service", "tags"}
         if unknown:
-            raise ConfigError(f"{prefix}.match.{sorted(unknown)[0]}: unknown key (known: category, service, severity, source, tags)")
+            raise ConfigError(f"{prefix}.match.{sorted(unknown)[0]}: unknown key "
+                              "(known: category, service, severity, source, tags)")
         if not body.get("team") and not body.get("escalation_policy"):
             raise ConfigError(f"{prefix}: needs a team or an escalation_policy")
         tags = match.get("tags") or {}
@@ -372,7 +373,8 @@ def _door_settings(env: Mapping[str, str]) -> dict[str, Any]:
             raise ConfigError(f"{name}: {tls[name]} is not a readable file")
     identities = tuple(i.strip() for i in env.get("GRPC_ALLOWED_IDENTITIES", "").split(",") if i.strip())
     if tls["GRPC_CLIENT_CA"] and not identities:
-        raise ConfigError("GRPC_ALLOWED_IDENTITIES: with mTLS on, list the client identities (certificate CN or SAN) allowed in")
+        raise ConfigError("GRPC_ALLOWED_IDENTITIES: with mTLS on, list the client identities "
+                          "(certificate CN or SAN) allowed in")
     return {
         "grpc_tls_cert": tls["GRPC_TLS_CERT"],
         "grpc_tls_key": tls["GRPC_TLS_KEY"],

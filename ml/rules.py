@@ -3,7 +3,6 @@ own fields or keywords. Used until a trained model is active; its confidence say
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
 from app.domain.severity import map_source_severity
@@ -29,15 +28,18 @@ class RulesClassifier:
 
     def _predict(self, item: ClassifierInput) -> Prediction:
         severity = map_source_severity(item.source_severity)
-        known = bool(item.source_severity) and item.source_severity.lower() in (
+        known = (item.source_severity or "").lower() in (
             "critical", "error", "high", "warning", "medium", "low", "info", "p0", "p1", "p2", "p3", "p4")
         if item.category:
             category, category_confidence = item.category.lower(), 0.9
         else:
             text = f"{item.title} {item.description} {item.event_type or ''}".lower()
-            scores = {c: sum(1 for k in words if re.search(re.escape(k), text)) for c, words in CATEGORY_KEYWORDS.items()}
+            scores = {c: sum(1 for k in words if k in text) for c, words in CATEGORY_KEYWORDS.items()}
             best = max(scores, key=lambda c: scores[c])
-            category, category_confidence = (best, min(0.85, 0.5 + 0.15 * scores[best])) if scores[best] else ("other", 0.3)
+            if scores[best]:
+                category, category_confidence = best, min(0.85, 0.5 + 0.15 * scores[best])
+            else:
+                category, category_confidence = "other", 0.3
         return Prediction(
             severity=severity, category=category, confidence=0.75 if known else 0.4,
             category_confidence=category_confidence, model_version=self.version,

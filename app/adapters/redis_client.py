@@ -22,7 +22,9 @@ def get_redis() -> redis.Redis | None:
     if _client is None or _pid != os.getpid():
         with _lock:
             if _client is None or _pid != os.getpid():
-                _client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+                _client = redis.Redis.from_url(
+                    url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+                )
                 _pid = os.getpid()
     return _client
 

@@ -13,11 +13,11 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from app import metrics
-from app.services import changes as changes_bus
 from app.adapters.db import read_session, unit_of_work
 from app.adapters.models import Event, Incident, TimelineEntry
 from app.domain import sla
 from app.domain.incident import IncidentNotFound, check_transition
+from app.services import changes as changes_bus
 
 MAX_MERGE_HOPS = 10
 
@@ -190,7 +190,9 @@ def filter_clauses(flt: IncidentFilter) -> list[Any]:
     return clauses
 
 
-def list_incidents(flt: IncidentFilter, limit: int = 50, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+def list_incidents(
+    flt: IncidentFilter, limit: int = 50, cursor: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
     """Newest first; keyset pagination on (created_at, id)."""
     clauses = filter_clauses(flt)
     if cursor:
@@ -215,10 +217,13 @@ def incident_timeline(incident_id: str) -> list[dict[str, Any]]:
         return [timeline_to_dict(r) for r in rows]
 
 
-def incident_events(incident_id: str, limit: int = 100, after_id: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+def incident_events(
+    incident_id: str, limit: int = 100, after_id: int | None = None
+) -> tuple[list[dict[str, Any]], int | None]:
     with read_session() as session:
         incident = _resolve_merges(session, incident_id)
-        merged_ids = [incident.id] + list(session.scalars(select(Incident.id).where(Incident.merged_into == incident.id)))
+        merged = session.scalars(select(Incident.id).where(Incident.merged_into == incident.id))
+        merged_ids = [incident.id, *merged]
         query = select(Event).where(Event.incident_id.in_(merged_ids))
         if after_id is not None:
             query = query.where(Event.id > after_id)
@@ -343,7 +348,8 @@ def patch(incident_id: str, actor: str, fields: Mapping[str, Any]) -> dict[str, 
             incident.sla_resolve_by = deadlines.resolve_by
         if "tags" in fields and fields["tags"] != incident.tags:
             changes.append(_record(session, incident, actor, "tags_changed", "tags",
-                                   json.dumps(incident.tags, sort_keys=True), json.dumps(fields["tags"], sort_keys=True)))
+                                   json.dumps(incident.tags, sort_keys=True),
+                                   json.dumps(fields["tags"], sort_keys=True)))
             incident.tags = dict(fields["tags"])
         if changes:
             incident.updated_at = now

@@ -106,8 +106,8 @@ def _allocate_incident_numbers(session: Session, day: date, count: int) -> list[
             text(f"SELECT nextval('{seq}') FROM generate_series(1, :n)"), {"n": count}
         ).scalars().all()
         return [int(r) for r in rows]
-    stmt = sqlite.insert(IncidentDayCounter).values(day=day, last=count)
-    stmt = stmt.on_conflict_do_update(
+    upsert = sqlite.insert(IncidentDayCounter).values(day=day, last=count)
+    stmt = upsert.on_conflict_do_update(
         index_elements=["day"], set_={"last": IncidentDayCounter.last + count}
     ).returning(IncidentDayCounter.last)
     last = int(session.execute(stmt).scalar_one())
@@ -240,15 +240,15 @@ def _ingest_in_transaction(
         day = utc_day(now)
         numbers = _allocate_incident_numbers(session, day, len(by_fp))
         insert = _insert_for(session)
-        rows = []
+        incident_rows: list[dict[str, Any]] = []
         allocated: dict[str, str] = {}
         for (fp, idxs), number in zip(by_fp.items(), numbers, strict=True):
-            first = events[idxs[0]]
             seen = [events[i].timestamp or now for i in idxs]
             incident_id = format_incident_id(day, number)
             allocated[fp] = incident_id
-            rows.append(_incident_row(first, incident_id, fp, len(idxs), min(seen), max(seen), now, settings))
-        stmt = insert(Incident).values(rows)
+            incident_rows.append(_incident_row(events[idxs[0]], incident_id, fp, len(idxs), min(seen), max(seen),
+                                               now, settings))
+        stmt = insert(Incident).values(incident_rows)
         stmt = stmt.on_conflict_do_update(
             index_elements=[Incident.fingerprint],
             index_where=text(ACTIVE_STATUS_SQL),
@@ -260,7 +260,7 @@ def _ingest_in_transaction(
                 "updated_at": stmt.excluded.updated_at,
             },
         ).returning(Incident.id, Incident.fingerprint)
-        row_of_id = {r["id"]: r for r in rows}
+        row_of_id = {r["id"]: r for r in incident_rows}
         for row in session.execute(stmt).all():
             incident_of_fp[row.fingerprint] = row.id
             if row.id == allocated[row.fingerprint]:
@@ -322,9 +322,9 @@ def _ingest_in_transaction(
         fp = fp_of[i]
         created = fp in created_fps and by_fp[fp][0] == i
         results[i] = IngestResult("accepted", events[i].event_id, incident_of_fp[fp], created=created)
-    for i, first in repeat_of.items():
-        incident_id = results[first].incident_id if results[first] else None  # type: ignore[union-attr]
-        results[i] = IngestResult("duplicate", events[i].event_id, incident_id)
+    for i, original in repeat_of.items():
+        first_result = results[original]
+        results[i] = IngestResult("duplicate", events[i].event_id, first_result.incident_id if first_result else None)
     return [r for r in results if r is not None], outbox_ids, opened
 
 

@@ -59,7 +59,8 @@ def pending_stats() -> tuple[int, float]:
 
     with read_session() as session:
         count, oldest = session.execute(
-            select(func.count(OutboxMessage.id), func.min(OutboxMessage.created_at)).where(OutboxMessage.done_at.is_(None))
+            select(func.count(OutboxMessage.id), func.min(OutboxMessage.created_at))
+            .where(OutboxMessage.done_at.is_(None))
         ).one()
     if not oldest:
         return int(count or 0), 0.0

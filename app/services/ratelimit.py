@@ -10,6 +10,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from app.adapters.redis_client import get_redis
 
@@ -45,7 +46,7 @@ class Decision:
 
 class RateLimiter:
     def __init__(self) -> None:
-        self._script = None
+        self._scripts: dict[int, Any] = {}  # per Redis client: a Script is bound to its client
         self._local: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
@@ -56,9 +57,10 @@ class RateLimiter:
         capacity = max(1, burst)
         client = get_redis()
         if client is not None:
-            if self._script is None:
-                self._script = client.register_script(_LUA)
-            allowed, wait = self._script(keys=[f"im:ratelimit:{key_id}"], args=[rate, capacity, time.time()])
+            script = self._scripts.get(id(client))
+            if script is None:
+                script = self._scripts[id(client)] = client.register_script(_LUA)
+            allowed, wait = script(keys=[f"im:ratelimit:{key_id}"], args=[rate, capacity, time.time()])
             return Decision(bool(int(allowed)), max(1, math.ceil(float(wait))) if not int(allowed) else 0)
         now = time.monotonic()
         with self._lock:
