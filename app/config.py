@@ -16,22 +16,14 @@ from typing import Any, Mapping
 
 import yaml
 
+from app.domain.severity import DEFAULT_MAPPING, SEVERITIES
+
 
 class ConfigError(ValueError):
     """Invalid configuration; the message names the offending key."""
 
 
-SEVERITIES = ("P0", "P1", "P2", "P3", "P4")
-
-DEFAULT_SEVERITY_MAPPING: dict[str, str] = {
-    "critical": "P0",
-    "error": "P1",
-    "high": "P1",
-    "warning": "P2",
-    "medium": "P2",
-    "low": "P3",
-    "info": "P4",
-}
+DEFAULT_SEVERITY_MAPPING: dict[str, str] = dict(DEFAULT_MAPPING)
 
 
 @dataclass(frozen=True)

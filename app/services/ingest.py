@@ -133,6 +133,19 @@ def _insert_for(session: Session) -> Any:
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
+def _split_repeats(events: Sequence[NewEvent]) -> tuple[dict[tuple[str, str], int], dict[int, int]]:
+    """(first position of each (source, event_id), position of each repeat -> its first position)."""
+    first_index: dict[tuple[str, str], int] = {}
+    repeat_of: dict[int, int] = {}
+    for i, ev in enumerate(events):
+        key = (ev.source, ev.event_id)
+        if key in first_index:
+            repeat_of[i] = first_index[key]
+        else:
+            first_index[key] = i
+    return first_index, repeat_of
+
+
 class DuplicateRace(Exception):
     """A concurrent transaction stored one of our (source, event_id) first; retry sees it."""
 
@@ -199,14 +212,7 @@ def _ingest_in_transaction(
     results: list[IngestResult | None] = [None] * len(events)
 
     # 1. Repeats inside this request, and repeats of stored events.
-    first_index: dict[tuple[str, str], int] = {}
-    repeat_of: dict[int, int] = {}
-    for i, ev in enumerate(events):
-        key = (ev.source, ev.event_id)
-        if key in first_index:
-            repeat_of[i] = first_index[key]
-        else:
-            first_index[key] = i
+    first_index, repeat_of = _split_repeats(events)
     stored: dict[tuple[str, str], str] = {}
     keys = list(first_index)
     for chunk_start in range(0, len(keys), 500):
@@ -482,14 +488,7 @@ def _ingest_postgres_one_statement(
     import psycopg
 
     now = datetime.now(timezone.utc)
-    first_index: dict[tuple[str, str], int] = {}
-    repeat_of: dict[int, int] = {}
-    for i, ev in enumerate(events):
-        key = (ev.source, ev.event_id)
-        if key in first_index:
-            repeat_of[i] = first_index[key]
-        else:
-            first_index[key] = i
+    first_index, repeat_of = _split_repeats(events)
     fields = settings.deduplication.fingerprint_fields
     by_fp: dict[str, list[int]] = {}
     fp_of: dict[int, str] = {}
