@@ -133,12 +133,13 @@ def sustained(env: dict[str, str], port: int, headers: dict[str, str], rate: flo
     window = (t1 - t0).total_seconds()
     drain = _wait_drained(env, tag, 900)
     with _db(env) as conn:
+        batches = _batch_sizes(conn, tag)
         incidents = conn.execute("SELECT count(*), count(processed_at), count(correlation_group_id), "
                                  "count(enrichment), sum(event_count) FROM incidents WHERE title LIKE %s",
                                  (f"% {tag}-%",)).fetchone()
     return {"offered_events_per_s": rate, "accepted": accepted, "accepted_per_s": accepted / window,
             "processed_per_s": processed_in_window / window, "backlog_at_end": accepted - processed_in_window,
-            "drain_secs": drain, "http": load.summary(),
+            "drain_secs": drain, "batches": batches, "http": load.summary(),
             "incidents": dict(zip(("rows", "processed", "grouped", "enriched", "events"), incidents, strict=True))}
 
 
@@ -155,8 +156,21 @@ def latency(env: dict[str, str], port: int, headers: dict[str, str], rate: float
             "percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - received_at)), "
             "max(extract(epoch FROM processed_at - received_at)) FROM events WHERE event_id LIKE %s",
             (f"{tag}-%",)).fetchone()
+        batches = _batch_sizes(conn, tag)
     return {"events": row[0], "p50_ms": round(float(row[1]) * 1000, 1), "p95_ms": round(float(row[2]) * 1000, 1),
-            "p99_ms": round(float(row[3]) * 1000, 1), "max_ms": round(float(row[4]) * 1000, 1), "http": load.summary()}
+            "p99_ms": round(float(row[3]) * 1000, 1), "max_ms": round(float(row[4]) * 1000, 1), "batches": batches,
+            "http": load.summary()}
+
+
+def _batch_sizes(conn: psycopg.Connection, tag: str) -> dict[str, Any]:
+    """How the drain cut the load into batches: the route stage stamps one batch's events with one
+    processed_at, so events per distinct processed_at are the batch sizes."""
+    row = conn.execute(
+        "SELECT count(*), avg(n), percentile_cont(0.5) WITHIN GROUP (ORDER BY n), max(n) FROM "
+        "(SELECT count(*) AS n FROM events WHERE event_id LIKE %s GROUP BY processed_at) AS b",
+        (f"{tag}-%",)).fetchone()
+    return {"count": row[0], "mean_events": round(float(row[1] or 0), 1), "p50_events": float(row[2] or 0),
+            "max_events": row[3]}
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ written once, by the route stage.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -34,9 +33,9 @@ from app.adapters.db import read_session, unit_of_work
 from app.adapters.models import Incident
 from app.adapters.pipeline_models import CorrelationGroup, CorrelationMember
 from app.config import CorrelationSettings, Settings, get_settings
-from app.services import service_catalog
 from app.services.pipeline import text as textsim
-from app.services.pipeline.batch import Batch, Snapshot
+from app.services.pipeline.batch import Batch, Snapshot, one_of
+from app.services.pipeline.enrichment import Cache, catalog_entries
 from app.services.pipeline.instruments import CORRELATION_GROUPS_CREATED
 
 log = logging.getLogger(__name__)
@@ -203,7 +202,7 @@ def _recent_candidates(session: Session, since: datetime, limit: int) -> list[Ca
     if missing:
         for r in session.execute(
             select(Incident.id, Incident.source, Incident.event_type, Incident.service, Incident.tags,
-                   Incident.created_at, Incident.title, Incident.description).where(Incident.id.in_(missing))
+                   Incident.created_at, Incident.title, Incident.description).where(one_of(Incident.id, missing))
         ):
             _CANDIDATES[r.id] = Candidate(id=r.id, source=r.source, event_type=r.event_type, service=r.service,
                                           tags=r.tags, created_at=r.created_at, title=r.title,
@@ -239,32 +238,44 @@ def correlate(batch: Batch, settings: Settings | None = None) -> Batch:
         # The newest incidents of the window first (a backward scan of ix_incidents_created_id; no
         # other filter or join before the LIMIT, so stale statistics cannot turn it into a sort).
         recent = _recent_candidates(session, since, config.max_candidates + len(batch_ids))
-        group_of = dict(session.execute(select(CorrelationMember.incident_id, CorrelationMember.group_id).where(
-            CorrelationMember.incident_id.in_([r.id for r in recent]))).all()) if recent else {}
-        rows = [dataclasses.replace(r, group_id=group_of.get(r.id)) for r in recent]
-        already = {m.incident_id: m for m in session.scalars(
-            select(CorrelationMember).where(CorrelationMember.incident_id.in_(batch_ids)))}
-        sizes = dict(session.execute(select(CorrelationGroup.id, CorrelationGroup.member_count).where(
-            CorrelationGroup.id.in_({r.group_id for r in rows if r.group_id}))).all())
-    catalog = service_catalog.lookup({s["service"] for s in incidents if s["service"]} |
-                                     {r.service for r in rows if r.service}) if config.enable_service else {}
+    catalog = catalog_entries({s["service"] for s in incidents if s["service"]} |
+                              {r.service for r in recent if r.service},
+                              Cache(settings.enrichment.cache_ttl_secs)) if config.enable_service else {}
 
     def deps(service: str | None) -> frozenset[str]:
         return frozenset((catalog.get(service or "") or {}).get("dependencies") or [])
 
-    old = [r for r in rows if r.id not in batch_ids][:config.max_candidates]
-    old_items = [Item(r.id, r.source, r.event_type, r.service, r.tag_set, r.created_at, r.group_id, deps(r.service))
+    old = [r for r in recent if r.id not in batch_ids][:config.max_candidates]
+    old_items = [Item(r.id, r.source, r.event_type, r.service, r.tag_set, r.created_at, None, deps(r.service))
                  for r in old]
     new_items = [Item(s["id"], s["source"], s["event_type"], s["service"], _tags(s["tags"]),
                       datetime.fromisoformat(s["created_at"]), None, deps(s["service"])) for s in incidents]
     items = old_items + new_items  # columns: old candidates, then this batch's incidents
     n_old = len(old_items)
-    order = sorted(range(len(new_items)), key=lambda i: (new_items[i].created_at, new_items[i].id))
-    rank = np.empty(len(new_items), dtype=np.int64)
-    rank[order] = np.arange(len(new_items))
     scores = score_matrix(new_items, items, [textsim.incident_text(r.title, r.description) for r in old] +
                           [textsim.incident_text(s["title"], s["description"]) for s in incidents], config,
                           ids=[c.id for c in items])
+    # Groups matter only for the old candidates some new incident scores high enough with (and for
+    # the batch's own incidents, grouped already when this batch runs again): one indexed query.
+    best_of_column = np.asarray(scores)[:, :n_old].max(axis=0, initial=0.0)
+    eligible = [items[j].id for j in np.flatnonzero(best_of_column >= config.score_threshold)]
+    with read_session() as session:
+        memberships = {m.incident_id: m for m in session.execute(
+            select(CorrelationMember.incident_id, CorrelationMember.group_id, CorrelationGroup.member_count)
+            .join(CorrelationGroup, CorrelationGroup.id == CorrelationMember.group_id)
+            .where(one_of(CorrelationMember.incident_id, eligible + sorted(batch_ids))))}
+        # Scores and reasons (JSON: costly to decode for hundreds of rows) only of this batch's own
+        # incidents grouped by an earlier run of it.
+        rerun = batch_ids & set(memberships)
+        already = {m.incident_id: m for m in session.scalars(select(CorrelationMember).where(
+            one_of(CorrelationMember.incident_id, rerun)))} if rerun else {}
+    sizes = {m.group_id: m.member_count for m in memberships.values()}
+    for item in old_items:
+        membership = memberships.get(item.id)
+        item.group_id = membership.group_id if membership else None
+    order = sorted(range(len(new_items)), key=lambda i: (new_items[i].created_at, new_items[i].id))
+    rank = np.empty(len(new_items), dtype=np.int64)
+    rank[order] = np.arange(len(new_items))
     # Columns of a full group are no candidates; kept up to date as groups fill during the loop.
     col_rank = np.concatenate([np.full(n_old, -1, dtype=np.int64), rank])
     col_group = [c.group_id for c in items]
@@ -345,11 +356,11 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
             lost_roots = {g["root"]: gid for gid, g in new_groups.items() if g["root"] not in won}
             if lost_roots:  # grouped by another worker meanwhile: our group joins theirs
                 for row in session.execute(select(CorrelationMember.incident_id, CorrelationMember.group_id)
-                                           .where(CorrelationMember.incident_id.in_(lost_roots))):
+                                           .where(one_of(CorrelationMember.incident_id, lost_roots))):
                     remap[lost_roots[row.incident_id]] = row.group_id
             dropped = [gid for gid, target in remap.items() if target != gid]
             if dropped:
-                session.execute(delete(CorrelationGroup).where(CorrelationGroup.id.in_(dropped)))
+                session.execute(delete(CorrelationGroup).where(one_of(CorrelationGroup.id, dropped)))
         members = []
         roots = {g["root"] for g in new_groups.values()}
         for incident_id, decision in sorted(decisions.items()):
@@ -377,10 +388,10 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
         lost = {m["incident_id"] for m in members} - {i for i, _ in joined}
         if lost:
             for row in session.execute(select(CorrelationMember.incident_id, CorrelationMember.group_id)
-                                       .where(CorrelationMember.incident_id.in_(lost))):
+                                       .where(one_of(CorrelationMember.incident_id, lost))):
                 decisions[row.incident_id]["group_id"] = row.group_id
         roots_of = dict(session.execute(select(CorrelationGroup.id, CorrelationGroup.root_incident_id).where(
-            CorrelationGroup.id.in_({d["group_id"] for d in decisions.values()}))).all())
+            one_of(CorrelationGroup.id, {d["group_id"] for d in decisions.values()}))).all())
     created = sum(1 for gid in new_groups if remap.get(gid, gid) == gid)
     if created:
         CORRELATION_GROUPS_CREATED.inc(created)
@@ -400,7 +411,7 @@ _RECORDSET_COUNTS = text(
 
 def _add_member_counts(session: Session, added: dict[str, int], now: datetime) -> None:
     ordered = sorted(added)
-    session.execute(select(CorrelationGroup.id).where(CorrelationGroup.id.in_(ordered))
+    session.execute(select(CorrelationGroup.id).where(one_of(CorrelationGroup.id, ordered))
                     .order_by(CorrelationGroup.id).with_for_update())
     if session.get_bind().dialect.name == "postgresql":
         rows = json.dumps([{"id": g, "n": added[g]} for g in ordered])

@@ -26,7 +26,7 @@ from app import metrics
 from app.adapters.db import read_session, unit_of_work
 from app.adapters.models import ACTIVE_STATUS_SQL, Event, Incident, OutboxMessage, TimelineEntry
 from app.config import Settings, get_settings
-from app.services.pipeline.batch import Batch, Snapshot, empty_batch
+from app.services.pipeline.batch import Batch, Snapshot, empty_batch, one_of
 from app.services.pipeline.instruments import PIPELINE_BATCH_SIZE
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def snapshot(incident: Any) -> Snapshot:
 def batch_event_ids(session: Session, outbox_ids: Sequence[int]) -> list[int]:
     """Event ids of the outbox rows, whether or not the rows are done (a replay finds its events)."""
     ids: list[int] = []
-    for payload in session.scalars(select(OutboxMessage.payload).where(OutboxMessage.id.in_(list(outbox_ids)))):
+    for payload in session.scalars(select(OutboxMessage.payload).where(one_of(OutboxMessage.id, list(outbox_ids)))):
         ids.extend(int(i) for i in (payload or {}).get("event_ids", []))
     return sorted(set(ids))
 
@@ -81,12 +81,12 @@ def deduplicate(outbox_ids: Sequence[int], settings: Settings | None = None) -> 
         event_ids = batch_event_ids(session, batch["outbox_ids"])
         events = list(session.execute(
             select(Event.id, Event.incident_id, Event.fingerprint, Event.received_at)
-            .where(Event.id.in_(event_ids), Event.processed_at.is_(None))
+            .where(one_of(Event.id, event_ids), Event.processed_at.is_(None))
         ).all()) if event_ids else []
         if not events:
             return batch
         incidents = {i.id: i for i in session.execute(
-            select(*SNAPSHOT_COLUMNS).where(Incident.id.in_({e.incident_id for e in events})))}
+            select(*SNAPSHOT_COLUMNS).where(one_of(Incident.id, {e.incident_id for e in events})))}
         missing = {e.incident_id for e in events} - set(incidents)
         if missing:
             raise BrokenEvent(f"events {[e.id for e in events if e.incident_id in missing][:20]} point at "
@@ -107,7 +107,7 @@ def deduplicate(outbox_ids: Sequence[int], settings: Settings | None = None) -> 
                     if event.incident_id in loser_ids:
                         moved[event.id] = survivor_id
             for survivor_id, moved_event_ids in _group(moved, events).items():
-                session.execute(update(Event).where(Event.id.in_(moved_event_ids)).values(incident_id=survivor_id))
+                session.execute(update(Event).where(one_of(Event.id, moved_event_ids)).values(incident_id=survivor_id))
             for row in recurred:
                 exists = session.scalar(select(TimelineEntry.id).where(
                     TimelineEntry.incident_id == row["incident_id"], TimelineEntry.kind == "recurred",
@@ -121,7 +121,7 @@ def deduplicate(outbox_ids: Sequence[int], settings: Settings | None = None) -> 
         rows = [incidents[i] for i in final_ids]
     else:  # merges happened: read the survivors as they are now
         with read_session() as session:
-            rows = list(session.execute(select(*SNAPSHOT_COLUMNS).where(Incident.id.in_(final_ids))))
+            rows = list(session.execute(select(*SNAPSHOT_COLUMNS).where(one_of(Incident.id, final_ids))))
     batch["event_ids"] = sorted(final_of)
     batch["incidents"] = [snapshot(i) for i in sorted(rows, key=lambda r: r.id) if i_new(i)]
     batch["touched"] = sorted(i.id for i in rows if not i_new(i))
@@ -161,7 +161,7 @@ def _find_duplicates(session: Session, fingerprints: set[str]) -> list[tuple[lis
     """[(loser ids, survivor id)] for fingerprints with more than one active unmerged incident."""
     rows = session.execute(
         select(Incident.id, Incident.fingerprint, Incident.created_at).where(
-            Incident.fingerprint.in_(fingerprints), text(ACTIVE_STATUS_SQL), Incident.merged_into.is_(None))
+            one_of(Incident.fingerprint, fingerprints), text(ACTIVE_STATUS_SQL), Incident.merged_into.is_(None))
     ).all()
     by_fp: dict[str, list[Any]] = defaultdict(list)
     for row in rows:
@@ -178,7 +178,7 @@ def _merge(session: Session, loser_ids: list[str], survivor_id: str) -> None:
     """Merge active duplicates into the survivor: counts add up, losers are closed with merged_into."""
     now = datetime.now(timezone.utc)
     ordered = sorted([survivor_id, *loser_ids])  # one lock order for every worker
-    rows = {i.id: i for i in session.scalars(select(Incident).where(Incident.id.in_(ordered))
+    rows = {i.id: i for i in session.scalars(select(Incident).where(one_of(Incident.id, ordered))
                                              .order_by(Incident.id).with_for_update())}
     survivor = rows[survivor_id]
     for loser_id in loser_ids:
@@ -208,8 +208,8 @@ def _previous_activity(session: Session, processed: Sequence[Any], batch_event_i
         return {}
     rows = session.execute(
         select(Event.incident_id, func.max(Event.received_at)).where(
-            Event.incident_id.in_([i.id for i in processed]), Event.processed_at.is_not(None),
-            Event.id.not_in(batch_event_ids))
+            one_of(Event.incident_id, [i.id for i in processed]), Event.processed_at.is_not(None),
+            ~one_of(Event.id, batch_event_ids))
         .group_by(Event.incident_id)
     ).all()
     return {r[0]: r[1] for r in rows if r[1] is not None}

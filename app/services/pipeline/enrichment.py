@@ -15,7 +15,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import httpx
 import numpy as np
@@ -28,7 +28,7 @@ from app.adapters.redis_client import get_redis
 from app.config import Settings, get_settings
 from app.services import service_catalog
 from app.services.pipeline import text
-from app.services.pipeline.batch import Batch, Snapshot
+from app.services.pipeline.batch import Batch, Snapshot, one_of
 from app.services.pipeline.instruments import ENRICHMENT_DURATION, ENRICHMENT_FAILURES, record_cache
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def _similar(incidents: Sequence[Snapshot], results: dict[str, dict[str, Any]], 
             unseen = [r.id for r in newest if r.id in kept and _HISTORY.get(r.id, ("", None))[1] != r.created_at]
             if unseen:  # title and description, once per incident and process
                 for r in session.execute(select(Incident.id, Incident.title, Incident.description,
-                                                Incident.created_at).where(Incident.id.in_(unseen))):
+                                                Incident.created_at).where(one_of(Incident.id, unseen))):
                     _HISTORY[r.id] = (text.incident_text(r.title, r.description), r.created_at)
             while len(_HISTORY) > 4 * config.history_size + 1000:
                 _HISTORY.pop(next(iter(_HISTORY)))
@@ -176,7 +176,7 @@ def _similar(incidents: Sequence[Snapshot], results: dict[str, dict[str, Any]], 
             picked = {i for pairs in chosen.values() for i, _ in pairs}
             details = {r.id: r for r in session.execute(
                 select(Incident.id, Incident.title, Incident.status, Incident.severity, Incident.category,
-                       Incident.resolved_at, Incident.root_cause).where(Incident.id.in_(picked)))} if picked else {}
+                       Incident.resolved_at, Incident.root_cause).where(one_of(Incident.id, picked)))} if picked else {}
         fresh: dict[str, list[dict[str, Any]]] = {}
         if chosen:
             for snap in misses:
@@ -212,7 +212,13 @@ def catalog_entry(catalog: Mapping[str, Any], snap: Snapshot) -> dict[str, Any] 
 
 
 def _services(incidents: Sequence[Snapshot], cache: Cache) -> dict[str, dict[str, Any]]:
-    names = sorted({n for s in incidents for n in (s["service"], s.get("resource_id")) if n})
+    return catalog_entries({n for s in incidents for n in (s["service"], s.get("resource_id")) if n}, cache)
+
+
+def catalog_entries(names: Iterable[str], cache: Cache) -> dict[str, dict[str, Any]]:
+    """The catalog entries of these services, through the Redis cache (catalog edits drop their
+    entry, so it is never stale): one MGET per batch instead of a database query."""
+    names = sorted({n for n in names if n})
     cached = cache.get_many("service", names)
     missing = [n for n in names if n not in cached]
     if missing:

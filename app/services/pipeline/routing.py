@@ -25,7 +25,7 @@ from app.adapters.models import Event, Incident, OutboxMessage, TimelineEntry
 from app.config import RoutingRule, Settings, get_settings
 from app.domain import sla
 from app.services import changes
-from app.services.pipeline.batch import Batch, Snapshot
+from app.services.pipeline.batch import Batch, Snapshot, one_of
 from app.services.pipeline.instruments import EVENT_TO_INCIDENT_LATENCY
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
     with unit_of_work() as session:
         fresh = list(session.execute(
             select(Incident.id, Incident.severity, Incident.created_at, Incident.status, Incident.category)
-            .where(Incident.id.in_(sorted(snaps)), Incident.processed_at.is_(None))
+            .where(one_of(Incident.id, sorted(snaps)), Incident.processed_at.is_(None))
             .order_by(Incident.id).with_for_update()
         ).all()) if snaps else []
         rows: list[dict[str, Any]] = []
@@ -160,15 +160,18 @@ def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
             _write_incidents(session, rows)
             session.execute(insert(TimelineEntry), timeline)
         roots = batch.get("correlation_roots") or {}
-        for root_id, group_id in sorted(roots.items()):
-            session.execute(update(Incident).where(Incident.id == root_id, Incident.correlation_group_id.is_(None))
-                            .values(correlation_group_id=group_id))
+        if roots:  # earlier incidents that became the root of a group this batch opened: one executemany
+            table = cast(Table, Incident.__table__)
+            session.execute(update(table)
+                            .where(table.c.id == bindparam("b_root"), table.c.correlation_group_id.is_(None))
+                            .values(correlation_group_id=bindparam("b_group")),
+                            [{"b_root": root, "b_group": group} for root, group in sorted(roots.items())])
         finished = list(session.execute(
-            update(Event).where(Event.id.in_(batch["event_ids"]), Event.processed_at.is_(None))
+            update(Event).where(one_of(Event.id, batch["event_ids"]), Event.processed_at.is_(None))
             .values(processed_at=now).returning(Event.received_at)
         ).scalars()) if batch["event_ids"] else []
         if batch["outbox_ids"]:
-            session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(batch["outbox_ids"]),
+            session.execute(update(OutboxMessage).where(one_of(OutboxMessage.id, batch["outbox_ids"]),
                                                         OutboxMessage.done_at.is_(None)).values(done_at=now))
     for received in finished:
         EVENT_TO_INCIDENT_LATENCY.observe(max(0.0, (now - received).total_seconds()))
