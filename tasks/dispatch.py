@@ -1,7 +1,8 @@
 """Hand committed work to the pipeline, after commit.
 
-With Redis: outbox ids go onto a list and one `pipeline.drain` task takes what arrived within
-PIPELINE_FLUSH_MS (up to PIPELINE_BATCH_SIZE events), so small requests still make big tasks.
+With Redis: outbox ids go onto a list and one queued `pipeline.drain` task takes what arrived
+until a worker is free for it (up to PIPELINE_BATCH_SIZE events per batch), so under load small
+requests still make big tasks.
 Without Redis (embedded default): one `pipeline.process` task per outbox row.
 
 The HTTP doors hand off through `dispatch_pipeline_in_background`: the answer (sent after the
@@ -20,12 +21,25 @@ import threading
 from typing import Sequence
 
 from app.adapters.redis_client import get_redis
-from app.config import get_settings
 
 log = logging.getLogger(__name__)
 
 PENDING_KEY = "im:pipeline:pending"
 DRAIN_FLAG_KEY = "im:pipeline:drain-scheduled"
+# The flag says "a drain is queued": while it stands, producers only push ids. It must outlive the
+# drain's wait in the queue (a drain waits behind every stage task, that is how batches grow with
+# load), else a second drain would split the backlog into smaller batches. The TTL only matters if a
+# queued drain is lost with the broker; the outbox relay covers its ids meanwhile.
+DRAIN_FLAG_TTL_MS = 10_000
+
+
+def send_drain() -> None:
+    """Queue a drain (the flag is already set by the caller). No countdown: a delayed (ETA) task is
+    held by a worker outside the broker's priority order and would run ahead of queued stage work,
+    cutting a small batch every few ms however busy the pipeline is."""
+    from tasks.celery_app import app
+
+    app.send_task("pipeline.drain")
 
 
 def dispatch_pipeline(outbox_ids: Sequence[int], announcements: Sequence[tuple[str, str]] = ()) -> None:
@@ -36,19 +50,18 @@ def dispatch_pipeline(outbox_ids: Sequence[int], announcements: Sequence[tuple[s
     if not outbox_ids:
         return
     client = get_redis()
-    settings = get_settings()
     if client is None:
         for outbox_id in outbox_ids:
             app.send_task("pipeline.process", args=[[outbox_id]])
         return
     pipe = client.pipeline(transaction=False)
     pipe.rpush(PENDING_KEY, *outbox_ids)
-    pipe.set(DRAIN_FLAG_KEY, "1", nx=True, px=max(200, settings.pipeline_flush_ms * 4))
+    pipe.set(DRAIN_FLAG_KEY, "1", nx=True, px=DRAIN_FLAG_TTL_MS)
     for channel, message in announcements:
         pipe.publish(channel, message)
     _, scheduled, *_ = pipe.execute()
     if scheduled:
-        app.send_task("pipeline.drain", countdown=settings.pipeline_flush_ms / 1000.0)
+        send_drain()
 
 
 dispatch_pipeline.carries_announcements = True  # type: ignore[attr-defined]

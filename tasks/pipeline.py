@@ -1,7 +1,9 @@
 """Pipeline-queue tasks: thin calls into app.services.pipeline.
 
 `pipeline.drain` takes the outbox ids pushed since the last drain (up to PIPELINE_BATCH_SIZE
-events per batch) and starts one chain per batch:
+events per batch) and starts one chain per batch. The drain has the lowest priority and no delay:
+on an idle pipeline it runs at once (a small batch, low latency); under load it waits behind every
+queued stage task while ids pile up in Redis, so batches grow with the load (backpressure):
 
     pipeline.dedup -> pipeline.classify -> pipeline.enrich -> pipeline.correlate -> pipeline.route
 
@@ -22,14 +24,15 @@ from app.config import get_settings
 from app.services import outbox
 from app.services import pipeline as service
 from tasks.celery_app import app
-from tasks.dispatch import DRAIN_FLAG_KEY, PENDING_KEY
+from tasks.dispatch import DRAIN_FLAG_KEY, DRAIN_FLAG_TTL_MS, PENDING_KEY, send_drain
 
 log = logging.getLogger(__name__)
 
 
 # Later stages go first (Redis priority 0 is served before 3, 6, 9): batches in flight finish
-# before new ones start, so a backlog delays new work instead of every batch's last stage.
-STAGE_PRIORITY = {"pipeline.dedup": 9, "pipeline.classify": 6, "pipeline.enrich": 3, "pipeline.correlate": 0,
+# before new ones start, so a backlog delays new work instead of every batch's last stage. The
+# drain (9, celeryconfig) comes after all of them: a batch is cut only when the workers are free.
+STAGE_PRIORITY = {"pipeline.dedup": 6, "pipeline.classify": 6, "pipeline.enrich": 3, "pipeline.correlate": 0,
                   "pipeline.route": 0}
 
 
@@ -59,9 +62,8 @@ def drain() -> int:
     # Clear the flag, then look again: a producer that pushed after our last pop either sees the
     # flag gone and schedules a drain itself, or its ids are seen here. No lost wake-ups.
     client.delete(DRAIN_FLAG_KEY)
-    flag_ttl_ms = max(200, settings.pipeline_flush_ms * 4)
-    if client.llen(PENDING_KEY) and client.set(DRAIN_FLAG_KEY, "1", nx=True, px=flag_ttl_ms):
-        app.send_task("pipeline.drain", countdown=settings.pipeline_flush_ms / 1000.0)
+    if client.llen(PENDING_KEY) and client.set(DRAIN_FLAG_KEY, "1", nx=True, px=DRAIN_FLAG_TTL_MS):
+        send_drain()
     return taken
 
 
