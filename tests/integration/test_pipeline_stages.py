@@ -232,3 +232,26 @@ def test_correlation_respects_max_group_size_and_threshold(db, monkeypatch):
     for group in groups:
         reasons = {r["strategy"] for r in group.reasons}
         assert {"source", "type", "similarity", "tags", "service"} == reasons
+
+
+def test_a_group_filled_by_another_worker_meanwhile_takes_no_member_over_its_size(db, monkeypatch):
+    """The race the size check in memory cannot see: this batch read the group with room left, another
+    worker filled it before this batch's write. The write counts again under the group's row lock."""
+    from app.services.pipeline.correlation import _persist
+
+    base = get_settings()
+    settings = dataclasses.replace(base, correlation=dataclasses.replace(base.correlation, max_group_size=3))
+    monkeypatch.setattr("app.services.pipeline.correlation.get_settings", lambda: settings)
+    pipeline.process_outbox(_ingest(*[_new(i, title=f"GPU pool exhausted in region {i}") for i in range(3)]))
+    pipeline.process_outbox(_ingest(_new(9, source="llm-shield", event_type="violation", title="Prompt injection",
+                                         resource={"type": "model", "id": "gpt"}, tags={"team": "x"})))
+    with read_session() as session:
+        [full] = session.scalars(select(CorrelationGroup)).all()
+    late = [i for i in _all_incidents() if i.source == "llm-shield"][0]
+    assert full.member_count == 3 and late.correlation_group_id is None
+    decision = {"group_id": full.id, "score": 0.9, "reasons": [], "related_to": full.root_incident_id}
+    decisions = _persist({late.id: decision}, {}, datetime.now(timezone.utc), max_group_size=3)
+    assert decisions == {}
+    with read_session() as session:
+        assert session.get(CorrelationGroup, full.id).member_count == 3
+        assert session.get(CorrelationMember, late.id) is None

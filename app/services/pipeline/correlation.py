@@ -330,7 +330,7 @@ def correlate(batch: Batch, settings: Settings | None = None) -> Batch:
                               "related_to": other.id}
 
     if new_groups or any(not d.get("existing") for d in decisions.values()):
-        decisions = _persist(decisions, new_groups, now)
+        decisions = _persist(decisions, new_groups, now, config.max_group_size)
     for incident_id, decision in decisions.items():
         batch["correlation"][incident_id] = {k: v for k, v in decision.items() if k != "existing"}
     batch["correlation_roots"] = {g["root"]: gid for gid, g in new_groups.items()
@@ -340,7 +340,7 @@ def correlate(batch: Batch, settings: Settings | None = None) -> Batch:
 
 
 def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[str, Any]],
-             now: datetime) -> dict[str, dict[str, Any]]:
+             now: datetime, max_group_size: int) -> dict[str, dict[str, Any]]:
     """Write groups and memberships in one short transaction. A root another worker grouped first
     keeps its group: our new group is dropped and its members join that one instead."""
     with unit_of_work() as session:
@@ -373,6 +373,9 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
             members.append({"incident_id": incident_id, "group_id": decision["group_id"], "score": decision["score"],
                             "reasons": decision["reasons"], "added_at": now})
         joined: list[tuple[str, str]] = []
+        existing = sorted({m["group_id"] for m in members} - {remap.get(gid, gid) for gid in new_groups})
+        if existing:
+            members = _within_capacity(session, members, existing, max_group_size, decisions)
         if members:
             joined = _insert_members(session, members, now)
         added: dict[str, int] = {}
@@ -401,6 +404,28 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
         if remap.get(gid, gid) != gid:
             group["root_is_new"] = True  # not ours to stamp: the other worker's group has it
     return decisions
+
+
+def _within_capacity(session: Session, members: list[dict[str, Any]], group_ids: list[str], max_group_size: int,
+                     decisions: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The members that still fit their existing group. Another worker may have filled it since this
+    batch read its size: the groups are locked (in id order, the same order `_add_member_counts`
+    uses) and counted again, and a member that no longer fits stays ungrouped (its decision is
+    dropped), so `max_group_size` holds under concurrency."""
+    counts = dict(session.execute(
+        select(CorrelationGroup.id, CorrelationGroup.member_count).where(one_of(CorrelationGroup.id, group_ids))
+        .order_by(CorrelationGroup.id).with_for_update()).all())
+    room = {group_id: max_group_size - counts.get(group_id, 0) for group_id in group_ids}
+    kept = []
+    for member in members:
+        group_id = member["group_id"]
+        if group_id in room:
+            if room[group_id] <= 0:
+                decisions.pop(member["incident_id"], None)
+                continue
+            room[group_id] -= 1
+        kept.append(member)
+    return kept
 
 
 _RECORDSET_COUNTS = text(

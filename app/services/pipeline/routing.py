@@ -77,17 +77,34 @@ _RECORD_COLUMNS = (
     ("sla_acknowledge_by", "timestamptz"), ("sla_resolve_by", "timestamptz"), ("processed_at", "timestamptz"),
     ("updated_at", "timestamptz"),
 )
-_RECORDSET_UPDATE = text(
-    "UPDATE incidents AS i SET " + ", ".join(f"{name} = v.{name}" for name, _ in _RECORD_COLUMNS if name != "b_id")
-    + " FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v("
-    + ", ".join(f"{name} {kind}" for name, kind in _RECORD_COLUMNS) + ") WHERE i.id = v.b_id AND i.processed_at IS NULL"
+_TIMELINE_COLUMNS = (
+    ("incident_id", "text"), ("at", "timestamptz"), ("actor", "text"), ("kind", "text"), ("field", "text"),
+    ("old_value", "text"), ("new_value", "text"), ("details", "jsonb"),
 )
 
 
-def _write_incidents(session: Any, rows: list[dict[str, Any]]) -> None:
-    """Each incident row written once, in one statement on Postgres (executemany elsewhere)."""
+def _recordset(columns: tuple[tuple[str, str], ...]) -> str:
+    """`jsonb_to_recordset(:rows) AS v(<typed columns>)`: a whole batch of rows as one parameter."""
+    return "jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(" + ", ".join(f"{n} {kind}" for n, kind in columns) + ")"
+
+
+_RECORDSET_UPDATE = text(
+    "UPDATE incidents AS i SET " + ", ".join(f"{name} = v.{name}" for name, _ in _RECORD_COLUMNS if name != "b_id")
+    + " FROM " + _recordset(_RECORD_COLUMNS) + " WHERE i.id = v.b_id AND i.processed_at IS NULL"
+)
+# One INSERT ... SELECT for the batch's timeline rows (an executemany is one statement per row).
+_RECORDSET_TIMELINE = text(
+    "INSERT INTO incident_timeline (" + ", ".join(n for n, _ in _TIMELINE_COLUMNS) + ") SELECT "
+    + ", ".join(f"v.{n}" for n, _ in _TIMELINE_COLUMNS) + " FROM " + _recordset(_TIMELINE_COLUMNS)
+)
+
+
+def _write_incidents(session: Any, rows: list[dict[str, Any]], timeline: list[dict[str, Any]]) -> None:
+    """Each incident row written once, and its timeline row: one statement each on Postgres
+    (executemany elsewhere)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(_RECORDSET_UPDATE, {"rows": json.dumps(rows, default=_json_default)})
+        session.execute(_RECORDSET_TIMELINE, {"rows": json.dumps(timeline, default=_json_default)})
         return
     table = cast(Table, Incident.__table__)
     session.execute(
@@ -95,6 +112,7 @@ def _write_incidents(session: Any, rows: list[dict[str, Any]]) -> None:
         .values({k: bindparam(k) for k in rows[0] if k != "b_id"}),
         rows,
     )
+    session.execute(insert(TimelineEntry), timeline)
 
 
 def _json_default(value: Any) -> str:
@@ -157,8 +175,7 @@ def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
                               "team": route["team"], "status": current.status,
                               "correlation_group_id": group.get("group_id")})
         if rows:
-            _write_incidents(session, rows)
-            session.execute(insert(TimelineEntry), timeline)
+            _write_incidents(session, rows, timeline)
         roots = batch.get("correlation_roots") or {}
         if roots:  # earlier incidents that became the root of a group this batch opened: one executemany
             table = cast(Table, Incident.__table__)
