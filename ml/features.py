@@ -12,7 +12,8 @@
   training data (chi-squared; "confirmed", "all regions", "suspected", ...), so the trees see the
   qualifiers that move a severity as well as the numbers.
 
-Everything is vectorised over a batch: the only per-event Python is building one small dict.
+Everything is vectorised over a batch: per event only the text is formatted and tokenised; each
+distinct categorical value of a batch is spelt and looked up once, and the rest is numpy.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from itertools import repeat
-from typing import Any, Iterable, Mapping, Sequence, Union
+from itertools import chain, compress, repeat
+from operator import attrgetter, methodcaller
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_selection import chi2
-from sklearn.preprocessing import normalize
+from sklearn.utils.sparsefuncs_fast import inplace_csr_row_normalize_l2
 
 from app.domain.severity import SEVERITIES, map_source_severity
 from ml.interface import ClassifierInput
@@ -47,36 +49,49 @@ class FeatureViews:
     dense: np.ndarray
 
 
+CATEGORICAL_FIELDS = ("source", "event_type", "category", "resource_type", "source_severity")
+
+
 def text_of(item: ClassifierInput) -> str:
     """The text the vectorizer reads: title, description and the event type as words."""
     event_type = (item.event_type or "").replace("_", " ").replace("-", " ")
     return f"{item.title} {item.description} {event_type}"
 
 
+def level_of(field: str, value: str | None) -> str:
+    """A categorical field's value as the features spell it (lowercased; the source severity stripped)."""
+    text = value or ""
+    if field == "source_severity":
+        text = text.strip()
+    return text.lower()
+
+
+def tag_name(key: Any, value: Any) -> str | None:
+    """The one-hot name of a tag (`tag:key=value`), or None for a tag that gets no column."""
+    if isinstance(value, (str, int, float)):  # bool is an int
+        text = str(value).lower()
+        if len(text) <= MAX_TAG_VALUE_CHARS:
+            return f"tag:{str(key).lower()}={text}"
+    return None
+
+
 def categoricals_of(item: ClassifierInput) -> list[str]:
     """The one-hot categorical features of an event (`name=value`)."""
-    names = [
-        f"source={(item.source or '').lower()}",
-        f"event_type={(item.event_type or '').lower()}",
-        f"category={(item.category or '').lower()}",
-        f"resource_type={(item.resource_type or '').lower()}",
-        f"source_severity={(item.source_severity or '').strip().lower()}",
-    ]
-    for key, value in (item.tags or {}).items():
-        if isinstance(value, (str, int, float)):  # bool is an int
-            text = str(value).lower()
-            if len(text) <= MAX_TAG_VALUE_CHARS:
-                names.append(f"tag:{str(key).lower()}={text}")
+    names = [f"{field}={level_of(field, getattr(item, field))}" for field in CATEGORICAL_FIELDS]
+    names.extend(name for key, value in (item.tags or {}).items() if (name := tag_name(key, value)) is not None)
     return names
+
+
+def ordinal_tag_level(value: Any) -> str:
+    """An ordinal tag's value as the trees' categorical level."""
+    return str(value).lower()
 
 
 def ordinals_of(item: ClassifierInput) -> tuple[str, ...]:
     """The categorical fields the trees read, as strings (coded by the fitted extractor)."""
     tags = item.tags or {}
-    environment, tier = ORDINAL_TAGS
-    return ((item.source or "").lower(), (item.event_type or "").lower(), (item.category or "").lower(),
-            (item.resource_type or "").lower(), (item.source_severity or "").strip().lower(),
-            str(tags.get(environment, "")).lower(), str(tags.get(tier, "")).lower())
+    return (*(level_of(field, getattr(item, field)) for field in CATEGORICAL_FIELDS),
+            *(ordinal_tag_level(tags.get(tag, "")) for tag in ORDINAL_TAGS))
 
 
 def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -91,43 +106,115 @@ def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return result
 
 
-def lookup_matrix(columns: Mapping[Any, int], rows: Sequence[Sequence[Any]]) -> sp.csr_matrix:
-    """Counts of known names per row as CSR (unknown names dropped). The lookups run in C
-    (`map(dict.get, names, repeat(-1))`); misses are removed with numpy afterwards."""
-    indices: list[int] = []
-    indptr = [0]
-    get = columns.get
-    for names in rows:
-        indices.extend(map(get, names, repeat(-1)))
-        indptr.append(len(indices))
-    index = np.array(indices, dtype=np.int32)
-    missing = index < 0
-    index[missing] = 0
-    data = (~missing).astype(np.float32)
-    matrix = sp.csr_matrix((data, index, np.array(indptr, dtype=np.int64)), shape=(len(rows), len(columns)))
-    matrix.sum_duplicates()
-    matrix.eliminate_zeros()
-    return matrix
+def _plain(key: Any) -> bool:
+    """Whether `key` may stand for every value equal to it: True == 1 == 1.0 as dict keys, yet they
+    print differently, so only None, strings, types and pairs of strings are merged."""
+    kind = type(key)
+    return key is None or kind is str or kind is type or (kind is tuple and len(key) == 2 and type(key[0]) is str
+                                                          and type(key[1]) is str)
+
+
+class Distinct(dict):  # type: ignore[type-arg]
+    """Numbers the distinct values of a batch (`seen[number]`): batches repeat the same sources,
+    event types and tags, so `per_value` computes a feature once per distinct value, and numbering
+    runs in C (`map(self.__getitem__, ...)`), calling back into Python only for a new value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[Any] = []
+
+    def __missing__(self, key: Any) -> int:
+        self.seen.append(key)
+        if _plain(key):
+            self[key] = len(self.seen) - 1
+        return len(self.seen) - 1
+
+    def number(self, value: Any) -> int:
+        try:
+            return self[value]
+        except TypeError:  # unhashable (a list in a tag): a number of its own
+            return self.__missing__(value)
+
+    def numbers(self, values: Sequence[Any]) -> np.ndarray:
+        try:
+            return np.fromiter(map(self.__getitem__, values), dtype=np.int64, count=len(values))
+        except TypeError:
+            return np.fromiter(map(self.number, values), dtype=np.int64, count=len(values))
+
+
+def per_value(compute: Callable[[Any], Any], values: Sequence[Any], dtype: Any = np.int64) -> np.ndarray:
+    """`np.array([compute(v) for v in values], dtype)`, calling `compute` once per distinct value."""
+    distinct = Distinct()
+    numbers = distinct.numbers(values)
+    return np.array([compute(value) for value in distinct.seen], dtype=dtype)[numbers]
+
+
+def _flat(mappings: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, list[Any], list[Any]]:
+    """The row, key and value of every entry of the batch's mappings (tags or metrics), in order."""
+    counts = np.fromiter(map(len, mappings), dtype=np.int64, count=len(mappings))
+    keys = list(chain.from_iterable(map(methodcaller("keys"), mappings)))
+    values = list(chain.from_iterable(map(methodcaller("values"), mappings)))
+    return np.repeat(np.arange(len(mappings)), counts), keys, values
+
+
+def _csr_counts(rows: np.ndarray, columns: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """How often each (row, column) occurs, as a canonical CSR matrix (float32 counts)."""
+    keys, counts = np.unique(rows * shape[1] + columns, return_counts=True)
+    indptr = np.zeros(shape[0] + 1, dtype=np.int32)
+    np.cumsum(np.bincount(keys // shape[1], minlength=shape[0]), out=indptr[1:])
+    return sp.csr_matrix((counts.astype(np.float32), (keys % shape[1]).astype(np.int32), indptr), shape=shape)
 
 
 TOKEN = re.compile(r"\b[a-z][\w\-]+\b")
 Term = Union[str, tuple[str, str]]  # a word, or a pair of adjacent words
 
 
+@dataclass(frozen=True)
+class TermIndex:
+    """The vocabulary as arrays, so a batch is counted with numpy rather than a dict lookup per
+    term: each word of any term has an id (0: in no term), `unigram_columns[id]` is its own column
+    (-1: none), and the pair (a, b) is the number `a * width + b`, found by binary search in the
+    sorted `pair_keys` (its column at the same position of `pair_columns`)."""
+
+    word_ids: dict[str, int]
+    width: int
+    unigram_columns: np.ndarray
+    pair_keys: np.ndarray
+    pair_columns: np.ndarray
+
+    @classmethod
+    def of(cls, vocabulary: Mapping[Term, int]) -> "TermIndex":
+        words = sorted({word for term in vocabulary for word in ((term,) if isinstance(term, str) else term)})
+        word_ids = {word: j for j, word in enumerate(words, start=1)}
+        width = len(words) + 1
+        unigram_columns = np.full(width, -1, dtype=np.int64)
+        pairs: dict[int, int] = {}
+        for term, column in vocabulary.items():
+            if isinstance(term, str):
+                unigram_columns[word_ids[term]] = column
+            else:
+                pairs[word_ids[term[0]] * width + word_ids[term[1]]] = column
+        pair_keys = np.array(sorted(pairs), dtype=np.int64)
+        pair_columns = np.array([pairs[key] for key in pair_keys.tolist()], dtype=np.int64)
+        return cls(word_ids, width, unigram_columns, pair_keys, pair_columns)
+
+
 class TextVectorizer:
     """TF-IDF over words and word pairs (sublinear tf, smoothed idf, L2-normalised rows), the
-    same weighting as scikit-learn's TfidfVectorizer, with a tokenizer that does one regex pass
-    and one dict lookup per term: the batch path spends its time here, so it is kept lean."""
+    same weighting as scikit-learn's TfidfVectorizer (a test checks the counts against its
+    CountVectorizer). The batch path spends most of its time here: one regex pass per text, one
+    dict lookup per word, and the pairs counted as integer keys with numpy."""
 
     def __init__(self, min_df: int = 2, max_features: int = 20000) -> None:
         self.min_df = min_df
         self.max_features = max_features
         self.vocabulary_: dict[Term, int] = {}
         self.idf = np.zeros(0, dtype=np.float32)
+        self._index: TermIndex | None = None
 
     @staticmethod
     def terms(text: str) -> list[Term]:
-        """Words, then word pairs as tuples (made by zip in C: no string formatting per pair)."""
+        """Words, then word pairs as tuples: the terms of one text (what `fit` counts)."""
         words: list[str] = TOKEN.findall(text.lower())
         terms: list[Term] = list(words)
         terms.extend(zip(words, words[1:], strict=False))
@@ -136,6 +223,15 @@ class TextVectorizer:
     @staticmethod
     def term_name(term: Term) -> str:
         return term if isinstance(term, str) else " ".join(term)
+
+    @property
+    def index(self) -> TermIndex:
+        """The vocabulary's `TermIndex`, built on first use (model files pickled before it existed
+        carry only the vocabulary)."""
+        index = getattr(self, "_index", None)
+        if index is None:
+            index = self._index = TermIndex.of(self.vocabulary_)
+        return index
 
     def fit_transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         document_frequency: dict[Term, int] = {}
@@ -146,14 +242,32 @@ class TextVectorizer:
         kept = sorted(sorted(kept, key=self.term_name), key=lambda t: -document_frequency[t])[: self.max_features]
         ordered = sorted(kept, key=self.term_name)
         self.vocabulary_ = {term: j for j, term in enumerate(ordered)}
+        self._index = None
         df = np.array([document_frequency[t] for t in ordered], dtype=np.float64)
         self.idf = (np.log((1 + len(texts)) / (1 + df)) + 1.0).astype(np.float32)
         return self.transform(texts)
 
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
-        matrix = lookup_matrix(self.vocabulary_, [self.terms(text) for text in texts])
+        index = self.index
+        words = list(map(TOKEN.findall, map(str.lower, texts)))
+        lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+        ids = np.fromiter(map(index.word_ids.get, chain.from_iterable(words), repeat(0)), dtype=np.int64,
+                          count=int(lengths.sum()))
+        rows = np.repeat(np.arange(len(words)), lengths)
+        unigrams = index.unigram_columns[ids]
+        found = unigrams >= 0
+        term_rows, term_columns = [rows[found]], [unigrams[found]]
+        if len(index.pair_keys) and len(ids) > 1:
+            keys = ids[:-1] * index.width + ids[1:]
+            slots = np.minimum(np.searchsorted(index.pair_keys, keys), len(index.pair_keys) - 1)
+            found = (index.pair_keys[slots] == keys) & (rows[:-1] == rows[1:])  # a pair within one text
+            term_rows.append(rows[1:][found])
+            term_columns.append(index.pair_columns[slots[found]])
+        matrix = _csr_counts(np.concatenate(term_rows), np.concatenate(term_columns),
+                             (len(texts), len(self.vocabulary_)))
         matrix.data = (1.0 + np.log(matrix.data)) * self.idf[matrix.indices]
-        return normalize(matrix, norm="l2", copy=False)
+        inplace_csr_row_normalize_l2(matrix)  # what sklearn's normalize(norm="l2") runs, without its validation
+        return matrix
 
 
 class FeatureExtractor:
@@ -199,45 +313,18 @@ class FeatureExtractor:
     # -------------------------------------------------------------------------------- transform
 
     def transform(self, items: Sequence[ClassifierInput]) -> FeatureViews:
-        """Both views of a batch; unseen words, levels and metrics are ignored. One Python pass
-        over the batch; the rest is numpy/scipy."""
+        """Both views of a batch; unseen words, levels and metrics are ignored. Per event only a
+        few attribute reads: each distinct value is spelt and looked up once (`per_value`), the rest
+        is numpy."""
         if not self.fitted:
             raise RuntimeError("FeatureExtractor.transform called before fit")
         n = len(items)
-        metric_index = {name: j for j, name in enumerate(self.metric_names)}
-        texts: list[str] = []
-        categorical_names: list[list[str]] = []
-        code_rows: list[list[float]] = []
-        metric_rows: list[int] = []
-        metric_columns: list[int] = []
-        metric_values: list[float] = []
-        levels: list[int] = []
-        severity_levels: dict[str | None, int] = {}
-        nan = float("nan")
-        for row, item in enumerate(items):
-            texts.append(text_of(item))
-            categorical_names.append(categoricals_of(item))
-            # dict.get(level, value, nan) for each categorical, in C
-            code_rows.append(list(map(dict.get, self.levels, ordinals_of(item), repeat(nan))))
-            for key, value in (item.metrics or {}).items():
-                column = metric_index.get(key) if key in metric_index else metric_index.get(str(key).lower())
-                if column is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    metric_rows.append(row)
-                    metric_columns.append(column)
-                    metric_values.append(value)
-            level = severity_levels.get(item.source_severity)
-            if level is None:
-                level = severity_levels[item.source_severity] = SEVERITIES.index(
-                    map_source_severity(item.source_severity))
-            levels.append(level)
-        codes = np.array(code_rows, dtype=np.float32).reshape(n, len(self.levels))
-        raw = np.full((n, len(self.metric_names)), np.nan, dtype=np.float32)
-        raw[metric_rows, metric_columns] = np.array(metric_values, dtype=np.float64)
-        source_level = np.array(levels, dtype=np.float32).reshape(n, 1)
-        text = self.text.transform(texts)
-        categorical = lookup_matrix(self.categorical_columns, categorical_names)
+        tags = [item.tags or {} for item in items]
+        text = self.text.transform([text_of(item) for item in items])
+        codes, one_hot_rows, one_hot_columns = self._categoricals(items, tags)
+        categorical = _csr_counts(one_hot_rows, one_hot_columns, (n, len(self.categorical_columns)))
         categorical.data[:] = 1.0  # one-hot, even if a tag repeats a name
-        raw[~np.isfinite(raw)] = np.nan
+        raw = self._raw_metrics(items)
         scaled = np.nan_to_num(np.log1p(np.abs(raw)) / self.metric_scale, nan=0.0)
         np.clip(scaled, 0.0, 1.0, out=scaled)
         # "Sent no metric we know" is not "every metric near zero": its own column, so the linear
@@ -245,9 +332,74 @@ class FeatureExtractor:
         no_metrics = np.isnan(raw).all(axis=1, keepdims=True).astype(np.float32)
         sparse = sp.hstack([text, categorical, sp.csr_matrix(scaled), sp.csr_matrix(no_metrics)], format="csr",
                            dtype=np.float32)
-        keywords = (text[:, self.keyword_columns] > 0).toarray().astype(np.float32)
-        dense = np.hstack([codes, raw, source_level, keywords])
+        source_level = per_value(lambda value: SEVERITIES.index(map_source_severity(value)),
+                                 [item.source_severity for item in items], np.float32).reshape(n, 1)
+        dense = np.hstack([codes, raw, source_level, self._keyword_flags(text)])
         return FeatureViews(sparse=sparse, dense=dense)
+
+    def _categoricals(self, items: Sequence[ClassifierInput],
+                      tags: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The trees' ordinal codes (NaN: unseen level) and the (row, column) of each one-hot feature."""
+        n = len(items)
+        nan = float("nan")
+        codes = np.empty((n, len(self.levels)), dtype=np.float32)
+        rows, columns = [], []
+        for position, field in enumerate(CATEGORICAL_FIELDS):
+            def column_and_code(value: str | None, field: str = field, levels: dict[str, int] = self.levels[position]
+                                ) -> tuple[int, float]:
+                level = level_of(field, value)
+                return self.categorical_columns.get(f"{field}={level}", -1), levels.get(level, nan)
+
+            table = per_value(column_and_code, list(map(attrgetter(field), items)), np.float64).reshape(n, 2)
+            codes[:, position] = table[:, 1]
+            rows.append(np.arange(n))
+            columns.append(table[:, 0].astype(np.int64))
+        for position, tag in enumerate(ORDINAL_TAGS, start=len(CATEGORICAL_FIELDS)):
+            def code(value: Any, levels: dict[str, int] = self.levels[position]) -> float:
+                return levels.get(ordinal_tag_level(value), nan)
+
+            codes[:, position] = per_value(code, [mapping.get(tag, "") for mapping in tags], np.float64)
+
+        def tag_column(pair: tuple[Any, Any]) -> int:
+            name = tag_name(*pair)
+            return -1 if name is None else self.categorical_columns.get(name, -1)
+
+        tag_rows, keys, values = _flat(tags)
+        rows.append(tag_rows)
+        columns.append(per_value(tag_column, list(zip(keys, values, strict=True))))
+        row, column = np.concatenate(rows), np.concatenate(columns)
+        known = column >= 0
+        return codes, row[known], column[known]
+
+    def _raw_metrics(self, items: Sequence[ClassifierInput]) -> np.ndarray:
+        """The known metrics' values (NaN: not sent, or not a number), the key matched as sent or
+        lowercased."""
+        metric_index = {name: j for j, name in enumerate(self.metric_names)}
+
+        def column(key: Any) -> int:
+            found = metric_index.get(key) if key in metric_index else metric_index.get(str(key).lower())
+            return -1 if found is None else found
+
+        def numeric(kind: type) -> bool:
+            return issubclass(kind, (int, float)) and not issubclass(kind, bool)
+
+        rows, keys, values = _flat([item.metrics or {} for item in items])
+        columns = per_value(column, keys)
+        keep = (columns >= 0) & per_value(numeric, list(map(type, values)), bool)
+        raw = np.full((len(items), len(self.metric_names)), np.nan, dtype=np.float32)
+        raw[rows[keep], columns[keep]] = np.array(list(compress(values, keep.tolist())), dtype=np.float64)
+        raw[~np.isfinite(raw)] = np.nan
+        return raw
+
+    def _keyword_flags(self, text: sp.csr_matrix) -> np.ndarray:
+        """1 where the event's text has the keyword (every term present has a positive weight)."""
+        flags = np.zeros((text.shape[0], len(self.keyword_columns)), dtype=np.float32)
+        position = np.full(text.shape[1], -1, dtype=np.int64)
+        position[self.keyword_columns] = np.arange(len(self.keyword_columns))
+        found = position[text.indices]
+        rows = np.repeat(np.arange(text.shape[0]), np.diff(text.indptr))
+        flags[rows[found >= 0], found[found >= 0]] = 1.0
+        return flags
 
     @property
     def categorical_mask(self) -> np.ndarray:
