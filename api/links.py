@@ -12,12 +12,14 @@ def base_url() -> str:
     if configured:
         return configured
     if has_request_context():
-        return request.host_url.rstrip("/")
+        # what request.host_url gives, without werkzeug's URL/IRI round trip (costly per request)
+        return f"{request.scheme}://{request.host}{request.script_root}".rstrip("/")
     return f"http://localhost:{get_settings().api_port}"
 
 
-def incident_links(incident_id: str | None) -> dict[str, str]:
+def incident_links(incident_id: str | None, base: str | None = None) -> dict[str, str]:
+    """`base`: base_url(), when the caller renders many links at once."""
     if not incident_id:
         return {}
-    base = base_url()
+    base = base or base_url()
     return {"incident": f"{base}/incidents/{incident_id}", "api": f"{base}/api/v1/incidents/{incident_id}"}

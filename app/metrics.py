@@ -4,6 +4,7 @@ processes share PROMETHEUS_MULTIPROC_DIR, so the web's /metrics shows what worke
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -53,6 +54,21 @@ QUEUE_OLDEST_AGE = Gauge(
 OUTBOX_RELAYED = Counter("incident_manager_outbox_relayed_total", "Outbox messages re-sent by the relay")
 DEAD_LETTERS = Counter("incident_manager_dead_letters_total", "Tasks that ran out of retries", ["task"])
 RATE_LIMITED = Counter("incident_manager_rate_limited_total", "Requests refused with 429", ["key"])
+
+
+_http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def observe_http(method: str, endpoint: str, status: int, seconds: float) -> None:
+    """Count and time one HTTP request. The labelled children are looked up once per
+    (method, endpoint, status) rather than per request (`labels()` validates and locks each time)."""
+    key = (method, endpoint, status)
+    children = _http_children.get(key)
+    if children is None:
+        children = (HTTP_REQUESTS.labels(method, endpoint, str(status)), HTTP_DURATION.labels(method, endpoint))
+        _http_children[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def render() -> tuple[bytes, str]:

@@ -88,8 +88,9 @@ def group_commit_ceiling(seconds: float, concurrency: int) -> float:
     """Same-run ceiling: the service CreateIncident calls (group commit + ingest), no gRPC."""
     import threading
 
+    from app.services.group_commit import GroupCommitter
     from app.services.ingest import NewEvent
-    from app.services.integrations import GroupCommitter, ingest_with_auto_page
+    from app.services.integrations import ingest_with_auto_page
     from tasks.dispatch import dispatch_pipeline
 
     committer = GroupCommitter(lambda events: ingest_with_auto_page(events, dispatcher=dispatch_pipeline, door="bench"))

@@ -42,9 +42,10 @@ def build_server(settings: Settings | None = None, dispatcher: Dispatcher | None
     """A configured, not yet started server and the port it is bound to (`address` may end in :0)."""
     settings = settings or get_settings()
     if dispatcher is None:
-        from tasks.dispatch import dispatch_pipeline
+        # The hand-off to Redis happens after the answer, off the group commit's critical path.
+        from tasks.dispatch import dispatch_pipeline_in_background
 
-        dispatcher = dispatch_pipeline
+        dispatcher = dispatch_pipeline_in_background
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.grpc_max_workers, thread_name_prefix="grpc"),
         options=[("grpc.max_receive_message_length", settings.max_body_bytes),

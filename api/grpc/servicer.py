@@ -20,8 +20,9 @@ from app.domain.incident import IllegalTransition, IncidentNotFound
 from app.domain.severity import SEVERITIES
 from app.metrics import LATENCY_BUCKETS
 from app.services import changes, incidents
+from app.services.group_commit import GroupCommitter
 from app.services.ingest import Dispatcher, NewEvent
-from app.services.integrations import GroupCommitter, analyze_correlations, ingest_with_auto_page, update_incident
+from app.services.integrations import analyze_correlations, ingest_with_auto_page, update_incident
 
 pb2, pb2_grpc = proto.load()
 log = logging.getLogger(__name__)

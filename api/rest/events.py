@@ -10,9 +10,10 @@ from marshmallow import ValidationError
 from api.auth import require
 from api.body import json_object
 from api.errors import ApiError
-from api.links import incident_links
+from api.links import base_url, incident_links
 from api.schemas import load_event, to_new_event
 from app.config import get_settings
+from app.services.group_commit import GroupCommitter
 from app.services.ingest import IngestResult, ingest_events
 from tasks.dispatch import dispatch_pipeline_in_background as dispatch_pipeline
 
@@ -22,7 +23,7 @@ ACCEPTED_MESSAGE = "Event received and queued for processing"
 DUPLICATE_MESSAGE = "Duplicate event: already received; nothing changed"
 
 
-def result_body(result: IngestResult) -> dict[str, Any]:
+def result_body(result: IngestResult, base: str | None = None) -> dict[str, Any]:
     if result.status == "rejected":
         return {"status": "rejected", "event_id": result.event_id, "error": result.error}
     return {
@@ -30,15 +31,20 @@ def result_body(result: IngestResult) -> dict[str, Any]:
         "event_id": result.event_id,
         "incident_id": result.incident_id,
         "message": ACCEPTED_MESSAGE if result.status == "accepted" else DUPLICATE_MESSAGE,
-        "links": incident_links(result.incident_id),
+        "links": incident_links(result.incident_id, base),
     }
+
+
+# Concurrent single-event requests of this process (greenlets of a gevent worker) share one
+# statement; with one request at a time (sync workers) each is its own group.
+_single_events = GroupCommitter(lambda events: ingest_events(events, dispatcher=dispatch_pipeline))
 
 
 def _single(body: dict[str, Any], default_source: str | None) -> Any:
     if default_source and "source" not in body:
         body = {**body, "source": default_source}
     data = load_event(body)  # ValidationError -> 422 with per-field errors
-    [result] = ingest_events([to_new_event(data, body)], dispatcher=dispatch_pipeline)
+    result = _single_events.submit(to_new_event(data, body))
     return jsonify(result_body(result)), 202 if result.status == "accepted" else 200
 
 
@@ -77,4 +83,5 @@ def create_events() -> Any:
         for position, result in zip(positions, ingest_events(valid, dispatcher=dispatch_pipeline), strict=True):
             results[position] = result
     summary = {s: sum(1 for r in results if r and r.status == s) for s in ("accepted", "duplicate", "rejected")}
-    return jsonify({"results": [result_body(r) for r in results if r is not None], **summary}), 202
+    base = base_url()
+    return jsonify({"results": [result_body(r, base) for r in results if r is not None], **summary}), 202

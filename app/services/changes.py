@@ -7,6 +7,8 @@ import json
 import logging
 from typing import Any, Iterator, Mapping, Sequence
 
+import orjson
+
 from app.adapters.redis_client import get_redis
 
 log = logging.getLogger(__name__)
@@ -26,11 +28,17 @@ def channel() -> str:
 # incident_merged, event_received
 
 
+def encode(kind: str, incident: Mapping[str, Any], changes: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The message every publisher sends (values that are not JSON, like datetimes, as str())."""
+    return orjson.dumps({"kind": kind, "incident": dict(incident), "changes": list(changes)}, default=str,
+                        option=orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS).decode()
+
+
 def publish(kind: str, incident: Mapping[str, Any], changes: Sequence[Mapping[str, Any]] = ()) -> None:
     client = get_redis()
     if client is None:
         return
-    message = json.dumps({"kind": kind, "incident": dict(incident), "changes": list(changes)}, default=str)
+    message = encode(kind, incident, changes)
     try:
         client.publish(channel(), message)
     except Exception:  # subscribers are best-effort; the database already holds the change
@@ -43,8 +51,9 @@ def publish_many(kind: str, incidents: Sequence[Mapping[str, Any]]) -> None:
     if client is None or not incidents:
         return
     pipe = client.pipeline(transaction=False)
+    name = channel()
     for incident in incidents:
-        pipe.publish(channel(), json.dumps({"kind": kind, "incident": dict(incident), "changes": []}, default=str))
+        pipe.publish(name, encode(kind, incident))
     try:
         pipe.execute()
     except Exception:

@@ -8,7 +8,6 @@ row are written. Only after commit is the pipeline told, so `accepted` always me
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -187,17 +186,19 @@ def ingest_events(
         try:
             if combined:
                 dispatcher(outbox_ids, announcements=[  # type: ignore[call-arg]
-                    (changes.channel(), json.dumps({"kind": "incident_created", "incident": incident, "changes": []},
-                                                 default=str))
-                    for incident in opened])
+                    (name, changes.encode("incident_created", incident))
+                    for name in [changes.channel()] for incident in opened])
             else:
                 dispatcher(outbox_ids)
         except Exception:  # the broker is down: the outbox relay will deliver it later
             log.warning("pipeline dispatch failed; outbox relay will retry", exc_info=True,
                         extra={"outbox_ids": list(outbox_ids)})
     elapsed = time.perf_counter() - started
+    counts: dict[str, int] = {}
     for result in results:
-        metrics.EVENTS_INGESTED.labels(door=door, status=result.status).inc()
+        counts[result.status] = counts.get(result.status, 0) + 1
+    for status, count in counts.items():
+        metrics.EVENTS_INGESTED.labels(door=door, status=status).inc(count)
     metrics.INGEST_DURATION.labels(door=door).observe(elapsed)
     created = sum(1 for r in results if r.created)
     if created:

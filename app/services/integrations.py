@@ -12,13 +12,11 @@ import base64
 import binascii
 import json
 import logging
-import threading
 import uuid
 import zlib
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from sqlalchemy import or_, select, update
 
@@ -478,63 +476,6 @@ def ingest_with_auto_page(events: Sequence[NewEvent], dispatcher: Dispatcher | N
     return results
 
 
-class GroupCommitter:
-    """Group commit for single-event doors (gRPC CreateIncident): events submitted concurrently by
-    several threads are ingested in one transaction, and each caller still returns only after the
-    transaction holding its event has committed. One thread at a time commits whatever is pending;
-    the others wait for their result or take the next turn. If a group fails, its events are
-    retried one by one so one bad event cannot fail the others. `parallel` > 1 lets that many groups
-    commit at once; 1 (the default) measured best here, since groups then stay larger."""
-
-    def __init__(self, ingest: Callable[[Sequence[NewEvent]], list[IngestResult]], max_batch: int = 256,
-                 parallel: int = 1) -> None:
-        self._ingest = ingest
-        self._max_batch = max_batch
-        self._parallel = parallel
-        self._cond = threading.Condition()
-        self._pending: list[tuple[NewEvent, Future[IngestResult]]] = []
-        self._active = 0
-
-    def submit(self, event: NewEvent) -> IngestResult:
-        future: Future[IngestResult] = Future()
-        with self._cond:
-            self._pending.append((event, future))
-        while True:
-            with self._cond:
-                if future.done():
-                    break
-                if self._active >= self._parallel or not self._pending:
-                    self._cond.wait(timeout=0.05)
-                    continue
-                self._active += 1
-                batch = self._pending[:self._max_batch]
-                del self._pending[:self._max_batch]
-            try:
-                self._commit(batch)
-            finally:
-                with self._cond:
-                    self._active -= 1
-                    self._cond.notify_all()
-        return future.result()
-
-    def _commit(self, batch: list[tuple[NewEvent, "Future[IngestResult]"]]) -> None:
-        if not batch:
-            return
-        try:
-            results = self._ingest([event for event, _ in batch])
-        except Exception:
-            log.warning("group commit failed; retrying its events one by one", exc_info=True,
-                        extra={"events": len(batch)})
-            for event, future in batch:
-                try:
-                    future.set_result(self._ingest([event])[0])
-                except Exception as exc:  # this event's own failure goes to its caller
-                    future.set_exception(exc)
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            future.set_result(result)
-
-
 def update_incident(incident_id: str, actor: str, changes: Mapping[str, Any]) -> dict[str, Any]:
     """One call for gRPC's UpdateIncident: a status of ACKNOWLEDGED or RESOLVED goes through
     acknowledge/resolve (who/when recorded), anything else through patch."""
@@ -640,7 +581,7 @@ def analyze_correlations(incident_id: str, time_window_secs: int = 0, limit: int
 
 
 __all__ = [
-    "AlertmanagerBatch", "GroupCommitter", "InvalidPayload", "PagerDutyCommand", "WsFrame", "analyze_correlations",
+    "AlertmanagerBatch", "InvalidPayload", "PagerDutyCommand", "WsFrame", "analyze_correlations",
     "auto_page", "decode_ws_frame", "find_active_incident", "handle_alertmanager", "handle_pagerduty",
     "ingest_with_auto_page", "parse_alertmanager", "parse_pagerduty", "update_incident",
 ]

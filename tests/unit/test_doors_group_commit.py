@@ -9,8 +9,8 @@ from typing import Sequence
 
 import pytest
 
+from app.services.group_commit import GroupCommitter
 from app.services.ingest import IngestResult, NewEvent
-from app.services.integrations import GroupCommitter
 
 
 def event(event_id: str) -> NewEvent:
