@@ -30,6 +30,10 @@ EVENTS_REJECTED = Counter(
 INGEST_DURATION = Histogram(
     "incident_manager_ingest_duration_seconds", "Durable ingest transaction time", ["door"], buckets=LATENCY_BUCKETS
 )
+INGEST_GROUP_SIZE = Histogram(
+    "incident_manager_ingest_group_size", "Events per group commit of single-event requests", ["door"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 HTTP_REQUESTS = Counter(
     "incident_manager_http_requests_total", "HTTP requests", ["method", "endpoint", "status"]
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -25,13 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.doors_support import bench_environment, free_port  # noqa: E402
 
+_sequence = itertools.count()  # across runs: the warm-up's events must not come back as duplicates
+
 
 async def run_load(call: Callable[[int], Awaitable[Any]], seconds: float,
                    concurrency: int) -> tuple[float, list[float]]:
     """`concurrency` calls in flight at all times on one channel (one client process, asyncio)."""
     stop = time.monotonic() + seconds
     latencies: list[float] = []
-    counter = iter(range(10**9))
+    counter = _sequence
 
     async def worker() -> None:
         while time.monotonic() < stop:

@@ -241,7 +241,7 @@ class IncidentServicer(pb2_grpc.IncidentServiceServicer):  # type: ignore[misc,n
         self._streams = threading.BoundedSemaphore(self.max_streams)
         # Concurrent CreateIncident calls share one transaction; each answers after its commit.
         self.committer = GroupCommitter(
-            lambda events: ingest_with_auto_page(events, dispatcher=dispatcher, door="grpc"))
+            lambda events: ingest_with_auto_page(events, dispatcher=dispatcher, door="grpc"), door="grpc")
 
     @_observed("CreateIncident")
     def CreateIncident(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -37,7 +37,7 @@ def result_body(result: IngestResult, base: str | None = None) -> dict[str, Any]
 
 # Concurrent single-event requests of this process (greenlets of a gevent worker) share one
 # statement; with one request at a time (sync workers) each is its own group.
-_single_events = GroupCommitter(lambda events: ingest_events(events, dispatcher=dispatch_pipeline))
+_single_events = GroupCommitter(lambda events: ingest_events(events, dispatcher=dispatch_pipeline), door="rest")
 
 
 def _single(body: dict[str, Any], default_source: str | None) -> Any:

@@ -11,6 +11,7 @@ import threading
 from concurrent.futures import Future
 from typing import Callable, Sequence
 
+from app import metrics
 from app.services.ingest import IngestResult, NewEvent
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,9 @@ class GroupCommitter:
     here, since groups then stay larger."""
 
     def __init__(self, ingest: Callable[[Sequence[NewEvent]], list[IngestResult]], max_batch: int = 256,
-                 parallel: int = 1) -> None:
+                 parallel: int = 1, door: str = "") -> None:
         self._ingest = ingest
+        self._group_size = metrics.INGEST_GROUP_SIZE.labels(door or "unnamed")
         self._max_batch = max_batch
         self._parallel = parallel
         self._cond = threading.Condition()
@@ -58,6 +60,7 @@ class GroupCommitter:
     def _commit(self, batch: list[tuple[NewEvent, "Future[IngestResult]"]]) -> None:
         if not batch:
             return
+        self._group_size.observe(len(batch))
         try:
             results = self._ingest([event for event, _ in batch])
         except Exception:

@@ -311,3 +311,37 @@ def test_opened_incidents_are_announced_on_the_change_bus(client, key, test_env)
         assert announced["incident"]["severity"] == "P1" and announced["incident"]["status"] == "NEW"
     finally:
         pubsub.close()
+
+
+def test_concurrent_single_events_each_get_their_own_durable_answer(app, key):
+    """Single-event requests arriving together share group commits: each still gets its own
+    answer after commit, opened incidents stay distinct, repeats of one fingerprint join one
+    incident, and a duplicate among them is answered as such without failing the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stored = post(app.test_client(), "/api/v1/events/sentinel", event("group-dup"), key)
+    assert stored.status_code == 202
+    bodies = [event(f"group-{i}", title=f"Group commit {i % 10}") for i in range(40)] + [event("group-dup")]
+
+    def send(body):  # type: ignore[no-untyped-def]
+        return post(app.test_client(), "/api/v1/events/sentinel", body, key)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        responses = list(pool.map(send, bodies))
+    answers = [r.get_json() for r in responses]
+    assert [r.status_code for r in responses] == [202] * 40 + [200]
+    assert answers[-1]["status"] == "duplicate"
+    assert answers[-1]["incident_id"] == stored.get_json()["incident_id"]
+    by_title: dict[str, set[str]] = {}
+    for body, answer in zip(bodies[:40], answers[:40], strict=True):
+        assert answer["event_id"] == body["event_id"] and answer["status"] == "accepted"
+        by_title.setdefault(body["title"], set()).add(answer["incident_id"])
+    assert all(len(ids) == 1 for ids in by_title.values())
+    assert len({next(iter(ids)) for ids in by_title.values()}) == 10
+    with read_session() as session:
+        rows = dict(session.execute(select(Event.event_id, Event.incident_id)
+                                    .where(Event.event_id.like("group-%"))).all())
+        counts_by_incident = dict(session.execute(
+            select(Incident.id, Incident.event_count).where(Incident.title.like("Group commit %"))).all())
+    assert rows == {a["event_id"]: a["incident_id"] for a in answers[:40]} | {"group-dup": answers[-1]["incident_id"]}
+    assert sorted(counts_by_incident.values()) == [4] * 10
