@@ -23,6 +23,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
+import orjson
 from flask import Flask, Response, request
 from marshmallow import ValidationError
 from prometheus_client import Counter, Gauge
@@ -95,7 +96,8 @@ class EventSocket:
         with self._send_lock:
             if not self.ws.connected:
                 raise ConnectionClosed(self.ws.close_reason, self.ws.close_message)
-            data = b"".join(self.ws.ws.send(TextMessage(data=json.dumps(m, default=str))) for m in messages)
+            data = b"".join(self.ws.ws.send(TextMessage(data=orjson.dumps(m, default=str).decode()))
+                            for m in messages)
             self.ws.sock.sendall(data)
 
     def error(self, code: str, message: str, details: Any = None, **extra: Any) -> None:
@@ -177,8 +179,11 @@ class EventSocket:
             self.error("ingest_failed", "the events could not be stored; nothing was acknowledged, send them again",
                        batch_id=frame.batch_id)
             return
+        statuses: dict[str, int] = {}
         for result in results:
-            WS_EVENTS.labels(result.status).inc()
+            statuses[result.status] = statuses.get(result.status, 0) + 1
+        for status, count in statuses.items():
+            WS_EVENTS.labels(status).inc(count)
         self.send_many([{"type": "ack", "event_id": r.event_id, "incident_id": r.incident_id,
                          "status": "processed" if r.status == "accepted" else "duplicate"} for r in results])
         WS_MESSAGES.labels(frame.type, "ok").inc()
