@@ -226,12 +226,16 @@ class TextVectorizer:
 
     @property
     def index(self) -> TermIndex:
-        """The vocabulary's `TermIndex`, built on first use (model files pickled before it existed
-        carry only the vocabulary)."""
+        """The vocabulary's `TermIndex`, built on first use (model files carry only the vocabulary)."""
         index = getattr(self, "_index", None)
         if index is None:
             index = self._index = TermIndex.of(self.vocabulary_)
         return index
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the `TermIndex` (derived, rebuilt on first use): model files keep the format
+        older versions of this code load too, which a rollback may need."""
+        return {name: value for name, value in self.__dict__.items() if name != "_index"}
 
     def fit_transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         document_frequency: dict[Term, int] = {}
