@@ -319,8 +319,7 @@ def correlate(batch: Batch, settings: Settings | None = None) -> Batch:
         if other.group_id is None:
             group_id = f"CG-{uuid.uuid4().hex[:20]}"
             other.group_id = group_id
-            new_groups[group_id] = {"root": other.id, "score": score, "reasons": reasons,
-                                    "root_is_new": other.id in batch_ids}
+            new_groups[group_id] = {"root": other.id, "score": score, "reasons": reasons}
             grow(group_id, best_j)
             if other.id in batch_ids:
                 decisions[other.id] = {"group_id": group_id, "score": 1.0, "reasons": [{"strategy": "root"}]}
@@ -331,10 +330,19 @@ def correlate(batch: Batch, settings: Settings | None = None) -> Batch:
 
     if new_groups or any(not d.get("existing") for d in decisions.values()):
         decisions = _persist(decisions, new_groups, now, config.max_group_size)
+    elif decisions:  # this batch ran before and grouped everything: its groups' roots as recorded
+        with read_session() as session:
+            roots_of = dict(session.execute(select(CorrelationGroup.id, CorrelationGroup.root_incident_id).where(
+                one_of(CorrelationGroup.id, {d["group_id"] for d in decisions.values()}))).all())
+        for decision in decisions.values():
+            decision["root_incident_id"] = roots_of.get(decision["group_id"])
     for incident_id, decision in decisions.items():
         batch["correlation"][incident_id] = {k: v for k, v in decision.items() if k != "existing"}
-    batch["correlation_roots"] = {g["root"]: gid for gid, g in new_groups.items()
-                                  if not g["root_is_new"]}
+    # Earlier incidents that are the root of a group this batch joins: route stamps their group
+    # (only where still unset). All of them, not only groups opened by this run, so that a run
+    # killed after committing its groups and before route leaves no root unstamped on the re-run.
+    batch["correlation_roots"] = {d["root_incident_id"]: d["group_id"] for d in decisions.values()
+                                  if d.get("root_incident_id") and d["root_incident_id"] not in batch_ids}
     metrics.PROCESSING_DURATION.labels(stage="correlate").observe(time.perf_counter() - started)
     return batch
 
@@ -374,8 +382,9 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
                             "reasons": decision["reasons"], "added_at": now})
         joined: list[tuple[str, str]] = []
         existing = sorted({m["group_id"] for m in members} - {remap.get(gid, gid) for gid in new_groups})
+        over: set[str] = set()
         if existing:
-            members = _within_capacity(session, members, existing, max_group_size, decisions)
+            members, over = _within_capacity(session, members, existing, max_group_size)
         if members:
             joined = _insert_members(session, members, now)
         added: dict[str, int] = {}
@@ -387,12 +396,17 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
         # Hot rows, at the end of the transaction: locked in id order, then one UPDATE for all.
         if added:
             _add_member_counts(session, added, now)
-        # Members that lost a race keep the group they already have.
-        lost = {m["incident_id"] for m in members} - {i for i, _ in joined}
+        # Members that lost a race keep the group they already have (another run of this batch may
+        # have grouped them); those that found their group full and have none stay ungrouped.
+        lost = {m["incident_id"] for m in members} - {i for i, _ in joined} | over
         if lost:
-            for row in session.execute(select(CorrelationMember.incident_id, CorrelationMember.group_id)
-                                       .where(one_of(CorrelationMember.incident_id, lost))):
-                decisions[row.incident_id]["group_id"] = row.group_id
+            found = dict(session.execute(select(CorrelationMember.incident_id, CorrelationMember.group_id)
+                                         .where(one_of(CorrelationMember.incident_id, lost))).all())
+            for incident_id in lost:
+                if incident_id in found:
+                    decisions[incident_id]["group_id"] = found[incident_id]
+                else:
+                    del decisions[incident_id]
         roots_of = dict(session.execute(select(CorrelationGroup.id, CorrelationGroup.root_incident_id).where(
             one_of(CorrelationGroup.id, {d["group_id"] for d in decisions.values()}))).all())
     created = sum(1 for gid in new_groups if remap.get(gid, gid) == gid)
@@ -400,32 +414,29 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
         CORRELATION_GROUPS_CREATED.inc(created)
     for decision in decisions.values():
         decision["root_incident_id"] = roots_of.get(decision["group_id"], decision.get("root_incident_id"))
-    for gid, group in new_groups.items():
-        if remap.get(gid, gid) != gid:
-            group["root_is_new"] = True  # not ours to stamp: the other worker's group has it
     return decisions
 
 
-def _within_capacity(session: Session, members: list[dict[str, Any]], group_ids: list[str], max_group_size: int,
-                     decisions: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The members that still fit their existing group. Another worker may have filled it since this
-    batch read its size: the groups are locked (in id order, the same order `_add_member_counts`
-    uses) and counted again, and a member that no longer fits stays ungrouped (its decision is
-    dropped), so `max_group_size` holds under concurrency."""
+def _within_capacity(session: Session, members: list[dict[str, Any]], group_ids: list[str],
+                     max_group_size: int) -> tuple[list[dict[str, Any]], set[str]]:
+    """(members that still fit their existing group, incident ids of those that do not). Another
+    worker may have filled a group since this batch read its size: the groups are locked (in id
+    order, the same order `_add_member_counts` uses) and counted again, so `max_group_size` holds
+    under concurrency."""
     counts = dict(session.execute(
         select(CorrelationGroup.id, CorrelationGroup.member_count).where(one_of(CorrelationGroup.id, group_ids))
         .order_by(CorrelationGroup.id).with_for_update()).all())
     room = {group_id: max_group_size - counts.get(group_id, 0) for group_id in group_ids}
-    kept = []
+    kept, over = [], set()
     for member in members:
         group_id = member["group_id"]
         if group_id in room:
             if room[group_id] <= 0:
-                decisions.pop(member["incident_id"], None)
+                over.add(member["incident_id"])
                 continue
             room[group_id] -= 1
         kept.append(member)
-    return kept
+    return kept, over
 
 
 _RECORDSET_COUNTS = text(
