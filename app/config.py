@@ -145,7 +145,6 @@ class Settings:
     enable_escalation: bool
     prometheus_url: str | None
     metrics_multiproc_dir: str | None
-    pipeline_flush_ms: int
     pipeline_batch_size: int
     outbox_relay_after_secs: int
     task_max_retries: int
@@ -461,7 +460,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         enable_escalation=flag("ENABLE_ESCALATION", "escalation"),
         prometheus_url=env.get("PROMETHEUS_URL") or None,
         metrics_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
-        pipeline_flush_ms=_int("PIPELINE_FLUSH_MS", env.get("PIPELINE_FLUSH_MS", 50), 0, 10_000),
         pipeline_batch_size=_int("PIPELINE_BATCH_SIZE", env.get("PIPELINE_BATCH_SIZE", 1000), 1, 10_000),
         outbox_relay_after_secs=_int("OUTBOX_RELAY_AFTER_SECS", env.get("OUTBOX_RELAY_AFTER_SECS", 30), 1),
         task_max_retries=_int("TASK_MAX_RETRIES", env.get("TASK_MAX_RETRIES", 5), 0, 100),

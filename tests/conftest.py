@@ -70,7 +70,6 @@ def test_env() -> Iterator[dict[str, str]]:
         "JWT_SECRET": secrets.token_urlsafe(48),
         "LOG_LEVEL": "WARNING",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-        "PIPELINE_FLUSH_MS": "20",
         "OUTBOX_RELAY_AFTER_SECS": "5",
         "TASK_MAX_RETRIES": "2",
     }

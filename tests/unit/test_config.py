@@ -211,7 +211,6 @@ def test_public_base_url_trailing_slash(base_env):
     ({"JWT_ALGORITHMS": "HS256,none"}, "JWT_ALGORITHMS"),
     ({"MAX_BODY_BYTES": "ten"}, "MAX_BODY_BYTES"),
     ({"MAX_BATCH_EVENTS": "0"}, "MAX_BATCH_EVENTS"),
-    ({"PIPELINE_FLUSH_MS": "-1"}, "PIPELINE_FLUSH_MS"),
     ({"TASK_MAX_RETRIES": "1000"}, "TASK_MAX_RETRIES"),
     ({"OUTBOX_RELAY_AFTER_SECS": "0"}, "OUTBOX_RELAY_AFTER_SECS"),
     ({"CONFIG_FILE": "/nonexistent/config.yaml"}, "CONFIG_FILE"),
