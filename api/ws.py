@@ -14,6 +14,7 @@ greenlet, not a thread, so thousands of idle edge agents cost little memory (doc
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import queue
@@ -179,10 +180,7 @@ class EventSocket:
             self.error("ingest_failed", "the events could not be stored; nothing was acknowledged, send them again",
                        batch_id=frame.batch_id)
             return
-        statuses: dict[str, int] = {}
-        for result in results:
-            statuses[result.status] = statuses.get(result.status, 0) + 1
-        for status, count in statuses.items():
+        for status, count in collections.Counter(r.status for r in results).items():
             WS_EVENTS.labels(status).inc(count)
         self.send_many([{"type": "ack", "event_id": r.event_id, "incident_id": r.incident_id,
                          "status": "processed" if r.status == "accepted" else "duplicate"} for r in results])

@@ -8,6 +8,7 @@ row are written. Only after commit is the pipeline told, so `accepted` always me
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -185,19 +186,16 @@ def ingest_events(
     if outbox_ids and dispatcher is not None:
         try:
             if combined:
+                channel = changes.channel()
                 dispatcher(outbox_ids, announcements=[  # type: ignore[call-arg]
-                    (name, changes.encode("incident_created", incident))
-                    for name in [changes.channel()] for incident in opened])
+                    (channel, changes.encode("incident_created", incident)) for incident in opened])
             else:
                 dispatcher(outbox_ids)
         except Exception:  # the broker is down: the outbox relay will deliver it later
             log.warning("pipeline dispatch failed; outbox relay will retry", exc_info=True,
                         extra={"outbox_ids": list(outbox_ids)})
     elapsed = time.perf_counter() - started
-    counts: dict[str, int] = {}
-    for result in results:
-        counts[result.status] = counts.get(result.status, 0) + 1
-    for status, count in counts.items():
+    for status, count in collections.Counter(r.status for r in results).items():
         metrics.EVENTS_INGESTED.labels(door=door, status=status).inc(count)
     metrics.INGEST_DURATION.labels(door=door).observe(elapsed)
     created = sum(1 for r in results if r.created)
