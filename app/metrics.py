@@ -34,6 +34,11 @@ INGEST_GROUP_SIZE = Histogram(
     "incident_manager_ingest_group_size", "Events per group commit of single-event requests", ["door"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+DB_CONNECTION_WAIT = Histogram(
+    "incident_manager_db_connection_wait_seconds",
+    "Time a statement waited for a free connection slot (observed only when it had to wait)", ["pool"],
+    buckets=LATENCY_BUCKETS,
+)
 HTTP_REQUESTS = Counter(
     "incident_manager_http_requests_total", "HTTP requests", ["method", "endpoint", "status"]
 )

@@ -13,9 +13,10 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import orjson
 from sqlalchemy import func, select, text, tuple_
@@ -436,28 +437,65 @@ SELECT (SELECT id FROM ob), (SELECT count(*) FROM ev),
 
 class _FastConnections:
     """A small per-process pool of autocommit psycopg connections. Not thread-local: under
-    gunicorn's gevent workers a thread-local is per greenlet, i.e. one connection per request."""
+    gunicorn's gevent workers a thread-local is per greenlet, i.e. one connection per request.
+
+    At most `database_pool_size` statements run at once per process (the same bound as the
+    SQLAlchemy pool's): a gevent worker holds up to 2,000 connections, and an unbounded pool would
+    open one Postgres connection per concurrent batch request until Postgres refuses more. A
+    request over the bound waits for a slot (the wait is the `pool="ingest"` series of
+    `incident_manager_db_connection_wait_seconds`)."""
 
     MAX_IDLE = 8
+    SLOT_TIMEOUT = 30.0  # as SQLAlchemy's pool_timeout; then the general path (its own pool) answers
 
     def __init__(self) -> None:
         self._idle: list[Any] = []
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._slots: threading.BoundedSemaphore | None = None
 
-    def acquire(self, settings: Settings) -> Any:
+    def _slots_for(self, settings: Settings) -> threading.BoundedSemaphore:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's sockets and waiters are not ours
+                self._idle, self._pid, self._slots = [], os.getpid(), None
+            if self._slots is None:  # created in the process that uses it (after gevent's patching)
+                self._slots = threading.BoundedSemaphore(settings.database_pool_size)
+            return self._slots
+
+    @contextmanager
+    def connection(self, settings: Settings) -> Iterator[Any | None]:
+        """A connection for one statement, or None when no slot freed up within SLOT_TIMEOUT.
+        A connection an error left unusable is closed, not pooled."""
         import psycopg
 
-        with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's sockets are not ours
-                self._idle, self._pid = [], os.getpid()
-            conn = self._idle.pop() if self._idle else None
-        if conn is None or conn.closed:
-            url = settings.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
-            conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
-        return conn
+        slots = self._slots_for(settings)
+        if not slots.acquire(blocking=False):
+            started = time.perf_counter()
+            got = slots.acquire(timeout=self.SLOT_TIMEOUT)
+            metrics.DB_CONNECTION_WAIT.labels(pool="ingest").observe(time.perf_counter() - started)
+            if not got:
+                log.warning("no ingest connection slot within %.0f s; the general path answers",
+                            self.SLOT_TIMEOUT, extra={"pool_size": settings.database_pool_size})
+                yield None
+                return
+        conn = None
+        try:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None or conn.closed:
+                url = settings.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+                conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+            yield conn
+        except psycopg.OperationalError:
+            if conn is not None:
+                conn.close()
+            raise
+        finally:
+            if conn is not None:
+                self._give_back(conn)
+            slots.release()
 
-    def release(self, conn: Any) -> None:
+    def _give_back(self, conn: Any) -> None:
         if conn.closed or conn.info.transaction_status != 0:  # 0 = IDLE
             conn.close()
             return
@@ -522,26 +560,19 @@ def _ingest_postgres_one_statement(
         "seq": seq, "day": f"{day:%Y%m%d}", "now": now, "kind": PIPELINE_OUTBOX_KIND,
     }
     for attempt in range(2):
-        conn = None
         try:
-            conn = _fast_connections.acquire(settings)
-            outbox_id, stored, touched = conn.execute(_ONE_STATEMENT_SQL, params).fetchone()
-            _fast_connections.release(conn)
+            with _fast_connections.connection(settings) as conn:
+                if conn is None:
+                    return None
+                outbox_id, stored, touched = conn.execute(_ONE_STATEMENT_SQL, params).fetchone()
             break
         except (psycopg.errors.UniqueViolation, psycopg.errors.SerializationFailure):
-            _fast_connections.release(conn)
             return None  # a stored duplicate (or a race on one): the general path answers it
         except psycopg.OperationalError:
             # A broken connection: nothing or everything of the statement committed. Re-running
             # is safe (the unique (source, event_id) turns a committed one into a duplicate).
-            if conn is not None:
-                conn.close()
             if attempt == 1:
                 return None
-        except BaseException:
-            if conn is not None:
-                conn.close()
-            raise
     if stored != len(event_rows):
         return None  # cannot happen (every fresh event joins its incident); be safe, not sorry
     incident_of_fp: dict[str, str] = {}

@@ -345,3 +345,80 @@ def test_concurrent_single_events_each_get_their_own_durable_answer(app, key):
             select(Incident.id, Incident.event_count).where(Incident.title.like("Group commit %"))).all())
     assert rows == {a["event_id"]: a["incident_id"] for a in answers[:40]} | {"group-dup": answers[-1]["incident_id"]}
     assert sorted(counts_by_incident.values()) == [4] * 10
+
+
+def test_fast_path_holds_at_most_pool_size_connections_and_waits_for_a_slot(db):
+    """A gevent worker may serve thousands of requests at once: the one-statement path uses at
+    most `database_pool_size` Postgres connections per process. One more statement waits for a
+    slot (and the wait is measured); with no slot within the timeout it gets None, so the general
+    path (its own bounded pool) answers instead."""
+    import dataclasses
+    import threading
+
+    from app.config import get_settings
+    from app.services import ingest
+
+    settings = dataclasses.replace(get_settings(), database_pool_size=2)
+    pool = ingest._FastConnections()
+
+    def waits() -> tuple[float, float]:
+        from prometheus_client import REGISTRY
+
+        labels = {"pool": "ingest"}
+        return (REGISTRY.get_sample_value("incident_manager_db_connection_wait_seconds_count", labels) or 0.0,
+                REGISTRY.get_sample_value("incident_manager_db_connection_wait_seconds_sum", labels) or 0.0)
+
+    waited_before, waited_seconds_before = waits()
+    first, second = pool.connection(settings), pool.connection(settings)
+    a, b = first.__enter__(), second.__enter__()
+    assert a is not None and b is not None and a is not b
+    got: list[int] = []
+
+    def third() -> None:
+        with pool.connection(settings) as conn:
+            got.append(conn.execute("SELECT 7").fetchone()[0])
+
+    thread = threading.Thread(target=third)
+    thread.start()
+    thread.join(0.5)
+    assert thread.is_alive() and got == []  # both slots are taken: it waits
+    second.__exit__(None, None, None)
+    thread.join(10)
+    assert got == [7]
+    waited, waited_seconds = waits()
+    assert waited == waited_before + 1 and waited_seconds >= waited_seconds_before + 0.4
+
+    pool.SLOT_TIMEOUT = 0.2  # type: ignore[misc]
+    second = pool.connection(settings)
+    assert second.__enter__() is not None
+    with pool.connection(settings) as none:
+        assert none is None  # no slot in time: the caller takes the general path
+    first.__exit__(None, None, None)
+    second.__exit__(None, None, None)
+    assert len(pool._idle) == 2  # both healthy connections went back to the pool
+
+
+def test_batches_beyond_the_connection_bound_are_all_accepted(app, key, monkeypatch):
+    """More concurrent batch requests than connection slots: they queue for a slot, none fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.config import reset_settings_cache
+    from app.services import ingest
+
+    monkeypatch.setenv("DATABASE_POOL_SIZE", "2")
+    reset_settings_cache()
+    monkeypatch.setattr(ingest, "_fast_connections", ingest._FastConnections())
+
+    def send(n: int):  # type: ignore[no-untyped-def]
+        batch = {"events": [event(f"bound-{n}-{i}", title=f"Bound {n}-{i}") for i in range(50)]}
+        return post(app.test_client(), "/api/v1/events", batch, key)
+
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            responses = list(pool.map(send, range(8)))
+    finally:
+        monkeypatch.delenv("DATABASE_POOL_SIZE")
+        reset_settings_cache()
+    assert [(r.status_code, r.get_json()["accepted"]) for r in responses] == [(202, 50)] * 8
+    assert len(ingest._fast_connections._idle) <= 2
+    assert counts()["events"] == 400
