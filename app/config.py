@@ -118,6 +118,11 @@ class IntegrationSettings:
     auto_page: bool = False
 
 
+@lru_cache(maxsize=1024)  # ingest asks once per incident row; sources are few
+def _default_integration(source: str) -> IntegrationSettings:
+    return IntegrationSettings(name=source)
+
+
 @dataclass(frozen=True)
 class Settings:
     instance_id: str
@@ -179,7 +184,7 @@ class Settings:
         found = self.integrations.get(source)
         if found is None and source.startswith("llm-"):
             found = self.integrations.get(source[4:])
-        return found or IntegrationSettings(name=source)
+        return found or _default_integration(source)
 
 
 # ---------------------------------------------------------------- parsing helpers

@@ -16,8 +16,10 @@ class SlaDeadlines:
     resolve_by: datetime
 
 
+_TARGETS = {severity: (timedelta(seconds=ACK_TARGET_SECS[severity]), timedelta(seconds=RESOLVE_TARGET_SECS[severity]))
+            for severity in RESOLVE_TARGET_SECS}
+
+
 def deadlines(severity: str, created_at: datetime) -> SlaDeadlines:
-    return SlaDeadlines(
-        acknowledge_by=created_at + timedelta(seconds=ACK_TARGET_SECS[severity]),
-        resolve_by=created_at + timedelta(seconds=RESOLVE_TARGET_SECS[severity]),
-    )
+    acknowledge_in, resolve_in = _TARGETS[severity]
+    return SlaDeadlines(acknowledge_by=created_at + acknowledge_in, resolve_by=created_at + resolve_in)
