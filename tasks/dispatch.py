@@ -5,10 +5,10 @@ until a worker is free for it (up to PIPELINE_BATCH_SIZE events per batch), so u
 requests still make big tasks.
 Without Redis (embedded default): one `pipeline.process` task per outbox row.
 
-The HTTP doors hand off through `dispatch_pipeline_in_background`: the answer (sent after the
-commit) does not wait for Redis, and one background sender per process joins the ids of
-concurrent requests into one round trip. If the process dies first, the outbox relay re-sends
-(the outbox row is committed, so nothing is lost; it is only later).
+The HTTP and gRPC doors hand off through `dispatch_pipeline_in_background`: the answer (sent
+after the commit) does not wait for Redis, and one background sender per process joins the ids
+of concurrent requests into one round trip (at most one every 10 ms). If the process dies first,
+the outbox relay re-sends (the outbox row is committed, so nothing is lost; it is only later).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 import queue
 import threading
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from app.adapters.redis_client import get_redis
 
@@ -69,19 +69,27 @@ dispatch_pipeline.carries_announcements = True  # type: ignore[attr-defined]
 
 
 class _BackgroundDispatch:
-    """One sender thread per process (started lazily, again after a fork)."""
+    """One sender thread per process (started lazily, again after a fork).
+
+    At most one Redis round trip per `min_interval_secs`: ids committed while the sender waits for
+    its next turn share one trip. An idle process sends at once; a busy one makes at most
+    1/min_interval trips a second however many commits it makes. Measured in the gRPC server at
+    1,400-1,900 calls/s: the former fixed 2 ms wait after each first id made 0.17 trips a call and
+    the sender took 40-49 µs of CPU a call; a 5 ms interval 0.10 trips and 25-29 µs, 10 ms 0.06
+    trips and 23-24 µs. Adds at most the interval to the hand-off under load (the pipeline's own
+    batching waits far longer), nothing to the answer."""
 
     carries_announcements = True
     MAX_IDS_PER_ROUND_TRIP = 5000
-    # After the first id arrives, wait this long for more: under load one Redis round trip then
-    # carries several commits' ids (measured: the sender took ~10% of a web worker's CPU at one
-    # round trip per commit). Adds at most this much to the hand-off, nothing to the answer.
-    COALESCE_SECS = 0.002
+    MIN_INTERVAL_SECS = 0.01
 
-    def __init__(self) -> None:
+    def __init__(self, min_interval_secs: float = MIN_INTERVAL_SECS,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self._queue: queue.Queue[tuple[list[int], list[tuple[str, str]]]] | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
+        self._min_interval = min_interval_secs
+        self._sleep = sleep  # tests pass one they control
         atexit.register(self.flush)
 
     def __call__(self, outbox_ids: Sequence[int], announcements: Sequence[tuple[str, str]] = ()) -> None:
@@ -119,9 +127,13 @@ class _BackgroundDispatch:
                         extra={"outbox_ids": ids[:50], "count": len(ids)})
 
     def _run(self, work: queue.Queue) -> None:  # type: ignore[type-arg]
+        last_trip = -self._min_interval
         while True:
             first = work.get()
-            time.sleep(self.COALESCE_SECS)
+            wait = last_trip + self._min_interval - time.monotonic()
+            if wait > 0:
+                self._sleep(wait)
+            last_trip = time.monotonic()
             self._send(*self._take(work, first))
 
     def flush(self) -> None:
