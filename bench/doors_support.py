@@ -7,11 +7,35 @@ import secrets
 import socket
 import tempfile
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import psycopg
 
 PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://root@127.0.0.1:5432/postgres")
+
+
+def process_cpu_secs(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_secs(database: str) -> float:
+    """CPU seconds used so far by the Postgres backends serving `database`, plus the WAL writer
+    (commits of this run wait for it)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if title.startswith("postgres: ") and (f" {database} " in title or "walwriter" in title):
+                total += process_cpu_secs(int(entry.name))
+        except (OSError, ValueError):  # the process ended meanwhile
+            continue
+    return total
 
 
 def free_port() -> int:

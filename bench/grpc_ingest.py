@@ -4,7 +4,10 @@
 
 Starts the real `incident-manager grpc serve` process on a throwaway database, then measures
 (1) the same-run baseline: the standard health Check RPC (no database), and (2) CreateIncident with
-distinct events (each one committed before its answer), and prints calls/s and the ratio.
+distinct events (each one committed before its answer), and prints calls/s, the ratio, and the CPU
+each CreateIncident call cost the server process, this client process and Postgres (backends of
+the run's database and the WAL writer): calls/s swing with whatever else runs on the machine, CPU
+per call much less.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.doors_support import bench_environment, free_port  # noqa: E402
+from bench.doors_support import bench_environment, free_port, postgres_cpu_secs, process_cpu_secs  # noqa: E402
 
 _sequence = itertools.count()  # across runs: the warm-up's events must not come back as duplicates
 
@@ -52,7 +55,14 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(len(values) * p))] * 1000 if values else 0.0
 
 
-async def measure(port: int, key: str, seconds: float, concurrency: int, ceiling: float) -> str:
+def cpu_secs(server_pid: int, database: str) -> tuple[float, float, float]:
+    """(server, this client, Postgres) CPU seconds used so far."""
+    times = os.times()
+    return process_cpu_secs(server_pid), times.user + times.system, postgres_cpu_secs(database)
+
+
+async def measure(port: int, key: str, seconds: float, concurrency: int, ceiling: float,
+                  server_pid: int, database: str) -> str:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     import proto
@@ -77,13 +87,20 @@ async def measure(port: int, key: str, seconds: float, concurrency: int, ceiling
 
         await run_load(create, 1.0, concurrency)  # warm-up: pools, the day's sequence
         base_rate, _ = await run_load(check, seconds / 2, concurrency)
+        cpu_before = cpu_secs(server_pid, database)
         rate, latencies = await run_load(create, seconds, concurrency)
+        cpu_after = cpu_secs(server_pid, database)
+        server_cpu, client_cpu, pg_cpu = (
+            (after - before) / len(latencies) * 1e6 for before, after in zip(cpu_before, cpu_after, strict=True))
     return "\n".join([
         f"baseline health Check:  {base_rate:8.0f} calls/s  ({concurrency} in flight, same server, no database)",
         f"CreateIncident:         {rate:8.0f} calls/s  p50 {pct(latencies, .5):.1f} ms"
         f"  p99 {pct(latencies, .99):.1f} ms"
         f"  ({len(latencies)} events committed)",
         f"ratio CreateIncident / health baseline: {rate / base_rate:.2f}; / ingest service alone: {rate / ceiling:.2f}",
+        f"CPU per CreateIncident call: server {server_cpu:.0f} µs, client {client_cpu:.0f} µs, "
+        f"Postgres {pg_cpu:.0f} µs; total {server_cpu + client_cpu + pg_cpu:.0f} µs "
+        f"({(server_cpu + client_cpu + pg_cpu) * rate / 1e6:.2f} cores busy)",
     ])
 
 
@@ -138,7 +155,8 @@ def main() -> None:
         try:
             print(f"ingest service alone (in-process GroupCommitter, {args.concurrency} threads): "
                   f"{ceiling:8.0f} events/s")
-            print(asyncio.run(measure(port, key, args.seconds, args.concurrency, ceiling)))
+            database = env["DATABASE_URL"].rsplit("/", 1)[1]
+            print(asyncio.run(measure(port, key, args.seconds, args.concurrency, ceiling, server.pid, database)))
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
