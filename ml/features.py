@@ -165,22 +165,104 @@ def _csr_counts(rows: np.ndarray, columns: np.ndarray, shape: tuple[int, int]) -
     return sp.csr_matrix((counts.astype(np.float32), (keys % shape[1]).astype(np.int32), indptr), shape=shape)
 
 
+def _csr_of_dense(block: np.ndarray) -> sp.csr_matrix:
+    """`sp.csr_matrix(block)` (the non-zero values, canonical) without scipy's generic conversion."""
+    rows, columns = np.nonzero(block)
+    indptr = np.zeros(block.shape[0] + 1, dtype=np.int32)
+    np.cumsum(np.bincount(rows, minlength=block.shape[0]), out=indptr[1:])
+    return sp.csr_matrix((block[rows, columns], columns.astype(np.int32), indptr), shape=block.shape)
+
+
+def _hstack_rows(blocks: Sequence[sp.csr_matrix]) -> sp.csr_matrix:
+    """`sp.hstack(blocks, format="csr", dtype=np.float32)` of canonical CSR blocks with the same rows:
+    each block's entries are copied to their place in each row, in one numpy step per block."""
+    n = blocks[0].shape[0]
+    per_block = [np.diff(block.indptr) for block in blocks]
+    indptr = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.sum(per_block, axis=0), out=indptr[1:])
+    data = np.empty(indptr[-1], dtype=np.float32)
+    indices = np.empty(indptr[-1], dtype=np.int32)
+    free, first_column = indptr[:-1].astype(np.int64), 0
+    for block, counts in zip(blocks, per_block, strict=True):
+        target = np.repeat(free - block.indptr[:-1], counts) + np.arange(block.nnz)
+        data[target] = block.data
+        indices[target] = block.indices + first_column
+        free += counts
+        first_column += block.shape[1]
+    return sp.csr_matrix((data, indices, indptr), shape=(n, first_column))
+
+
 TOKEN = re.compile(r"\b[a-z][\w\-]+\b")
 Term = Union[str, tuple[str, str]]  # a word, or a pair of adjacent words
+
+# ASCII text as runs of the characters TOKEN's words are made of ([a-z0-9_-]; the text is lowercased),
+# everything else a space. A TOKEN match never spans two runs and a run holds at most one: a run
+# that starts with a letter and ends with a word character is the match itself; any other run is
+# left to the regex (a number, "5-pro", "gpu-oom-").
+_RUN_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_-")
+_RUNS_OF_ASCII = bytes(b if b in _RUN_BYTES else 32 for b in range(256))
+_A, _Z, _DASH = ord("a"), ord("z"), ord("-")
+
+
+def batch_words(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """`TOKEN.findall` of every (lowercased) text, flattened in order: `(words, rows, kept)`, where
+    the matches are the `words[j]` with `kept[j]` and `rows[j]` is the index of their text. The same
+    words as the regex (a unit test checks it on random strings); ASCII texts are split at C speed
+    (one `bytes.translate` and `str.split` for the batch), the regex only runs on the few runs that
+    are not plain words and on non-ASCII texts."""
+    if not all(map(str.isascii, texts)):
+        return _with_non_ascii(texts)
+    data = " ".join(texts).encode("ascii").translate(_RUNS_OF_ASCII)
+    words = data.decode("ascii").split()
+    codes = np.frombuffer(data, dtype=np.uint8)
+    in_run = np.zeros(len(codes) + 2, dtype=bool)
+    in_run[1:-1] = codes != 32
+    edges = np.flatnonzero(in_run[1:] != in_run[:-1])
+    starts, ends = edges[0::2], edges[1::2]
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    first_runs = np.searchsorted(starts, np.cumsum(lengths + 1) - lengths - 1)  # each text's first run
+    rows = np.repeat(np.arange(len(texts)), np.diff(first_runs, append=len(starts)))
+    first, last, size = codes[starts], codes[ends - 1], ends - starts
+    kept = (first >= _A) & (first <= _Z) & (last != _DASH) & (size >= 2)
+    for j in np.flatnonzero(~kept & (size >= 2)).tolist():
+        # Only a run with a dash can hold a word that is not the whole run ("5-pro" -> "pro").
+        found = TOKEN.findall(words[j]) if "-" in words[j] else None
+        if found:
+            words[j], kept[j] = found[0], True
+    return words, rows, kept
+
+
+def _with_non_ascii(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """`batch_words` of a batch with non-ASCII texts: those by the regex, merged in text order."""
+    others = [j for j, text in enumerate(texts) if not text.isascii()]
+    plain = list(texts)
+    for j in others:
+        plain[j] = ""
+    words, rows, kept = batch_words(plain)
+    found = [TOKEN.findall(texts[j]) for j in others]
+    words.extend(chain.from_iterable(found))
+    rows = np.concatenate((rows, np.repeat(np.array(others, dtype=np.int64), [len(f) for f in found])))
+    kept = np.concatenate((kept, np.ones(len(words) - len(kept), dtype=bool)))
+    order = np.argsort(rows, kind="stable")
+    return [words[j] for j in order.tolist()], rows[order], kept[order]
+
+
+_HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing
 
 
 @dataclass(frozen=True)
 class TermIndex:
     """The vocabulary as arrays, so a batch is counted with numpy rather than a dict lookup per
     term: each word of any term has an id (0: in no term), `unigram_columns[id]` is its own column
-    (-1: none), and the pair (a, b) is the number `a * width + b`, found by binary search in the
-    sorted `pair_keys` (its column at the same position of `pair_columns`)."""
+    (-1: none), and the pair (a, b) is the number `a * width + b`, found in an open-addressing hash
+    table (`slot_keys`, -1: empty; its column at the same slot of `slot_columns`), a quarter full,
+    so nearly every pair is settled by the first probe."""
 
     word_ids: dict[str, int]
     width: int
     unigram_columns: np.ndarray
-    pair_keys: np.ndarray
-    pair_columns: np.ndarray
+    slot_keys: np.ndarray
+    slot_columns: np.ndarray
 
     @classmethod
     def of(cls, vocabulary: Mapping[Term, int]) -> "TermIndex":
@@ -194,16 +276,43 @@ class TermIndex:
                 unigram_columns[word_ids[term]] = column
             else:
                 pairs[word_ids[term[0]] * width + word_ids[term[1]]] = column
-        pair_keys = np.array(sorted(pairs), dtype=np.int64)
-        pair_columns = np.array([pairs[key] for key in pair_keys.tolist()], dtype=np.int64)
-        return cls(word_ids, width, unigram_columns, pair_keys, pair_columns)
+        bits = max(4, (4 * len(pairs)).bit_length())
+        slot_keys = np.full(1 << bits, -1, dtype=np.int64)
+        slot_columns = np.full(1 << bits, -1, dtype=np.int64)
+        mask = (1 << bits) - 1
+        keys = sorted(pairs)
+        for key, slot in zip(keys, _slots(np.array(keys, dtype=np.int64), bits).tolist(), strict=True):
+            while slot_keys[slot] != -1:
+                slot = (slot + 1) & mask
+            slot_keys[slot], slot_columns[slot] = key, pairs[key]
+        return cls(word_ids, width, unigram_columns, slot_keys, slot_columns)
+
+    def pair_columns(self, keys: np.ndarray) -> np.ndarray:
+        """The column of each pair key (-1: not a term)."""
+        bits = len(self.slot_keys).bit_length() - 1
+        mask = len(self.slot_keys) - 1
+        columns = np.full(len(keys), -1, dtype=np.int64)
+        pending, slots = np.arange(len(keys)), _slots(keys, bits)
+        while len(pending):
+            stored = self.slot_keys[slots]
+            hit = stored == keys[pending]
+            columns[pending[hit]] = self.slot_columns[slots[hit]]
+            probe_on = ~hit & (stored != -1)
+            pending, slots = pending[probe_on], (slots[probe_on] + 1) & mask
+        return columns
+
+
+def _slots(keys: np.ndarray, bits: int) -> np.ndarray:
+    """Each key's first slot in a table of 2**bits (the top bits of key * golden ratio mod 2**64)."""
+    return ((keys.astype(np.uint64) * _HASH_MULTIPLIER) >> np.uint64(64 - bits)).astype(np.int64)
 
 
 class TextVectorizer:
     """TF-IDF over words and word pairs (sublinear tf, smoothed idf, L2-normalised rows), the
     same weighting as scikit-learn's TfidfVectorizer (a test checks the counts against its
-    CountVectorizer). The batch path spends most of its time here: one regex pass per text, one
-    dict lookup per word, and the pairs counted as integer keys with numpy."""
+    CountVectorizer). The batch path spends most of its time here: the words split out of the batch
+    at C speed (`batch_words`), one dict lookup per word, and the pairs counted as integer keys with
+    numpy."""
 
     def __init__(self, min_df: int = 2, max_features: int = 20000) -> None:
         self.min_df = min_df
@@ -253,20 +362,18 @@ class TextVectorizer:
 
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         index = self.index
-        words = list(map(TOKEN.findall, map(str.lower, texts)))
-        lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-        ids = np.fromiter(map(index.word_ids.get, chain.from_iterable(words), repeat(0)), dtype=np.int64,
-                          count=int(lengths.sum()))
-        rows = np.repeat(np.arange(len(words)), lengths)
+        words, rows, kept = batch_words(list(map(str.lower, texts)))
+        ids = np.fromiter(map(index.word_ids.get, words, repeat(0)), dtype=np.int64, count=len(words))
+        if not kept.all():
+            ids, rows = ids[kept], rows[kept]
         unigrams = index.unigram_columns[ids]
         found = unigrams >= 0
         term_rows, term_columns = [rows[found]], [unigrams[found]]
-        if len(index.pair_keys) and len(ids) > 1:
-            keys = ids[:-1] * index.width + ids[1:]
-            slots = np.minimum(np.searchsorted(index.pair_keys, keys), len(index.pair_keys) - 1)
-            found = (index.pair_keys[slots] == keys) & (rows[:-1] == rows[1:])  # a pair within one text
+        if len(ids) > 1:
+            pairs = index.pair_columns(ids[:-1] * index.width + ids[1:])
+            found = (pairs >= 0) & (rows[:-1] == rows[1:])  # a pair within one text
             term_rows.append(rows[1:][found])
-            term_columns.append(index.pair_columns[slots[found]])
+            term_columns.append(pairs[found])
         matrix = _csr_counts(np.concatenate(term_rows), np.concatenate(term_columns),
                              (len(texts), len(self.vocabulary_)))
         matrix.data = (1.0 + np.log(matrix.data)) * self.idf[matrix.indices]
@@ -334,8 +441,7 @@ class FeatureExtractor:
         # "Sent no metric we know" is not "every metric near zero": its own column, so the linear
         # members can learn what such events are (manual incidents, new kinds of alerts).
         no_metrics = np.isnan(raw).all(axis=1, keepdims=True).astype(np.float32)
-        sparse = sp.hstack([text, categorical, sp.csr_matrix(scaled), sp.csr_matrix(no_metrics)], format="csr",
-                           dtype=np.float32)
+        sparse = _hstack_rows([text, categorical, _csr_of_dense(scaled), _csr_of_dense(no_metrics)])
         source_level = per_value(lambda value: SEVERITIES.index(map_source_severity(value)),
                                  [item.source_severity for item in items], np.float32).reshape(n, 1)
         dense = np.hstack([codes, raw, source_level, self._keyword_flags(text)])
@@ -358,19 +464,25 @@ class FeatureExtractor:
             codes[:, position] = table[:, 1]
             rows.append(np.arange(n))
             columns.append(table[:, 0].astype(np.int64))
-        for position, tag in enumerate(ORDINAL_TAGS, start=len(CATEGORICAL_FIELDS)):
-            def code(value: Any, levels: dict[str, int] = self.levels[position]) -> float:
-                return levels.get(ordinal_tag_level(value), nan)
+        # Tags in one pass over every (key, value) pair: its one-hot column, and its ordinal code when
+        # the key is an ordinal tag (an event without that tag has the code of "").
+        ordinal = {tag: position for position, tag in enumerate(ORDINAL_TAGS, start=len(CATEGORICAL_FIELDS))}
+        for position in ordinal.values():
+            codes[:, position] = self.levels[position].get(ordinal_tag_level(""), nan)
 
-            codes[:, position] = per_value(code, [mapping.get(tag, "") for mapping in tags], np.float64)
-
-        def tag_column(pair: tuple[Any, Any]) -> int:
-            name = tag_name(*pair)
-            return -1 if name is None else self.categorical_columns.get(name, -1)
+        def tag_features(pair: tuple[Any, Any]) -> tuple[int, int, float]:
+            key, value = pair
+            name = tag_name(key, value)
+            position = ordinal.get(key, -1) if isinstance(key, str) else -1
+            return (-1 if name is None else self.categorical_columns.get(name, -1), position,
+                    nan if position < 0 else self.levels[position].get(ordinal_tag_level(value), nan))
 
         tag_rows, keys, values = _flat(tags)
+        table = per_value(tag_features, list(zip(keys, values, strict=True)), np.float64).reshape(len(keys), 3)
+        has_code = table[:, 1] >= 0
+        codes[tag_rows[has_code], table[has_code, 1].astype(np.int64)] = table[has_code, 2]
         rows.append(tag_rows)
-        columns.append(per_value(tag_column, list(zip(keys, values, strict=True))))
+        columns.append(table[:, 0].astype(np.int64))
         row, column = np.concatenate(rows), np.concatenate(columns)
         known = column >= 0
         return codes, row[known], column[known]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import pickle
+import random
+from itertools import compress
 from typing import Sequence
 
 import numpy as np
@@ -13,7 +15,16 @@ import pytest
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import CountVectorizer
 
-from ml.features import TOKEN, FeatureExtractor, FeatureViews, categoricals_of, ordinals_of, text_of
+from ml.features import (
+    TOKEN,
+    FeatureExtractor,
+    FeatureViews,
+    TermIndex,
+    batch_words,
+    categoricals_of,
+    ordinals_of,
+    text_of,
+)
 from ml.interface import ClassifierInput
 from ml.training import load_shipped
 from tests.unit.test_ml_model import base_model
@@ -138,3 +149,44 @@ def test_empty_batch_and_unfitted_extractor() -> None:
     assert views.sparse.shape[0] == 0 and views.dense.shape[0] == 0
     with pytest.raises(RuntimeError):
         FeatureExtractor().transform(ODD_EVENTS)
+
+
+def _findall_flat(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    found = [TOKEN.findall(text) for text in texts]
+    return [w for words in found for w in words], np.repeat(np.arange(len(texts)), [len(w) for w in found])
+
+
+@pytest.mark.parametrize("alphabet", ["ab-_9 .,/\t\nz", "ab-_9 .,é²\u0301\tZΣ\x00\x7fz"])
+def test_batch_words_are_the_regex_matches_on_random_text(alphabet: str) -> None:
+    """The C-speed split (ASCII) and its fallback (a batch with non-ASCII text) against TOKEN.findall:
+    dashes at either end, digits and underscores before letters, single letters, empty texts."""
+    rng = random.Random(7)
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))).lower() for _ in range(5000)]
+    texts += ["", "a- ab-cd-- 9ab _ab gpu-oom- 5-pro x-ab 9-ab a--b -ab ab_ _-a ab-_-", ""]
+    for batch in (texts, texts[:1], [t for t in texts if t.isascii()][:300] + ["straße ab", "Σ-ab"]):
+        words, rows, kept = batch_words(batch)
+        expected_words, expected_rows = _findall_flat(batch)
+        assert list(compress(words, kept.tolist())) == expected_words
+        np.testing.assert_array_equal(rows[kept], expected_rows)
+
+
+def test_batch_words_on_the_shipped_text() -> None:
+    texts = [text_of(item).lower() for item in shipped_inputs()]
+    words, rows, kept = batch_words(texts)
+    expected_words, expected_rows = _findall_flat(texts)
+    assert list(compress(words, kept.tolist())) == expected_words
+    np.testing.assert_array_equal(rows[kept], expected_rows)
+
+
+def test_term_index_finds_every_pair_and_nothing_else() -> None:
+    """The pair hash table (open addressing, linear probing) on a vocabulary dense enough to collide."""
+    words = [f"w{j}" for j in range(300)]
+    rng = random.Random(3)
+    pairs = {(rng.choice(words), rng.choice(words)) for _ in range(5000)}
+    vocabulary = {term: column for column, term in enumerate(sorted(words[:200]) + sorted(pairs))}
+    index = TermIndex.of(vocabulary)
+    ids = {word: index.word_ids[word] for word in words}
+    every = np.array([ids[a] * index.width + ids[b] for a in words for b in words], dtype=np.int64)
+    expected = [vocabulary.get((a, b), -1) for a in words for b in words]
+    np.testing.assert_array_equal(index.pair_columns(every), expected)
+    np.testing.assert_array_equal(index.pair_columns(np.array([0, 1, index.width], dtype=np.int64)), [-1, -1, -1])
