@@ -6,7 +6,8 @@ the transparent rules classifier. Batch prediction is the normal path."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple, Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -22,14 +23,16 @@ class ClassifierInput:
     metrics: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Prediction:
+class Prediction(NamedTuple):
+    """One event's classification. A named tuple (immutable, attributes by name) rather than a frozen
+    dataclass: batches build one per event, and a tuple is built in a third of the time."""
+
     severity: str  # P0..P4
     category: str
     confidence: float  # confidence of the severity prediction, 0..1
     category_confidence: float
     model_version: str
-    probabilities: Mapping[str, float] = field(default_factory=dict)  # severity -> probability
+    probabilities: Mapping[str, float] = MappingProxyType({})  # severity -> probability
 
 
 class Classifier(Protocol):
