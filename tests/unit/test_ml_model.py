@@ -122,6 +122,62 @@ def test_fast_prediction_path_matches_scikit_learn() -> None:
                                    ensemble.calibrator.predict_proba(stacked), atol=1e-6)
 
 
+def test_shared_sparse_product_is_each_members_own_arithmetic() -> None:
+    """`SparseMembers` (one product for the linear members of both ensembles) gives each member
+    exactly what `fast_predict_proba` gives it, so predict_batch is the member-by-member path."""
+    from ml.classifier import SparseMembers, fast_predict_proba
+
+    model = base_model()
+    _, held_out = load_shipped()
+    views = model.extractor.transform(held_out.inputs)
+    linear = [member.estimator for ensemble in (model.severity_model, model.category_model)
+              if ensemble.ensemble is not None for member in ensemble.ensemble.members if member.view == "sparse"]
+    shared = SparseMembers(linear).probabilities(views.sparse)
+    assert set(shared) == {id(estimator) for estimator in linear} and len(linear) == 4
+    for estimator in linear:
+        np.testing.assert_array_equal(shared[id(estimator)], fast_predict_proba(estimator, views.sparse))
+    for ensemble in (model.severity_model, model.category_model):
+        np.testing.assert_array_equal(ensemble.predict_proba(views, shared), ensemble.predict_proba(views))
+
+
+def test_a_version_with_a_random_forest_member_still_predicts() -> None:
+    """Versions trained before the boosting member hold a random forest there: their files must
+    keep loading and serving (a rollback may go back to one)."""
+    import pickle
+
+    from sklearn.ensemble import RandomForestClassifier
+
+    from ml.classifier import fast_predict_proba
+
+    train, held_out = load_shipped()
+    model = pickle.loads(pickle.dumps(base_model()))
+    assert model.severity_model.ensemble is not None
+    member = model.severity_model.ensemble.members[-1]
+    assert member.view == "dense"
+    member.name, member.estimator = "random_forest", RandomForestClassifier(
+        n_estimators=10, max_features=0.3, random_state=0, n_jobs=1).fit(
+        model.extractor.transform(train.inputs).dense, train.severities)
+    restored = pickle.loads(pickle.dumps(model))
+    dense = restored.extractor.transform(held_out.inputs).dense
+    forest = restored.severity_model.ensemble.members[-1].estimator
+    np.testing.assert_allclose(fast_predict_proba(forest, dense), forest.predict_proba(dense), atol=1e-12)
+    predictions = restored.predict_batch(held_out.inputs[:100], record=False)
+    assert len(predictions) == 100 and all(p.model_version == "test-base" for p in predictions)
+    assert all(math.isclose(sum(p.probabilities.values()), 1.0, abs_tol=1e-3) for p in predictions)
+    # The calibrator learnt the boosting's outputs, not this forest's: other predictions, same path.
+    assert [p.confidence for p in predictions] != [p.confidence for p in base_model().predict_batch(
+        held_out.inputs[:100], record=False)]
+
+
+def test_model_files_do_not_carry_the_shared_sparse_product() -> None:
+    import pickle
+
+    model = base_model()
+    model.predict_batch(load_shipped()[1].inputs[:10], record=False)  # builds it
+    assert "_sparse_members" in model.__dict__
+    assert "_sparse_members" not in pickle.loads(pickle.dumps(model)).__dict__
+
+
 def test_batched_confidence_histogram_counts_like_observe() -> None:
     from prometheus_client import REGISTRY, Histogram
 
