@@ -20,6 +20,7 @@ the predicted severity, which is what `ml.confidence_threshold` is compared with
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from itertools import repeat
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import sklearn
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.naive_bayes import ComplementNB
@@ -83,7 +85,11 @@ def fast_predict_proba(estimator: Any, X: Any) -> np.ndarray:
     if isinstance(estimator, ComplementNB) and len(estimator.classes_) > 1:
         return _softmax(np.asarray(X @ estimator.feature_log_prob_.T, dtype=np.float64))
     if isinstance(estimator, HistGradientBoostingClassifier) and estimator.n_trees_per_iteration_ > 1:
-        return _softmax(_boosting_scores(estimator, X))
+        try:
+            return _softmax(_boosting_scores(estimator, X))
+        except (AttributeError, TypeError, ValueError):  # scikit-learn changed its internals
+            _warn_boosting_fallback()
+            return np.asarray(estimator.predict_proba(X))
     if isinstance(estimator, RandomForestClassifier) and estimator.n_outputs_ == 1:  # versions before boosting
         dense = np.ascontiguousarray(X, dtype=np.float32)
         total = np.zeros((dense.shape[0], estimator.n_classes_), dtype=np.float64)
@@ -92,6 +98,12 @@ def fast_predict_proba(estimator: Any, X: Any) -> np.ndarray:
             total += values.reshape(dense.shape[0], -1)[:, : estimator.n_classes_]
         return total / len(estimator.estimators_)
     return np.asarray(estimator.predict_proba(X))
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_boosting_fallback() -> None:
+    log.warning("gradient boosting fast path unavailable with scikit-learn %s; using predict_proba",
+                sklearn.__version__)
 
 
 def _boosting_scores(estimator: HistGradientBoostingClassifier, X: Any) -> np.ndarray:

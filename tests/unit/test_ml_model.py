@@ -122,6 +122,35 @@ def test_fast_prediction_path_matches_scikit_learn() -> None:
                                    ensemble.calibrator.predict_proba(stacked), atol=1e-6)
 
 
+def test_boosting_falls_back_to_predict_proba_when_scikit_learn_internals_change(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The boosting's fast path reads scikit-learn's private tree list; a release that renames it
+    must cost speed, not predictions."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    import ml.classifier as classifier
+
+    model = base_model()
+    _, held_out = load_shipped()
+    views = model.extractor.transform(held_out.inputs[:200])
+    members = [m for m in model.severity_model.ensemble.members  # type: ignore[union-attr]
+               if isinstance(m.estimator, HistGradientBoostingClassifier)]
+    assert members
+    member = members[0]
+    matrix = getattr(views, member.view)
+
+    def renamed(estimator, X):  # type: ignore[no-untyped-def]
+        raise AttributeError("'HistGradientBoostingClassifier' object has no attribute '_predictors'")
+
+    monkeypatch.setattr(classifier, "_boosting_scores", renamed)
+    classifier._warn_boosting_fallback.cache_clear()
+    with caplog.at_level("WARNING", logger="ml.classifier"):
+        np.testing.assert_allclose(classifier.fast_predict_proba(member.estimator, matrix),
+                                   member.estimator.predict_proba(matrix))
+        assert len(model.predict_batch(held_out.inputs[:50])) == 50
+    assert sum("fast path unavailable" in r.getMessage() for r in caplog.records) == 1  # said once
+
+
 def test_shared_sparse_product_is_each_members_own_arithmetic() -> None:
     """`SparseMembers` (one product for the linear members of both ensembles) gives each member
     exactly what `fast_predict_proba` gives it, so predict_batch is the member-by-member path."""
