@@ -109,11 +109,10 @@ def group_commit_ceiling(seconds: float, concurrency: int) -> float:
     import threading
 
     from app.services.group_commit import GroupCommitter
-    from app.services.ingest import NewEvent
-    from app.services.integrations import ingest_with_auto_page
+    from app.services.ingest import NewEvent, ingest_events
     from tasks.dispatch import dispatch_pipeline
 
-    committer = GroupCommitter(lambda events: ingest_with_auto_page(events, dispatcher=dispatch_pipeline, door="bench"))
+    committer = GroupCommitter(lambda events: ingest_events(events, dispatcher=dispatch_pipeline, door="bench"))
     stop = time.monotonic() + seconds
     done = [0] * concurrency
 

@@ -21,8 +21,8 @@ from app.domain.severity import SEVERITIES
 from app.metrics import LATENCY_BUCKETS
 from app.services import changes, incidents
 from app.services.group_commit import GroupCommitter
-from app.services.ingest import Dispatcher, NewEvent
-from app.services.integrations import analyze_correlations, ingest_with_auto_page, update_incident
+from app.services.ingest import Dispatcher, NewEvent, ingest_events
+from app.services.integrations import analyze_correlations, update_incident
 
 pb2, pb2_grpc = proto.load()
 log = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ class IncidentServicer(pb2_grpc.IncidentServiceServicer):  # type: ignore[misc,n
         self._streams = threading.BoundedSemaphore(self.max_streams)
         # Concurrent CreateIncident calls share one transaction; each answers after its commit.
         self.committer = GroupCommitter(
-            lambda events: ingest_with_auto_page(events, dispatcher=dispatcher, door="grpc"), door="grpc")
+            lambda events: ingest_events(events, dispatcher=dispatcher, door="grpc"), door="grpc")
 
     @_observed("CreateIncident")
     def CreateIncident(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -6,6 +6,8 @@ from typing import Mapping
 
 SEVERITIES = ("P0", "P1", "P2", "P3", "P4")
 UNKNOWN_SOURCE_SEVERITY = "P3"
+# An integration with `routing.auto_page` pages at once for incidents it opens at these levels.
+PAGING_SEVERITIES = ("P0", "P1")
 
 # CONTRACT.md decision 5; PagerDuty's `error` and Alertmanager's `warning` included.
 DEFAULT_MAPPING: Mapping[str, str] = {

@@ -27,11 +27,11 @@ from sqlalchemy.orm import Session
 from app import metrics
 from app.adapters.db import unit_of_work
 from app.adapters.models import ACTIVE_STATUS_SQL, Event, Incident, IncidentDayCounter, OutboxMessage, TimelineEntry
-from app.config import Settings, get_settings
+from app.config import IntegrationSettings, Settings, get_settings
 from app.domain import sla
 from app.domain.fingerprint import fingerprint as compute_fingerprint
 from app.domain.ids import format_incident_id, utc_day
-from app.domain.severity import map_source_severity
+from app.domain.severity import PAGING_SEVERITIES, map_source_severity
 from app.services import changes
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,10 @@ def ingest_events(
         except Exception:  # the broker is down: the outbox relay will deliver it later
             log.warning("pipeline dispatch failed; outbox relay will retry", exc_info=True,
                         extra={"outbox_ids": list(outbox_ids)})
+    paged = [incident["id"] for incident in opened
+             if _pages(settings.integration(incident["source"]), incident["severity"])]
+    if paged:
+        log.info("auto-page: incidents due for paging", extra={"incident_ids": paged})
     elapsed = time.perf_counter() - started
     for status, count in collections.Counter(r.status for r in results).items():
         metrics.EVENTS_INGESTED.labels(door=door, status=status).inc(count)
@@ -307,6 +311,14 @@ def _ingest_in_transaction(
                     "field": "status", "old_value": None, "new_value": "NEW",
                     "details": {"event_ids": [events[i].event_id for i in idxs[:20]], "events": len(idxs)},
                 })
+                page = _page_details(settings.integration(events[idxs[0]].source),
+                                     row_of_id[incident_id]["severity"])
+                if page is not None:
+                    timeline.append({
+                        "incident_id": incident_id, "at": now, "actor": events[idxs[0]].source, "kind": "auto_page",
+                        "field": "next_escalation_at", "old_value": None, "new_value": now.isoformat(),
+                        "details": page,
+                    })
             else:
                 timeline.append({
                     "incident_id": incident_id, "at": now, "actor": events[idxs[0]].source, "kind": "event_merged",
@@ -332,6 +344,18 @@ def _ingest_in_transaction(
         first_result = results[original]
         results[i] = IngestResult("duplicate", events[i].event_id, first_result.incident_id if first_result else None)
     return [r for r in results if r is not None], outbox_ids, opened
+
+
+def _pages(integration: IntegrationSettings, severity: str) -> bool:
+    """`routing.auto_page`: an incident this integration opens at P0/P1 is due for paging at once."""
+    return integration.auto_page and severity in PAGING_SEVERITIES
+
+
+def _page_details(integration: IntegrationSettings, severity: str) -> dict[str, Any] | None:
+    """The auto_page timeline entry's details, or None when the incident is not paged."""
+    if not _pages(integration, severity):
+        return None
+    return {"escalation_policy": integration.escalation_policy, "team": integration.default_team}
 
 
 def _incident_row(
@@ -367,6 +391,8 @@ def _incident_row(
         "resource": resource,
         "metrics": dict(ev.metrics) if ev.metrics else None,
         "tags": {str(k): v for k, v in (ev.tags or {}).items()},
+        # Auto-page: due for paging at once; the escalation sweep acts on it.
+        "next_escalation_at": now if _pages(integration, severity) else None,
         "sla_acknowledge_by": deadlines.acknowledge_by,
         "sla_resolve_by": deadlines.resolve_by,
         "sla_acknowledge_breached": False,
@@ -388,19 +414,20 @@ def _incident_row(
 _ONE_STATEMENT_SQL = """
 WITH alloc AS (
     -- LATERAL: the record is built once per row (`(f(x)).*` would call f once per column)
-    SELECT r.*, j.doc->>'_actor' AS actor, j.doc->'_details' AS details, nextval(%(seq)s::regclass) AS n
+    SELECT r.*, j.doc->>'_actor' AS actor, j.doc->'_details' AS details, j.doc->'_page' AS page,
+           nextval(%(seq)s::regclass) AS n
     FROM jsonb_array_elements(%(incidents)s::jsonb) AS j(doc),
          LATERAL jsonb_populate_record(NULL::incidents, j.doc) AS r
 ), inc AS (
     INSERT INTO incidents (id, title, description, source, event_type, category, severity, source_severity,
         status, fingerprint, event_count, first_seen, last_seen, created_at, updated_at, team, escalation_policy,
         service, resource, metrics, tags, sla_acknowledge_by, sla_resolve_by, sla_acknowledge_breached,
-        sla_resolve_breached, escalation_level)
+        sla_resolve_breached, escalation_level, next_escalation_at)
     SELECT 'INC-' || %(day)s || '-' || lpad(n::text, greatest(5, length(n::text)), '0'),
         title, description, source, event_type, category, severity, source_severity,
         status, fingerprint, event_count, first_seen, last_seen, created_at, updated_at, team, escalation_policy,
         service, resource, metrics, tags, sla_acknowledge_by, sla_resolve_by, sla_acknowledge_breached,
-        sla_resolve_breached, escalation_level
+        sla_resolve_breached, escalation_level, next_escalation_at
     FROM alloc
     ON CONFLICT (fingerprint) WHERE status IN ('NEW','ACKNOWLEDGED','IN_PROGRESS','ESCALATED')
     DO UPDATE SET event_count = incidents.event_count + EXCLUDED.event_count,
@@ -408,7 +435,7 @@ WITH alloc AS (
                   updated_at = EXCLUDED.updated_at
     RETURNING id, fingerprint
 ), touched AS (
-    SELECT inc.id, inc.fingerprint, alloc.actor, alloc.details,
+    SELECT inc.id, inc.fingerprint, alloc.actor, alloc.details, alloc.page,
            inc.id = 'INC-' || %(day)s || '-' || lpad(alloc.n::text, greatest(5, length(alloc.n::text)), '0')
                AS created
     FROM inc JOIN alloc ON alloc.fingerprint = inc.fingerprint
@@ -426,6 +453,9 @@ WITH alloc AS (
            CASE WHEN created THEN 'status' ELSE 'event_count' END, NULL,
            CASE WHEN created THEN 'NEW' END, details
     FROM touched
+    UNION ALL  -- auto-page (`_page` is present only for an incident paged at once)
+    SELECT id, %(now)s, actor, 'auto_page', 'next_escalation_at', NULL, %(now_iso)s, page
+    FROM touched WHERE created AND page IS NOT NULL
 ), ob AS (
     INSERT INTO outbox (kind, payload, created_at, attempts)
     SELECT %(kind)s, jsonb_build_object('event_ids', jsonb_agg(id ORDER BY id)), %(now)s, 0 FROM ev
@@ -540,6 +570,9 @@ def _ingest_postgres_one_statement(
         row = _incident_row(events[idxs[0]], "", fp, len(idxs), min(seen), max(seen), now, settings)
         row["_actor"] = events[idxs[0]].source
         row["_details"] = {"event_ids": [events[i].event_id for i in idxs[:20]], "events": len(idxs)}
+        page = _page_details(settings.integration(row["source"]), row["severity"])
+        if page is not None:
+            row["_page"] = page
         incident_rows.append(row)
     event_rows = []
     for i in first_index.values():
@@ -557,7 +590,7 @@ def _ingest_postgres_one_statement(
     params = {
         "incidents": orjson.dumps(incident_rows, default=_json_default).decode(),
         "events": orjson.dumps(event_rows, default=_json_default).decode(),
-        "seq": seq, "day": f"{day:%Y%m%d}", "now": now, "kind": PIPELINE_OUTBOX_KIND,
+        "seq": seq, "day": f"{day:%Y%m%d}", "now": now, "now_iso": now.isoformat(), "kind": PIPELINE_OUTBOX_KIND,
     }
     for attempt in range(2):
         try:

@@ -16,24 +16,23 @@ import uuid
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 
-from app.adapters.db import read_session, unit_of_work
-from app.adapters.models import Incident, TimelineEntry
+from app.adapters.db import read_session
+from app.adapters.models import Incident
 from app.config import Settings, get_settings
 from app.domain.fingerprint import fingerprint
 from app.domain.incident import IllegalTransition, IncidentNotFound
 from app.services import incidents
-from app.services.ingest import Dispatcher, IngestResult, NewEvent, ingest_events
+from app.services.ingest import Dispatcher, NewEvent, ingest_events
 
 log = logging.getLogger(__name__)
 
 ALERTMANAGER_SOURCE = "alertmanager"
 PAGERDUTY_SOURCE = "pagerduty"
 EDGE_AGENT_SOURCE = "llm-edge-agent"
-PAGING_SEVERITIES = ("P0", "P1")
 
 
 class InvalidPayload(ValueError):
@@ -436,46 +435,6 @@ def decode_ws_frame(data: bytes | str, settings: Settings | None = None) -> WsFr
 
 # ------------------------------------------------------------------------------------------ gRPC
 
-def auto_page(results: Sequence[IngestResult], source: str, settings: Settings | None = None) -> list[str]:
-    """Shield's `routing.auto_page`: incidents this ingest opened at P0/P1 are due for paging now
-    (`next_escalation_at` = now, picked up by the escalation sweep), with a timeline entry. Returns
-    the incidents paged."""
-    settings = settings or get_settings()
-    integration = settings.integration(source)
-    opened = [r.incident_id for r in results if r.created and r.incident_id]
-    if not integration.auto_page or not opened:
-        return []
-    now = datetime.now(timezone.utc)
-    with unit_of_work() as session:
-        paged = list(session.scalars(
-            update(Incident)
-            .where(Incident.id.in_(opened), Incident.severity.in_(PAGING_SEVERITIES),
-                   Incident.next_escalation_at.is_(None), Incident.acknowledged_at.is_(None))
-            .values(next_escalation_at=now, updated_at=now)
-            .returning(Incident.id)
-        ))
-        for incident_id in paged:
-            session.add(TimelineEntry(
-                incident_id=incident_id, at=now, actor=source, kind="auto_page", field="next_escalation_at",
-                old_value=None, new_value=now.isoformat(),
-                details={"escalation_policy": integration.escalation_policy, "team": integration.default_team},
-            ))
-    if paged:
-        log.info("auto-page: security incidents due for paging", extra={"incident_ids": paged, "source": source})
-    return paged
-
-
-def ingest_with_auto_page(events: Sequence[NewEvent], dispatcher: Dispatcher | None, door: str) -> list[IngestResult]:
-    """Durable ingest, then Shield's auto-page for what it opened (both committed before answering)."""
-    results = ingest_events(events, dispatcher=dispatcher, door=door)
-    by_source: dict[str, list[IngestResult]] = {}
-    for event, result in zip(events, results, strict=True):
-        by_source.setdefault(event.source, []).append(result)
-    for source, source_results in by_source.items():
-        auto_page(source_results, source)
-    return results
-
-
 def update_incident(incident_id: str, actor: str, changes: Mapping[str, Any]) -> dict[str, Any]:
     """One call for gRPC's UpdateIncident: a status of ACKNOWLEDGED or RESOLVED goes through
     acknowledge/resolve (who/when recorded), anything else through patch."""
@@ -582,6 +541,6 @@ def analyze_correlations(incident_id: str, time_window_secs: int = 0, limit: int
 
 __all__ = [
     "AlertmanagerBatch", "InvalidPayload", "PagerDutyCommand", "WsFrame", "analyze_correlations",
-    "auto_page", "decode_ws_frame", "find_active_incident", "handle_alertmanager", "handle_pagerduty",
-    "ingest_with_auto_page", "parse_alertmanager", "parse_pagerduty", "update_incident",
+    "decode_ws_frame", "find_active_incident", "handle_alertmanager", "handle_pagerduty",
+    "parse_alertmanager", "parse_pagerduty", "update_incident",
 ]

@@ -422,3 +422,48 @@ def test_batches_beyond_the_connection_bound_are_all_accepted(app, key, monkeypa
     assert [(r.status_code, r.get_json()["accepted"]) for r in responses] == [(202, 50)] * 8
     assert len(ingest._fast_connections._idle) <= 2
     assert counts()["events"] == 400
+
+
+@pytest.mark.parametrize("path", ["one statement", "general"])
+def test_auto_page_is_written_with_the_incident_it_pages(client, key, tmp_path, monkeypatch, path):
+    """`routing.auto_page`: an incident the integration opens at P0/P1 is due for paging at once,
+    in the same commit as the incident, on both ingest paths (the general one answers batches
+    that hold a stored duplicate). An event joining it, and a low-severity incident, page nothing."""
+    from app.config import reset_settings_cache
+
+    if path == "general":  # a stored duplicate sends the batch down the general path
+        assert post(client, "/api/v1/events", event("page-dup", source="llm-shield", title="Dup"), key).status_code == 202
+    config = tmp_path / "config.yaml"
+    config.write_text("integrations:\n  llm-shield:\n    routing:\n      default_team: security-team\n"
+                      "      escalation_policy: security-critical\n      auto_page: true\n")
+    monkeypatch.setenv("CONFIG_FILE", str(config))
+    reset_settings_cache()
+    shield = {"source": "llm-shield", "title": "Prompt injection", "severity": "critical"}
+    try:
+        batch = [event("page-1", **shield), event("page-2", **shield),
+                 event("page-low", source="llm-shield", title="Odd prompt", severity="low"),
+                 event("page-other", title="Not Shield", severity="critical")]
+        if path == "general":
+            batch.append(event("page-dup", source="llm-shield", title="Dup"))
+        answer = post(client, "/api/v1/events", {"events": batch}, key).get_json()
+        joined = post(client, "/api/v1/events", event("page-3", **shield), key).get_json()
+    finally:
+        monkeypatch.delenv("CONFIG_FILE")
+        reset_settings_cache()
+    ids = [r["incident_id"] for r in answer["results"]]
+    assert answer["accepted"] == 4 and ids[0] == ids[1] == joined["incident_id"]
+    with read_session() as session:
+        incidents = {i: session.get(Incident, i) for i in ids[:4]}
+        timeline = session.execute(select(TimelineEntry.incident_id, TimelineEntry.kind, TimelineEntry.new_value,
+                                          TimelineEntry.details)
+                                   .where(TimelineEntry.incident_id.in_(ids[:4]))
+                                   .order_by(TimelineEntry.at, TimelineEntry.id)).all()
+    paged = incidents[ids[0]]
+    assert paged.severity == "P0" and paged.next_escalation_at is not None
+    assert paged.next_escalation_at == paged.created_at
+    assert incidents[ids[2]].next_escalation_at is None and incidents[ids[3]].next_escalation_at is None
+    pages = [row for row in timeline if row.kind == "auto_page"]
+    assert [(row.incident_id, row.details) for row in pages] == [
+        (ids[0], {"escalation_policy": "security-critical", "team": "security-team"})]
+    assert datetime.fromisoformat(pages[0].new_value) == paged.next_escalation_at
+    assert [row.kind for row in timeline if row.incident_id == ids[0]] == ["created", "auto_page", "event_merged"]
