@@ -1,6 +1,7 @@
 """gRPC CreateIncident throughput: one client process, 8 concurrent calls in flight.
 
     flock /tmp/im-bench.lock .venv/bin/python bench/grpc_ingest.py [--seconds 10] [--concurrency 8]
+        [--new-incidents] [--auto-page]
 
 Starts the real `incident-manager grpc serve` process on a throwaway database, then measures
 (1) the same-run baseline: the standard health Check RPC (no database), and (2) CreateIncident with
@@ -62,7 +63,7 @@ def cpu_secs(server_pid: int, database: str) -> tuple[float, float, float]:
 
 
 async def measure(port: int, key: str, seconds: float, concurrency: int, ceiling: float,
-                  server_pid: int, database: str) -> str:
+                  server_pid: int, database: str, new_incidents: bool = False) -> str:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     import proto
@@ -80,7 +81,8 @@ async def measure(port: int, key: str, seconds: float, concurrency: int, ceiling
 
         async def create(n: int) -> None:
             await stub.CreateIncident(pb2.CreateIncidentRequest(
-                event_id=f"bench-{run_id}-{n}", source="llm-shield", title=f"Prompt injection {n % 500}",
+                event_id=f"bench-{run_id}-{n}", source="llm-shield",
+                title=f"Prompt injection {n if new_incidents else n % 500}",
                 severity="critical", event_type="violation", category="security",
                 resource=pb2.Resource(type="model", id=f"model-{n % 50}"), tags={"environment": "bench"},
                 encrypted_payload=b"x" * 64), metadata=metadata, timeout=10)
@@ -104,7 +106,7 @@ async def measure(port: int, key: str, seconds: float, concurrency: int, ceiling
     ])
 
 
-def group_commit_ceiling(seconds: float, concurrency: int) -> float:
+def group_commit_ceiling(seconds: float, concurrency: int, new_incidents: bool = False) -> float:
     """Same-run ceiling: the service CreateIncident calls (group commit + ingest), no gRPC."""
     import threading
 
@@ -120,7 +122,8 @@ def group_commit_ceiling(seconds: float, concurrency: int) -> float:
         n = 0
         while time.monotonic() < stop:
             committer.submit(NewEvent(source="llm-shield", event_id=f"ceiling-{os.getpid()}-{slot}-{n}",
-                                      title=f"Prompt injection {n % 500}", raw={}, severity="critical",
+                                      title=f"Prompt injection {f'{slot}-{n}' if new_incidents else n % 500}",
+                                      raw={}, severity="critical",
                                       event_type="violation", category="security",
                                       resource={"type": "model", "id": f"model-{n % 50}"},
                                       tags={"environment": "bench"}, encrypted_payload=b"x" * 64))
@@ -140,12 +143,24 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--new-incidents", action="store_true",
+                        help="every call opens its own incident (default: 500 titles, so most calls join one)")
+    parser.add_argument("--auto-page", action="store_true",
+                        help="Shield's routing.auto_page on (guide §3): every incident opened at P0 is paged")
     args = parser.parse_args()
     with bench_environment() as env:
+        if args.auto_page:
+            config = Path(env["DATA_DIR"]) / "config.yaml"
+            config.write_text("integrations:\n  llm-shield:\n    routing:\n      default_team: security-team\n"
+                              "      escalation_policy: security-critical\n      auto_page: true\n")
+            os.environ["CONFIG_FILE"] = str(config)
+            from app.config import reset_settings_cache
+
+            reset_settings_cache()
         from app.services.auth import create_api_key
 
         key = create_api_key("bench", ["event:create"], 0).key
-        ceiling = group_commit_ceiling(args.seconds / 2, args.concurrency)
+        ceiling = group_commit_ceiling(args.seconds / 2, args.concurrency, args.new_incidents)
         port = free_port()
         log = open(Path(env["DATA_DIR"]) / "grpc.log", "w")
         server = subprocess.Popen([sys.executable, "-m", "app.cli", "grpc", "serve", "--address", f"127.0.0.1:{port}"],
@@ -155,7 +170,8 @@ def main() -> None:
             print(f"ingest service alone (in-process GroupCommitter, {args.concurrency} threads): "
                   f"{ceiling:8.0f} events/s")
             database = env["DATABASE_URL"].rsplit("/", 1)[1]
-            print(asyncio.run(measure(port, key, args.seconds, args.concurrency, ceiling, server.pid, database)))
+            print(asyncio.run(measure(port, key, args.seconds, args.concurrency, ceiling, server.pid, database,
+                                      args.new_incidents)))
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
