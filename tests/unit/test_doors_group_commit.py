@@ -143,9 +143,10 @@ def queue_one_by_one(committer: GroupCommitter, ids: list[str], outcomes: dict[s
     return threads
 
 
-def test_callers_queued_behind_a_commit_form_the_next_group_in_arrival_order():
-    store = GatedStore()
-    committer = GroupCommitter(store)
+def five_queued_behind_a_held_commit(
+        store: GatedStore, committer: GroupCommitter) -> tuple[dict[str, object], list[threading.Thread]]:
+    """"first" commits and is held; q0..q4 queue behind it in that order; then the commit goes on.
+    Returns every caller's outcome and the callers' threads, all joined."""
     outcomes: dict[str, object] = {}
     threads = start(committer, ["first"], outcomes)
     wait_until(lambda: len(store.groups) == 1, "the first commit to start")
@@ -153,6 +154,13 @@ def test_callers_queued_behind_a_commit_form_the_next_group_in_arrival_order():
     store.gate.set()
     for thread in threads:
         thread.join(10)
+    return outcomes, threads
+
+
+def test_callers_queued_behind_a_commit_form_the_next_group_in_arrival_order():
+    store = GatedStore()
+    committer = GroupCommitter(store)
+    outcomes, threads = five_queued_behind_a_held_commit(store, committer)
     assert store.groups == [["first"], ["q0", "q1", "q2", "q3", "q4"]]
     assert {k: v.incident_id for k, v in outcomes.items()} == {  # type: ignore[union-attr]
         i: f"INC-{i}" for i in ["first", "q0", "q1", "q2", "q3", "q4"]}
@@ -161,13 +169,7 @@ def test_callers_queued_behind_a_commit_form_the_next_group_in_arrival_order():
 def test_an_interrupted_leader_wakes_its_group_and_passes_the_lead_on():
     store = GatedStore(fail_group=2)
     committer = GroupCommitter(store, max_batch=3)
-    outcomes: dict[str, object] = {}
-    threads = start(committer, ["first"], outcomes)
-    wait_until(lambda: len(store.groups) == 1, "the first commit to start")
-    threads += queue_one_by_one(committer, [f"q{i}" for i in range(5)], outcomes)
-    store.gate.set()
-    for thread in threads:
-        thread.join(10)
+    outcomes, threads = five_queued_behind_a_held_commit(store, committer)
     assert not any(thread.is_alive() for thread in threads)
     assert store.groups == [["first"], ["q0", "q1", "q2"], ["q3", "q4"]]
     assert isinstance(outcomes["q0"], Interrupted)  # the leader of the interrupted group
