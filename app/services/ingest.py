@@ -311,13 +311,11 @@ def _ingest_in_transaction(
                     "field": "status", "old_value": None, "new_value": "NEW",
                     "details": {"event_ids": [events[i].event_id for i in idxs[:20]], "events": len(idxs)},
                 })
-                page = _page_details(settings.integration(events[idxs[0]].source),
-                                     row_of_id[incident_id]["severity"])
-                if page is not None:
+                if row_of_id[incident_id]["next_escalation_at"] is not None:
                     timeline.append({
                         "incident_id": incident_id, "at": now, "actor": events[idxs[0]].source, "kind": "auto_page",
                         "field": "next_escalation_at", "old_value": None, "new_value": now.isoformat(),
-                        "details": page,
+                        "details": _page_details(settings.integration(events[idxs[0]].source)),
                     })
             else:
                 timeline.append({
@@ -351,10 +349,8 @@ def _pages(integration: IntegrationSettings, severity: str) -> bool:
     return integration.auto_page and severity in PAGING_SEVERITIES
 
 
-def _page_details(integration: IntegrationSettings, severity: str) -> dict[str, Any] | None:
-    """The auto_page timeline entry's details, or None when the incident is not paged."""
-    if not _pages(integration, severity):
-        return None
+def _page_details(integration: IntegrationSettings) -> dict[str, Any]:
+    """The details of the auto_page timeline entry of an incident `_incident_row` marked as paged."""
     return {"escalation_policy": integration.escalation_policy, "team": integration.default_team}
 
 
@@ -570,9 +566,8 @@ def _ingest_postgres_one_statement(
         row = _incident_row(events[idxs[0]], "", fp, len(idxs), min(seen), max(seen), now, settings)
         row["_actor"] = events[idxs[0]].source
         row["_details"] = {"event_ids": [events[i].event_id for i in idxs[:20]], "events": len(idxs)}
-        page = _page_details(settings.integration(row["source"]), row["severity"])
-        if page is not None:
-            row["_page"] = page
+        if row["next_escalation_at"] is not None:
+            row["_page"] = _page_details(settings.integration(row["source"]))
         incident_rows.append(row)
     event_rows = []
     for i in first_index.values():
