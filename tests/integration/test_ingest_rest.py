@@ -432,7 +432,8 @@ def test_auto_page_is_written_with_the_incident_it_pages(client, key, tmp_path, 
     from app.config import reset_settings_cache
 
     if path == "general":  # a stored duplicate sends the batch down the general path
-        assert post(client, "/api/v1/events", event("page-dup", source="llm-shield", title="Dup"), key).status_code == 202
+        stored = post(client, "/api/v1/events", event("page-dup", source="llm-shield", title="Dup"), key)
+        assert stored.status_code == 202
     config = tmp_path / "config.yaml"
     config.write_text("integrations:\n  llm-shield:\n    routing:\n      default_team: security-team\n"
                       "      escalation_policy: security-critical\n      auto_page: true\n")
