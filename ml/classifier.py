@@ -249,7 +249,8 @@ class CalibratedEnsemble:
 
 
 def _rows(views: FeatureViews, index: np.ndarray) -> FeatureViews:
-    return FeatureViews(sparse=views.sparse[index], dense=views.dense[index])
+    return FeatureViews(sparse=views.sparse[index], dense=views.dense[index],
+                        grounded=None if views.grounded is None else views.grounded[index])
 
 
 def _calibration_split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -316,8 +317,9 @@ class IncidentClassifier:
         category_confidences = category_p[np.arange(len(items)), category_index]
         # map, not a comprehension: the per-event loop runs in C (this step was ~10 % of a batch).
         probabilities = map(dict, map(zip, repeat(severity_classes), np.round(severity_p, 4).tolist()))
+        grounded = views.grounded.tolist() if views.grounded is not None else repeat(True)
         predictions = list(map(Prediction, severities, categories, confidences.tolist(), category_confidences.tolist(),
-                               repeat(self.version), probabilities))
+                               repeat(self.version), probabilities, grounded))
         if record:
             ml_metrics.record_predictions(self.version, severities, confidences)
         log.debug("classified batch", extra={"count": len(items), "model_version": self.version,

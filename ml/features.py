@@ -18,6 +18,7 @@ distinct categorical value of a batch is spelt and looked up once, and the rest 
 
 from __future__ import annotations
 
+import collections
 import math
 import re
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from ml.interface import ClassifierInput
 # Longer tag values are ids or free text: they would only add noise to the one-hot block.
 MAX_TAG_VALUE_CHARS = 40
 MIN_METRIC_SHARE = 0.01  # a metric must appear in >= 1 % of training rows to get a dense column
+MIN_UNMEASURED_ROWS = 5  # metric-less training rows of an event type before such events count as grounded
 ORDINAL_TAGS = ("environment", "tier")
 KEYWORD_FLAGS = 40
 MAX_LEVELS = 250  # the trees' categorical splits take at most 255 levels (codes beyond are "other")
@@ -47,6 +49,7 @@ class FeatureViews:
 
     sparse: sp.csr_matrix
     dense: np.ndarray
+    grounded: np.ndarray | None = None  # per row: like what the model learnt from (`FeatureExtractor.grounded`)
 
 
 CATEGORICAL_FIELDS = ("source", "event_type", "category", "resource_type", "source_severity")
@@ -391,6 +394,9 @@ class FeatureExtractor:
         self.metric_scale = np.ones(0, dtype=np.float32)
         self.levels: list[dict[str, int]] = []
         self.keyword_columns = np.zeros(0, dtype=np.int64)
+        # Event types the model learnt from events that carried no known metric (manual reports,
+        # feedback on a new pattern): such events of these types are grounded without metrics.
+        self.unmeasured_event_types: frozenset[str] = frozenset()
         self.fitted = False
 
     # -------------------------------------------------------------------------------- fitting
@@ -418,6 +424,11 @@ class FeatureExtractor:
         minimum = max(1, int(MIN_METRIC_SHARE * len(items)))
         self.metric_names = sorted(k for k, c in counts.items() if c >= minimum)
         self.metric_scale = np.array([peaks[k] or 1.0 for k in self.metric_names], dtype=np.float32)
+        known = set(self.metric_names)
+        unmeasured = collections.Counter(
+            level_of("event_type", item.event_type) for item in items
+            if not any(str(key).lower() in known or key in known for key in numeric_metrics(item.metrics or {})))
+        self.unmeasured_event_types = frozenset(t for t, n in unmeasured.items() if n >= MIN_UNMEASURED_ROWS)
         self.fitted = True
         return self
 
@@ -445,7 +456,17 @@ class FeatureExtractor:
         source_level = per_value(lambda value: SEVERITIES.index(map_source_severity(value)),
                                  [item.source_severity for item in items], np.float32).reshape(n, 1)
         dense = np.hstack([codes, raw, source_level, self._keyword_flags(text)])
-        return FeatureViews(sparse=sparse, dense=dense)
+        return FeatureViews(sparse=sparse, dense=dense, grounded=self.grounded(items, no_metrics[:, 0] == 0))
+
+    def grounded(self, items: Sequence[ClassifierInput], measured: np.ndarray) -> np.ndarray:
+        """Per event: it carried a metric the model knows, or it is of an event type the model
+        learnt from without metrics. Model files from before this attribute know no such types."""
+        learnt: frozenset[str] = getattr(self, "unmeasured_event_types", frozenset())
+        grounded = measured.copy()
+        if learnt:
+            for i in np.flatnonzero(~measured).tolist():
+                grounded[i] = level_of("event_type", items[i].event_type) in learnt
+        return grounded
 
     def _categoricals(self, items: Sequence[ClassifierInput],
                       tags: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

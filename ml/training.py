@@ -32,7 +32,7 @@ from ml import metrics as ml_metrics
 from ml import registry
 from ml.classifier import IncidentClassifier, train_classifier
 from ml.features import inputs_from_rows
-from ml.interface import ClassifierInput
+from ml.interface import ClassifierInput, model_decides
 from ml.rules import RulesClassifier
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def evaluate(model: Any, data: LabelledSet, threshold: float = 0.7) -> dict[str,
     categories = [p.category for p in predictions]
     confidence = np.array([p.confidence for p in predictions])
     correct = np.array([a == b for a, b in zip(severities, data.severities, strict=True)])
-    confident = confidence >= threshold
+    confident = np.array([model_decides(p, threshold) for p in predictions], dtype=bool)
     return {
         "held_out_size": len(data),
         "severity_macro_f1": round(float(f1_score(data.severities, severities, average="macro", zero_division=0)), 4),

@@ -15,7 +15,7 @@ from api.openapi import Operation, operation, schema
 from app.config import get_settings
 from app.domain.severity import SEVERITIES, map_source_severity
 from app.services import feedback as feedback_service
-from ml.interface import ClassifierInput, get_classifier
+from ml.interface import ClassifierInput, get_classifier, model_decides
 
 bp = Blueprint("ml", __name__)
 
@@ -119,12 +119,13 @@ def classify() -> Any:
     results = []
     for item, prediction in zip(items, predictions, strict=True):
         mapped = map_source_severity(item.source_severity)
-        use_model = prediction.confidence >= threshold
+        use_model = model_decides(prediction, threshold)
         results.append({
             "severity": prediction.severity if use_model else mapped,
             "decided_by": "model" if use_model else "source_severity",
             "predicted_severity": prediction.severity,
             "confidence": round(prediction.confidence, 4),
+            "grounded": prediction.grounded,
             "source_severity": item.source_severity,
             "mapped_source_severity": mapped,
             "category": prediction.category,

@@ -5,6 +5,7 @@ prediction after the retraining."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -78,7 +79,14 @@ def test_classify_one_and_many_with_confidence_and_version(client: Any, make_key
     assert len(predictions) == 3 and predictions[0] == prediction
     # Below the threshold the mapped source severity stands, and both are shown.
     for p in predictions:
-        assert p["decided_by"] == ("model" if p["confidence"] >= 0.7 else "source_severity")
+        assert p["decided_by"] == ("model" if p["confidence"] >= 0.7 and p["grounded"] else "source_severity")
+
+    # The guide's Sentinel example: none of its metrics is one the model knows, so the source decides.
+    guide = json.loads((Path(__file__).parent.parent / "fixtures" / "sentinel-event.json").read_text())
+    sentinel = client.post("/api/v1/ml/classify", json=guide, headers={"X-API-Key": reader}).get_json()
+    [answer] = sentinel["predictions"]
+    assert answer["grounded"] is False and answer["decided_by"] == "source_severity"
+    assert answer["severity"] == answer["mapped_source_severity"] == "P1"
 
     models = client.get("/api/v1/ml/models", headers={"X-API-Key": reader})
     assert models.status_code == 200

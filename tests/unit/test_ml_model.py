@@ -151,6 +151,45 @@ def test_boosting_falls_back_to_predict_proba_when_scikit_learn_internals_change
     assert sum("fast path unavailable" in r.getMessage() for r in caplog.records) == 1  # said once
 
 
+GUIDE_SENTINEL = ClassifierInput(  # integration guide §2, as the pipeline hands it to the classifier
+    title="Latency Spike Detected", description="95th percentile latency exceeded threshold by 270%",
+    source="llm-sentinel", event_type="anomaly", category="performance", resource_type="endpoint",
+    source_severity="high", tags={"environment": "production", "tenant_id": "tenant-123"},
+    metrics={"p95_latency_ms": 5400, "threshold_ms": 2000, "baseline_ms": 800, "duration_sec": 300,
+             "affected_requests": 1234})
+
+
+def test_an_event_unlike_the_training_data_keeps_its_source_severity() -> None:
+    """The guide's Sentinel event carries none of the metrics the shipped data uses: the model's
+    confidence there is an extrapolation, so it does not decide. With a known metric it may."""
+    from dataclasses import replace
+
+    from ml.interface import model_decides
+
+    unlike, like = base_model().predict_batch(
+        [GUIDE_SENTINEL, replace(GUIDE_SENTINEL, metrics={**GUIDE_SENTINEL.metrics, "impact_score": 0.8})])
+    assert not unlike.grounded and not model_decides(unlike, 0.0)
+    assert like.grounded and model_decides(like, 0.0)
+    assert model_decides(like, 0.7) == (like.confidence >= 0.7)
+
+
+def test_event_types_learnt_without_metrics_are_grounded_without_them() -> None:
+    """Five metric-less training rows of an event type (e.g. feedback on manual reports of a new
+    pattern) ground such events; four do not, and other types stay ungrounded."""
+    from dataclasses import replace
+
+    from ml.features import FeatureExtractor
+
+    train, _ = load_shipped()
+    report = ClassifierInput(title="Model weights checksum mismatch", source="manual",
+                             event_type="weights_tampering", source_severity="low")
+    for rows, expected in ((4, False), (5, True)):
+        extractor = FeatureExtractor().fit(train.inputs + [report] * rows)
+        views = extractor.transform([report, replace(GUIDE_SENTINEL, event_type="anomaly"), GUIDE_SENTINEL])
+        assert views.grounded is not None
+        assert views.grounded.tolist() == [expected, False, False]
+
+
 def test_shared_sparse_product_is_each_members_own_arithmetic() -> None:
     """`SparseMembers` (one product for the linear members of both ensembles) gives each member
     exactly what `fast_predict_proba` gives it, so predict_batch is the member-by-member path."""

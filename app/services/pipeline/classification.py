@@ -1,8 +1,9 @@
 """Classification stage: one `predict_batch` call through `ml.interface.get_classifier()`.
 
 The incident's severity becomes the predicted one when its confidence reaches
-`ml.confidence_threshold`, else the mapped source severity stands (CONTRACT decision 6). The
-category is the event's own when it gave one, else the predicted one."""
+`ml.confidence_threshold` and the event is grounded (`ml.interface.model_decides`),
+else the mapped source severity stands (CONTRACT decision 6). The category is the event's own
+when it gave one, else the predicted one."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 from app import metrics
 from app.config import Settings, get_settings
 from app.services.pipeline.batch import Batch
-from ml.interface import ClassifierInput, get_classifier
+from ml.interface import ClassifierInput, get_classifier, model_decides
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def classify(batch: Batch, settings: Settings | None = None) -> Batch:
                            f"for {len(inputs)} inputs")
     threshold = settings.ml.confidence_threshold
     for snap, prediction in zip(incidents, predictions, strict=True):
-        confident = prediction.confidence >= threshold
+        confident = model_decides(prediction, threshold)
         batch["classification"][snap["id"]] = {
             "severity": prediction.severity if confident else snap["severity"],
             "category": snap["category"] or prediction.category,
