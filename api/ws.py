@@ -66,6 +66,15 @@ def _handshake_principal() -> Principal:
     return principal
 
 
+def _text(message: Mapping[str, Any]) -> str:
+    """A frame's JSON text: orjson (non-JSON values as str(), integer keys of error details as
+    strings), json for what orjson refuses (integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(message, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(message, default=str)
+
+
 class EventSocket:
     """One connection. The reader decodes and validates frames while the committer stores the
     previous ones (a queue of PIPELINE_DEPTH frames between them), so a batch's database round trips
@@ -87,7 +96,7 @@ class EventSocket:
         self._committer: threading.Thread | None = None  # started by the first event: idle agents cost less
 
     def send(self, message: Mapping[str, Any]) -> None:
-        data = json.dumps(message, default=str)
+        data = _text(message)
         with self._send_lock:
             self.ws.send(data)
 
@@ -97,8 +106,7 @@ class EventSocket:
         with self._send_lock:
             if not self.ws.connected:
                 raise ConnectionClosed(self.ws.close_reason, self.ws.close_message)
-            data = b"".join(self.ws.ws.send(TextMessage(data=orjson.dumps(m, default=str).decode()))
-                            for m in messages)
+            data = b"".join(self.ws.ws.send(TextMessage(data=_text(m))) for m in messages)
             self.ws.sock.sendall(data)
 
     def error(self, code: str, message: str, details: Any = None, **extra: Any) -> None:

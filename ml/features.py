@@ -424,10 +424,10 @@ class FeatureExtractor:
         minimum = max(1, int(MIN_METRIC_SHARE * len(items)))
         self.metric_names = sorted(k for k, c in counts.items() if c >= minimum)
         self.metric_scale = np.array([peaks[k] or 1.0 for k in self.metric_names], dtype=np.float32)
-        known = set(self.metric_names)
+        measured = ~np.isnan(self._raw_metrics(items)).all(axis=1)  # the same matching as transform's
         unmeasured = collections.Counter(
-            level_of("event_type", item.event_type) for item in items
-            if not any(str(key).lower() in known or key in known for key in numeric_metrics(item.metrics or {})))
+            level_of("event_type", item.event_type) for item, known in zip(items, measured.tolist(), strict=True)
+            if not known)
         self.unmeasured_event_types = frozenset(t for t, n in unmeasured.items() if n >= MIN_UNMEASURED_ROWS)
         self.fitted = True
         return self
