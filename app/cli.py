@@ -217,6 +217,10 @@ from ml.cli import ml_group  # noqa: E402
 
 main.add_command(ml_group)
 
+from app.breakers_cli import breakers_group  # noqa: E402
+
+main.add_command(breakers_group)
+
 
 if __name__ == "__main__":
     main()

@@ -65,6 +65,15 @@ DEAD_LETTERS = Counter("incident_manager_dead_letters_total", "Tasks that ran ou
 RATE_LIMITED = Counter("incident_manager_rate_limited_total", "Requests refused with 429", ["key"])
 
 
+# Collectors that read shared state when /metrics is scraped (e.g. circuit breakers, whose state lives
+# in Redis rather than in any one process); their exposition is appended to the processes' metrics.
+_scrape_registry = CollectorRegistry(auto_describe=False)
+
+
+def register_scrape_collector(collector: Any) -> None:
+    _scrape_registry.register(collector)
+
+
 _http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
 
@@ -86,10 +95,10 @@ def render() -> tuple[bytes, str]:
     if directory and os.path.isdir(directory):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(registry) + generate_latest(_scrape_registry), CONTENT_TYPE_LATEST
     from prometheus_client import REGISTRY
 
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY) + generate_latest(_scrape_registry), CONTENT_TYPE_LATEST
 
 
 def mark_process_dead(pid: int) -> None:

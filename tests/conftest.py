@@ -228,3 +228,6 @@ def start_worker(test_env: dict[str, str]) -> Iterator[Callable[..., WorkerProce
 def worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
     """One real worker on every queue."""
     return start_worker()
+
+
+from tests.outbound import outbound_config  # noqa: E402,F401  (outbound tests: a config.yaml per test)
