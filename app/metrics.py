@@ -62,6 +62,19 @@ QUEUE_OLDEST_AGE = Gauge(
 )
 OUTBOX_RELAYED = Counter("incident_manager_outbox_relayed_total", "Outbox messages re-sent by the relay")
 DEAD_LETTERS = Counter("incident_manager_dead_letters_total", "Tasks that ran out of retries", ["task"])
+OUTBOUND_REQUESTS = Counter(
+    "incident_manager_outbound_requests_total", "Outbound HTTP requests by target and outcome", ["target", "outcome"]
+)
+OUTBOUND_DURATION = Histogram(
+    "incident_manager_outbound_request_duration_seconds", "Outbound HTTP request time", ["target"],
+    buckets=LATENCY_BUCKETS,
+)
+OUTBOUND_BLOCKED = Counter(
+    "incident_manager_outbound_blocked_total", "Outbound connections refused by the SSRF guard"
+)
+NOTIFICATIONS_SENT = Counter(
+    "incident_manager_notifications_sent_total", "Notifications by channel and outcome", ["channel", "outcome"]
+)
 RATE_LIMITED = Counter("incident_manager_rate_limited_total", "Requests refused with 429", ["key"])
 
 
