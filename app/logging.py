@@ -29,6 +29,10 @@ def redact(value: Any) -> Any:
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, instance: str | None = None) -> None:
+        super().__init__()
+        self.instance = instance  # `instance_id`: tells apart the lines of several deployments
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat().replace("+00:00", "Z"),
@@ -36,6 +40,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": redact(record.getMessage()),
         }
+        if self.instance:
+            entry["instance"] = self.instance
         request_id = request_id_var.get()
         if request_id:
             entry["request_id"] = request_id
@@ -51,9 +57,10 @@ def configure_logging(level: str | None = None) -> None:
     from app.config import get_settings
 
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    settings = get_settings()
+    handler.setFormatter(JsonFormatter(settings.instance_id))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level or get_settings().log_level)
+    root.setLevel(level or settings.log_level)
     for noisy in ("werkzeug", "urllib3", "kombu", "amqp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -148,9 +148,9 @@ def test_reference_readme_config_yaml_loads(base_env, tmp_path):
     assert s.enrichment.timeout_secs == 10 and s.enrichment.cache_ttl_secs == 300
     assert s.enrichment.max_concurrent == 5 and s.enrichment.similarity_threshold == 0.5
     assert s.correlation.time_window_secs == 300 and s.correlation.max_group_size == 50
-    assert s.correlation.min_incidents == 2 and s.correlation.enable_similarity is True
+    assert s.correlation.enable_similarity is True
     assert s.escalation.default_timeout_secs == 300
-    assert s.deduplication.window_secs == 900 and s.deduplication.fingerprint_enabled is True
+    assert s.deduplication.window_secs == 900
     assert s.raw["notifications"]["channels"][1]["webhook_url"] == "https://hooks.slack.com/..."
 
 
@@ -244,3 +244,51 @@ def test_invalid_config_yaml_names_the_key(base_env, tmp_path, yaml_text, key):
     with pytest.raises(ConfigError) as info:
         load_settings({**base_env, "CONFIG_FILE": write(tmp_path, yaml_text)})
     assert str(info.value).startswith(key), str(info.value)
+
+
+@pytest.mark.parametrize("yaml_text,key", [
+    ("colour: red\n", "colour"),  # a misspelt section is not silently ignored
+    ("storage:\n  type: mysql\n", "storage.type"),
+    ("routing: {rules: [{match: {severity: P9}, team: t}]}\n", "routing.rules[0].match.severity"),
+    ("correlation:\n  min_incidents: x\n", "correlation.min_incidents"),  # accepted key, still typed
+    ("enrichment:\n  async_enrichment: sometimes\n", "enrichment.async_enrichment"),
+    ("ml:\n  training_batch_size: 7.5\n", "ml.training_batch_size"),  # never truncated to 7
+])
+def test_more_invalid_config_yaml_names_the_key(base_env, tmp_path, yaml_text, key):
+    with pytest.raises(ConfigError) as info:
+        load_settings({**base_env, "CONFIG_FILE": write(tmp_path, yaml_text)})
+    assert str(info.value).startswith(key), str(info.value)
+
+
+def test_every_problem_is_listed(base_env, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_settings({**base_env, "CONFIG_FILE": write(tmp_path, "ml:\n  enabled: perhaps\n  confidence_threshold: 2\n")})
+    assert "ml.enabled" in str(info.value) and "ml.confidence_threshold" in str(info.value)
+
+
+def test_reference_keys_without_a_setting_are_accepted_not_kept(base_env, tmp_path):
+    s = load_settings({**base_env, "CONFIG_FILE": write(tmp_path, REFERENCE_CONFIG)})
+    assert not hasattr(s.correlation, "min_incidents") and not hasattr(s.enrichment, "async_enrichment")
+    assert not hasattr(s.deduplication, "fingerprint_enabled")
+
+
+def test_instance_id_environment_wins_and_secrets_stay_out_of_repr(base_env, tmp_path):
+    s = load_settings({**base_env, "CONFIG_FILE": write(tmp_path, REFERENCE_CONFIG), "INSTANCE_ID": "eu-1",
+                       "JWT_SECRET": "s" * 40, "API_KEY_SECRET": "k" * 40})
+    assert s.instance_id == "eu-1"
+    assert "s" * 40 not in repr(s) and "k" * 40 not in repr(s)
+
+
+def test_empty_variable_means_unset(base_env):
+    s = load_settings({**base_env, "API_PORT": "", "REDIS_URL": ""})
+    assert s.api_port == 8080 and s.redis_url is None
+
+
+def test_log_lines_carry_the_instance():
+    import json
+    import logging
+
+    from app.logging import JsonFormatter
+
+    record = logging.LogRecord("im", logging.INFO, __file__, 1, "hello", None, None)
+    assert json.loads(JsonFormatter("eu-1").format(record))["instance"] == "eu-1"

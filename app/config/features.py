@@ -1,0 +1,107 @@
+"""config.yaml sections of the features: `rate_limit`, `ml`, `enrichment`, `correlation`,
+`escalation`, `deduplication`, and the ENABLE_* flags that switch them. Each dataclass is the one
+declaration of its keys; the schema that validates the section is generated from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from marshmallow import Schema, validate
+
+from app.config.schema import Bool, Int, load, section_schema
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    requests_per_minute: int = 1000
+    burst: int = 100
+
+
+@dataclass(frozen=True)
+class MLSettings:
+    enabled: bool = True
+    confidence_threshold: float = field(default=0.7, metadata={"validate": validate.Range(min=0.0, max=1.0)})
+    model_path: str = "./models"
+    auto_train: bool = True
+    training_batch_size: int = 100
+
+
+@dataclass(frozen=True)
+class EnrichmentSettings:
+    enabled: bool = True
+    enable_historical: bool = True
+    enable_service: bool = True
+    enable_team: bool = True
+    timeout_secs: float = 10.0
+    cache_ttl_secs: int = 300
+    max_concurrent: int = 5
+    similarity_threshold: float = 0.5
+    # How many recent incidents the similar-incidents search compares against, and how many it keeps.
+    history_size: int = 500
+    similar_limit: int = 5
+
+
+@dataclass(frozen=True)
+class CorrelationSettings:
+    enabled: bool = True
+    time_window_secs: int = 300
+    max_group_size: int = 50
+    enable_source: bool = True
+    enable_type: bool = True
+    enable_similarity: bool = True
+    enable_tags: bool = True
+    enable_service: bool = True
+    # Weighted score of the enabled strategies (normalised by the sum of enabled weights).
+    score_threshold: float = 0.5
+    source_weight: float = 0.15
+    type_weight: float = 0.2
+    similarity_weight: float = 0.3
+    tags_weight: float = 0.15
+    service_weight: float = 0.2
+    # Candidates compared per batch: the most recent incidents inside the time window.
+    max_candidates: int = 500
+
+
+@dataclass(frozen=True)
+class EscalationSettings:
+    enabled: bool = True
+    default_timeout_secs: int = 300
+
+
+@dataclass(frozen=True)
+class DeduplicationSettings:
+    window_secs: int = 900
+    fingerprint_fields: tuple[str, ...] = ("source", "event_type", "title", "resource_ids")
+
+
+# Keys of the reference README's config.yaml that this system has no setting for: they are checked
+# for their type and otherwise have no effect (why, per key: docs/foundation.md, "Configuration").
+SECTIONS = {
+    "rate_limit": section_schema(RateLimitSettings),
+    "ml": section_schema(MLSettings),
+    "enrichment": section_schema(EnrichmentSettings, accepted={"async_enrichment": Bool()}),
+    "correlation": section_schema(CorrelationSettings, accepted={"min_incidents": Int(validate=validate.Range(min=2))}),
+    "escalation": section_schema(EscalationSettings),
+    "deduplication": section_schema(DeduplicationSettings, accepted={"fingerprint_enabled": Bool()}),
+}
+
+# ENABLE_* environment flag -> the section whose `enabled` it overrides.
+FLAGS = {
+    "enable_ml_classification": ("ENABLE_ML_CLASSIFICATION", "ml"),
+    "enable_enrichment": ("ENABLE_ENRICHMENT", "enrichment"),
+    "enable_correlation": ("ENABLE_CORRELATION", "correlation"),
+    "enable_escalation": ("ENABLE_ESCALATION", "escalation"),
+}
+
+_FLAG_SCHEMA = Schema.from_dict({variable: Bool() for variable, _ in FLAGS.values()})()
+
+
+def load_features(tree: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """The feature sections (as Settings keyword arguments) and their ENABLE_* flags: the
+    environment flag wins over the section's `enabled`."""
+    result: dict[str, Any] = {name: load(schema, tree.get(name) or {}, name) for name, schema in SECTIONS.items()}
+    given = load(_FLAG_SCHEMA, {variable: env[variable] for variable, _ in FLAGS.values() if variable in env})
+    for attribute, (variable, section) in FLAGS.items():
+        result[attribute] = given[variable] if variable in given else result[section].enabled
+    return result

@@ -1,0 +1,86 @@
+"""The Settings object every caller reads: one flat, frozen view over the sections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from app.config.features import (
+    CorrelationSettings,
+    DeduplicationSettings,
+    EnrichmentSettings,
+    EscalationSettings,
+    MLSettings,
+    RateLimitSettings,
+)
+from app.config.integrations import IntegrationSettings, RoutingRule, default_integration
+
+
+@dataclass(frozen=True)
+class Settings:
+    # runtime.py
+    instance_id: str
+    log_level: str
+    worker_metrics_port: int | None
+    pipeline_batch_size: int
+    outbox_relay_after_secs: int
+    task_max_retries: int
+    prometheus_url: str | None
+    # storage.py
+    data_dir: Path
+    database_url: str
+    database_pool_size: int
+    redis_url: str | None
+    broker_url: str
+    # doors.py
+    api_host: str
+    api_port: int
+    grpc_host: str
+    grpc_port: int
+    public_base_url: str | None
+    max_body_bytes: int
+    max_batch_events: int
+    grpc_tls_cert: str | None
+    grpc_tls_key: str | None
+    grpc_client_ca: str | None
+    grpc_allowed_identities: tuple[str, ...]
+    grpc_max_workers: int
+    ws_max_message_bytes: int
+    ws_idle_timeout_secs: int
+    # security.py
+    api_key_secret: bytes = field(repr=False)  # never in a log line or a traceback
+    jwt_secret: str = field(repr=False)
+    jwks_url: str | None
+    jwt_algorithms: tuple[str, ...]
+    # features.py
+    enable_ml_classification: bool
+    enable_enrichment: bool
+    enable_correlation: bool
+    enable_escalation: bool
+    rate_limit: RateLimitSettings
+    ml: MLSettings
+    enrichment: EnrichmentSettings
+    correlation: CorrelationSettings
+    escalation: EscalationSettings
+    deduplication: DeduplicationSettings
+    # integrations.py
+    integrations: Mapping[str, IntegrationSettings]
+    routing_rules: tuple[RoutingRule, ...] = ()
+    # The config.yaml document as read (sections such as `notifications` are read by their owners).
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def embedded(self) -> bool:
+        """True when running without Postgres/Redis servers (SQLite + filesystem broker)."""
+        return self.is_sqlite or self.redis_url is None
+
+    def integration(self, source: str) -> IntegrationSettings:
+        found = self.integrations.get(source)
+        if found is None and source.startswith("llm-"):
+            found = self.integrations.get(source[4:])
+        return found or default_integration(source)
