@@ -262,7 +262,8 @@ def test_more_invalid_config_yaml_names_the_key(base_env, tmp_path, yaml_text, k
 
 def test_every_problem_is_listed(base_env, tmp_path):
     with pytest.raises(ConfigError) as info:
-        load_settings({**base_env, "CONFIG_FILE": write(tmp_path, "ml:\n  enabled: perhaps\n  confidence_threshold: 2\n")})
+        load_settings({**base_env,
+                       "CONFIG_FILE": write(tmp_path, "ml:\n  enabled: perhaps\n  confidence_threshold: 2\n")})
     assert "ml.enabled" in str(info.value) and "ml.confidence_threshold" in str(info.value)
 
 
