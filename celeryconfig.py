@@ -71,10 +71,17 @@ task_routes = {
     "ops.*": {"queue": "ingest", "routing_key": "ingest"},
 }
 
+_ESCALATION_SWEEP_SECS = float(os.environ.get("ESCALATION_SWEEP_SECS", "5"))
+_SLA_CHECK_SECS = float(os.environ.get("SLA_CHECK_SECS", "15"))
 beat_schedule = {
     # Retrain when enough feedback arrived (ml.training_batch_size); the check itself is one COUNT.
     "ml-retrain-check": {"task": "ml.check_retrain", "schedule": float(os.environ.get("ML_RETRAIN_CHECK_SECS", "60"))},
     "outbox-relay": {"task": "ingest.relay_outbox", "schedule": 10.0},
     "queue-metrics": {"task": "ops.record_queue_depths", "schedule": 15.0},
     "beat-heartbeat": {"task": "ingest.beat_heartbeat", "schedule": 10.0},
+    # Escalation and SLA times are columns; beat sweeps them (docs/escalation.md). No ETA tasks.
+    # A run still queued when the next is due is dropped (`expires`): the next one does its work.
+    "escalation-sweep": {"task": "escalation.sweep", "schedule": _ESCALATION_SWEEP_SECS,
+                         "options": {"expires": max(_ESCALATION_SWEEP_SECS, 1.0)}},
+    "sla-check": {"task": "sla.check", "schedule": _SLA_CHECK_SECS, "options": {"expires": max(_SLA_CHECK_SECS, 1.0)}},
 }

@@ -76,6 +76,19 @@ NOTIFICATIONS_SENT = Counter(
     "incident_manager_notifications_sent_total", "Notifications by channel and outcome", ["channel", "outcome"]
 )
 RATE_LIMITED = Counter("incident_manager_rate_limited_total", "Requests refused with 429", ["key"])
+ESCALATIONS_TRIGGERED = Counter(
+    "incident_manager_escalations_triggered_total", "Escalation levels paged", ["level"]
+)
+ESCALATION_SWEEP_DURATION = Histogram(
+    "incident_manager_escalation_sweep_duration_seconds", "Time of one escalation sweep", buckets=LATENCY_BUCKETS
+)
+ESCALATION_DUE = Gauge(
+    "incident_manager_escalation_due", "Incidents due for their next escalation level after the last sweep",
+    multiprocess_mode="livemax",
+)
+SLA_BREACHES = Counter(
+    "incident_manager_sla_breaches_total", "SLA deadlines crossed", ["target", "severity"]
+)
 
 
 # Collectors that read shared state when /metrics is scraped (e.g. circuit breakers, whose state lives

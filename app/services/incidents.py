@@ -18,6 +18,7 @@ from app.adapters.models import Event, Incident, TimelineEntry
 from app.domain import sla
 from app.domain.incident import IncidentNotFound, check_transition
 from app.services import changes as changes_bus
+from app.services import sla_monitor
 
 MAX_MERGE_HOPS = 10
 
@@ -283,7 +284,9 @@ def _change(incident_id: str, actor: str, apply: Callable[[Session, Incident, da
 
 def acknowledge(incident_id: str, actor: str) -> dict[str, Any]:
     def apply(session: Session, incident: Incident, now: datetime) -> list[dict[str, Any]]:
-        return [_set_status(session, incident, "ACKNOWLEDGED", actor, now)]
+        change = _set_status(session, incident, "ACKNOWLEDGED", actor, now)
+        sla_monitor.flag_late_answer(session, incident, now, actor)
+        return [change]
 
     return _change(incident_id, actor, apply, "incident_acknowledged")
 
@@ -306,8 +309,7 @@ def resolve(incident_id: str, resolved_by: str, method: str = "Manual", notes: s
             from app.services.feedback import record_resolution_sample
 
             record_resolution_sample(session, incident, corrected_severity, resolved_by)
-        if incident.sla_resolve_by and now > incident.sla_resolve_by:
-            incident.sla_resolve_breached = True
+        sla_monitor.flag_late_answer(session, incident, now, resolved_by)
         return changes
 
     result = _change(incident_id, resolved_by, apply, "incident_resolved")

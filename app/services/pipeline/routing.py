@@ -24,7 +24,7 @@ from app.adapters.db import unit_of_work
 from app.adapters.models import Event, Incident, OutboxMessage, TimelineEntry
 from app.config import RoutingRule, Settings, get_settings
 from app.domain import sla
-from app.services import changes
+from app.services import changes, escalation
 from app.services.pipeline.batch import Batch, Snapshot, one_of
 from app.services.pipeline.instruments import EVENT_TO_INCIDENT_LATENCY
 
@@ -176,6 +176,10 @@ def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
                               "correlation_group_id": group.get("group_id")})
         if rows:
             _write_incidents(session, rows, timeline)
+            # Escalation starts in the same transaction: the policy's snapshot, due now (docs/escalation.md).
+            escalation.start(session, [{**p, "escalation_policy": r["escalation_policy"],
+                                        "service": snaps[p["id"]]["service"]}
+                                       for p, r in zip(published, rows, strict=True)], now)
         roots = batch.get("correlation_roots") or {}
         if roots:  # earlier incidents that became the root of a group this batch opened: one executemany
             table = cast(Table, Incident.__table__)

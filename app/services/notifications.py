@@ -1,0 +1,78 @@
+"""The notification service's intake: one delivery record per (escalation step, recipient, channel).
+
+Until the channels exist (the notifications work: Slack, PagerDuty, email, SMS, webhooks), a page is
+this record with status `pending` plus the escalation's timeline entry; the sender will pick the
+pending rows (`ix_notification_deliveries_pending`), check that the record's `escalation_token`
+still equals the incident's (an acknowledged or paused incident has another or none, so a stale
+page is never sent), and fill `status`, `attempts`, `last_error`, `next_attempt_at`.
+`idempotency_key` makes one step page each recipient on each channel at most once, whatever
+replays or races happen. See docs/escalation.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.adapters.escalation_models import NotificationDelivery
+
+DELIVERY_STATUSES = ("pending", "sent", "failed", "stale")
+
+
+@dataclass(frozen=True)
+class Page:
+    """One recipient of one escalation step, and why they are paged."""
+
+    recipient: str
+    target_type: str
+    target_id: str
+    via: str
+
+
+def idempotency_key(incident_id: str, step: str, recipient: str, channel: str) -> str:
+    return f"{incident_id}:{step}:{recipient}:{channel}"[:200]
+
+
+def record_pages(session: Session, incident_id: str, token: str, step: str, level: int,
+                 pages: Sequence[Page], channels: Sequence[str], reason: dict[str, Any], now: datetime) -> int:
+    """Write the pending delivery rows of one step (in the caller's transaction). Returns the rows
+    written: a repeated step writes none."""
+    rows = delivery_rows(incident_id, token, step, level, pages, channels, reason, now)
+    return insert_deliveries(session, rows)
+
+
+def delivery_rows(incident_id: str, token: str, step: str, level: int, pages: Sequence[Page],
+                  channels: Sequence[str], reason: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+    return [{
+        "incident_id": incident_id, "escalation_token": token, "step": step, "level": level, "channel": channel,
+        "target_type": page.target_type, "target_id": page.target_id, "recipient": page.recipient,
+        "status": "pending", "attempts": 0, "last_error": None,
+        "idempotency_key": idempotency_key(incident_id, step, page.recipient, channel),
+        "reason": {**reason, "via": page.via}, "created_at": now, "updated_at": now, "next_attempt_at": now,
+    } for page in pages for channel in channels]
+
+
+def insert_deliveries(session: Session, rows: list[dict[str, Any]]) -> int:
+    """Insert delivery rows, skipping any whose idempotency key exists. Returns the rows written."""
+    if not rows:
+        return 0
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(NotificationDelivery).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    written = session.execute(stmt.returning(NotificationDelivery.id), rows).all()
+    return len(written)
+
+
+def deliveries_of(session: Session, incident_id: str) -> list[dict[str, Any]]:
+    """The incident's delivery records, oldest first."""
+    table: Any = NotificationDelivery
+    return [{
+        "id": d.id, "step": d.step, "level": d.level, "channel": d.channel, "target_type": d.target_type,
+        "target_id": d.target_id, "recipient": d.recipient, "status": d.status, "attempts": d.attempts,
+        "last_error": d.last_error, "idempotency_key": d.idempotency_key, "reason": d.reason,
+        "created_at": d.created_at.isoformat().replace("+00:00", "Z"),
+    } for d in session.scalars(select(table).where(table.incident_id == incident_id).order_by(table.id))]
+
