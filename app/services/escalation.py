@@ -167,22 +167,32 @@ def start(session: Session, routed: Sequence[Mapping[str, Any]], now: datetime) 
     """Start escalation for routed incidents (in the route stage's transaction, rows already locked):
     `routed` items carry id, escalation_policy, severity, category, service, status. Each incident
     whose policy exists and whose conditions match gets the policy's snapshot and becomes due now
-    (an auto-paged one already is); each decision is a timeline row. Returns those rows."""
+    (an auto-paged one already is); without a policy of its own an incident takes its team's. Each
+    decision is a timeline row. Returns those rows."""
     if not get_settings().enable_escalation:
         return []
-    wanted = [r for r in routed if r.get("escalation_policy") and r.get("status") in PAGEABLE]
+    wanted = [r for r in routed if r.get("status") in PAGEABLE and (r.get("escalation_policy") or r.get("team"))]
+    team_names = sorted({r["team"] for r in wanted if not r.get("escalation_policy")})
+    team_policy = {t.name: t.escalation_policy for t in session.scalars(
+        select(Team).where(Team.name.in_(team_names)))} if team_names else {}
+    chosen: dict[str, tuple[str, str]] = {
+        r["id"]: (r["escalation_policy"], "the route stage assigned this policy")
+              if r.get("escalation_policy") else (team_policy.get(r["team"]) or "", f"the policy of team {r['team']}")
+        for r in wanted}
+    wanted = [r for r in wanted if chosen[r["id"]][0]]
     if not wanted:
         return []
-    names = sorted({r["escalation_policy"] for r in wanted})
+    names = sorted({chosen[r["id"]][0] for r in wanted})
     policies = {p.name: p for p in session.scalars(select(EscalationPolicy).where(EscalationPolicy.name.in_(names)))}
     snapshots: list[dict[str, Any]] = []
     timeline: list[dict[str, Any]] = []
     started: list[dict[str, Any]] = []
     for item in wanted:
-        policy = policies.get(item["escalation_policy"])
+        name, why = chosen[item["id"]]
+        policy = policies.get(name)
         if policy is None:
             timeline.append(_entry(item["id"], now, "escalation_not_started", None, None, {
-                "reason": f"escalation policy {item['escalation_policy']!r} does not exist"}))
+                "reason": f"escalation policy {name!r} does not exist ({why})"}))
             continue
         why_not = conditions_match(policy.conditions or {}, item.get("severity"), item.get("category"),
                                    item.get("service"))
@@ -191,11 +201,12 @@ def start(session: Session, routed: Sequence[Mapping[str, Any]], now: datetime) 
                 "policy": policy.name, "reason": f"the policy's conditions do not match: {why_not}"}))
             continue
         snapshots.append({"incident_id": item["id"], "policy_name": policy.name, "policy_version": policy.version,
-                          "snapshot": snapshot_of(policy), "cycle": 0, "started_at": now, "updated_at": now})
+                          "snapshot": {**snapshot_of(policy), "started_because": why}, "cycle": 0,
+                          "started_at": now, "updated_at": now})
         started.append({"b_id": item["id"], "b_token": _token()})
         timeline.append(_entry(item["id"], now, "escalation_started", "escalation_policy", policy.name, {
             "policy": policy.name, "policy_version": policy.version, "levels": len(policy.levels or []),
-            "reason": "the route stage assigned this policy"}))
+            "reason": why}))
     if snapshots:
         session.execute(_insert_ignore(session, IncidentEscalation).on_conflict_do_nothing(
             index_elements=["incident_id"]), snapshots)
@@ -294,10 +305,15 @@ def _fire(session: Session, due: Sequence[_Due], now: datetime, reason: str, act
         step = f"c{cycle}.l{level}"
         pages, notes = directory.resolve(spec.get("targets") or [], now)
         channels = list(spec.get("channels") or ["email"])
-        why = reason if level == 1 and cycle == 0 else (
-            f"level {level - 1 if level > 1 else len(levels)} not acknowledged within "
-            f"{levels[level - 2 if level > 1 else len(levels) - 1]['escalate_after_secs']}s"
-            if reason == "due" else reason)
+        if reason != "due":
+            why = reason
+        elif level == 1 and cycle == 0:
+            why = f"escalation started ({snap.get('started_because') or 'due for paging at creation'})"
+        elif level == 1:
+            why = (f"repeat {cycle} of {snap.get('repeat')}: level {len(levels)} not acknowledged within "
+                   f"{levels[-1]['escalate_after_secs']}s")
+        else:
+            why = f"level {level - 1} not acknowledged within {levels[level - 2]['escalate_after_secs']}s"
         next_at = now + timedelta(seconds=int(spec["escalate_after_secs"]))
         details = {"policy": snap.get("name"), "policy_version": snap.get("version"), "level": level,
                    "level_name": spec.get("name"), "cycle": cycle, "step": step, "reason": why,

@@ -3,6 +3,7 @@ the Europe/Berlin DST change and with an override, bad input, and the YAML impor
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -197,3 +198,17 @@ def test_yaml_import_is_idempotent_and_all_or_nothing(db):
     assert config.get_object(config.USER, "bob")  # nothing of the bad document was written
     with pytest.raises(config.NotFound):
         config.get_object(config.USER, "bobby")
+
+
+def test_cli_config_import(db, tmp_path):
+    from tests.integration.test_cli import cli
+
+    path = tmp_path / "oncall.yaml"
+    path.write_text(CONFIG_YAML)
+    first = json.loads(cli("config", "import", str(path)).stdout.splitlines()[-1])
+    assert first["created"]["escalation_policies"] == ["platform-default"]
+    again = json.loads(cli("config", "import", str(path)).stdout.splitlines()[-1])
+    assert again["created"] == {} and again["updated"] == {}
+    path.write_text(CONFIG_YAML.replace("time_zone: Europe/Berlin", "time_zone: Europe/Nowhere"))
+    bad = cli("config", "import", str(path), check=False)
+    assert bad.returncode == 1 and "time_zone" in bad.stderr
