@@ -63,7 +63,8 @@ def _uptime() -> str:
 
 
 def sweep_bench(engine: Any, open_count: int, due: int) -> dict[str, Any]:
-    from app.services import escalation, escalation_config as config
+    from app.services import escalation
+    from app.services import escalation_config as config
 
     for user in ("alice", "bob"):
         config.create_object(config.USER, config.load(config.USER, {"name": user}))

@@ -29,7 +29,7 @@ from app.config import get_settings
 from app.domain import oncall
 from app.domain.incident import Status
 from app.services import changes
-from app.services.notifications import Page, delivery_rows, insert_deliveries
+from app.services.deliveries import Page, delivery_rows, insert_deliveries
 
 log = logging.getLogger(__name__)
 
@@ -452,8 +452,8 @@ def state(session: Session, incident: Incident, run: IncidentEscalation | None) 
 
 
 def get_state(incident_id: str) -> dict[str, Any]:
+    from app.services.deliveries import deliveries_of
     from app.services.incidents import _resolve_merges
-    from app.services.notifications import deliveries_of
 
     with read_session() as session:
         incident = _resolve_merges(session, incident_id)

@@ -1,4 +1,5 @@
-"""The notification service's intake: one delivery record per (escalation step, recipient, channel).
+"""Escalation pages as delivery records, the notification service's intake: one per (escalation
+step, recipient, channel).
 
 Until the channels exist (the notifications work: Slack, PagerDuty, email, SMS, webhooks), a page is
 this record with status `pending` plus the escalation's timeline entry; the sender will pick the
