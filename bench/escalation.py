@@ -80,8 +80,8 @@ def sweep_bench(engine: Any, open_count: int, due: int) -> dict[str, Any]:
     with engine.begin() as conn:
         started = time.perf_counter()
         conn.execute(text("UPDATE incidents SET next_escalation_at = next_escalation_at + interval '1 hour',"
-                          " escalation_level = 1 WHERE id IN (SELECT id FROM incidents WHERE next_escalation_at <= now()"
-                          " ORDER BY id FOR UPDATE SKIP LOCKED)"))
+                          " escalation_level = 1 WHERE id IN (SELECT id FROM incidents"
+                          " WHERE next_escalation_at <= now() ORDER BY id FOR UPDATE SKIP LOCKED)"))
         baseline = time.perf_counter() - started
         conn.rollback()
     load = _uptime()
