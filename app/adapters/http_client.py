@@ -217,6 +217,22 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, DeliveryError) and exc.retryable and exc.kind in ("transport", "http_status")
 
 
+def retry_policy(attempts: int, settings: HttpSettings) -> Retrying:
+    """Up to `attempts` tries of a DeliveryError-raising call, with full-jitter exponential backoff
+    (a uniform wait in [0, initial * 2^(n-1)], capped); a receiver's Retry-After is a floor."""
+
+    def wait(state: RetryCallState) -> float:
+        ceiling = min(settings.backoff_max_secs, settings.backoff_initial_secs * 2 ** (state.attempt_number - 1))
+        delay = random.uniform(0, ceiling)
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, DeliveryError) and exc.retry_after_secs:
+            delay = max(delay, min(exc.retry_after_secs, MAX_RETRY_AFTER_SECS))
+        return delay
+
+    return Retrying(stop=stop_after_attempt(attempts), wait=wait, retry=retry_if_exception(_retryable),
+                    reraise=True)
+
+
 def send(target: str, method: str, url: str, *, content: bytes | None = None,
          headers: Mapping[str, str] | None = None, timeout_secs: float | None = None,
          max_attempts: int | None = None) -> Response:
@@ -228,17 +244,7 @@ def send(target: str, method: str, url: str, *, content: bytes | None = None,
                             connect=min(settings.connect_timeout_secs, timeout_secs or settings.timeout_secs))
     attempts = max_attempts or settings.max_attempts
 
-    def wait(state: RetryCallState) -> float:
-        # full jitter: uniform in [0, initial * 2^(n-1)], capped; a receiver's Retry-After is a floor
-        ceiling = min(settings.backoff_max_secs, settings.backoff_initial_secs * 2 ** (state.attempt_number - 1))
-        delay = random.uniform(0, ceiling)
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, DeliveryError) and exc.retry_after_secs:
-            delay = max(delay, min(exc.retry_after_secs, MAX_RETRY_AFTER_SECS))
-        return delay
-
-    retrying = Retrying(stop=stop_after_attempt(attempts), wait=wait, retry=retry_if_exception(_retryable),
-                        reraise=True)
+    retrying = retry_policy(attempts, settings)
     for attempt in retrying:
         with attempt:
             return _attempt(target, method, url, content, headers or {}, timeout, client,
