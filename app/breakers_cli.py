@@ -20,7 +20,7 @@ def _service() -> Any:
 
     try:
         get_settings()
-        from app.outbound_settings import get_outbound_settings
+        from app.config.outbound import get_outbound_settings
 
         get_outbound_settings()
     except ConfigError as exc:

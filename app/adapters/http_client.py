@@ -26,7 +26,7 @@ import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from app import metrics
-from app.outbound_settings import HttpSettings, get_outbound_settings
+from app.config.outbound import HttpSettings, get_outbound_settings
 from app.services import circuit_breakers
 
 log = logging.getLogger(__name__)

@@ -33,6 +33,7 @@ from app.config.integrations import (
     load_integrations,
     load_routing_rules,
 )
+from app.config.outbound import load_outbound
 from app.config.runtime import load_runtime
 from app.config.schema import ConfigError
 from app.config.security import load_security
@@ -85,6 +86,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         integrations=load_integrations(tree),
         routing_rules=load_routing_rules(tree),
         raw=tree,
+        outbound=load_outbound(tree, env),
     )
 
 

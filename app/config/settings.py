@@ -15,6 +15,7 @@ from app.config.features import (
     RateLimitSettings,
 )
 from app.config.integrations import IntegrationSettings, RoutingRule, default_integration
+from app.config.outbound import OutboundSettings
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class Settings:
     routing_rules: tuple[RoutingRule, ...] = ()
     # The config.yaml document as read (sections such as `notifications` are read by their owners).
     raw: Mapping[str, Any] = field(default_factory=dict)
+    # outbound.py: `notifications`, `circuit_breakers`, `integrations.jira|webhooks|llm-governance-core`
+    outbound: OutboundSettings | None = field(default=None, repr=False)
 
     @property
     def is_sqlite(self) -> bool:

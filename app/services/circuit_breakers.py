@@ -20,7 +20,7 @@ import redis
 
 from app import metrics
 from app.adapters.redis_client import get_redis
-from app.outbound_settings import BreakerConfig, get_outbound_settings
+from app.config.outbound import BreakerConfig, get_outbound_settings
 from app.services.ratelimit import limiter
 
 log = logging.getLogger(__name__)

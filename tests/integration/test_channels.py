@@ -26,7 +26,7 @@ from werkzeug import Request, Response
 from app.adapters.channels import email as email_channel
 from app.adapters.channels import jira, pagerduty, slack, webhook
 from app.adapters.http_client import DeliveryError
-from app.outbound_settings import get_outbound_settings
+from app.config.outbound import get_outbound_settings
 from app.services import circuit_breakers as cb
 
 GUIDE_INCIDENT: dict[str, Any] = {

@@ -92,7 +92,7 @@ def test_the_check_is_on_the_address_resolved_at_connect_time(outbound_config, h
 
 def test_host_names_in_the_allow_list_are_refused_at_start_up(outbound_config):
     from app.config import ConfigError
-    from app.outbound_settings import get_outbound_settings
+    from app.config.outbound import get_outbound_settings
 
     outbound_config({"notifications": {"http": {"allow_private": ["intranet.local"]}}})
     with pytest.raises(ConfigError, match="notifications.http.allow_private: 'intranet.local'"):

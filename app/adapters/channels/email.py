@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from app.adapters.channels import Sent, counted, title_case
 from app.adapters.http_client import DeliveryError, retry_policy
-from app.outbound_settings import EmailSettings, OutboundSettings
+from app.config.outbound import EmailSettings, OutboundSettings
 from app.services import circuit_breakers
 
 FIELDS = (("Incident ID", "id"), ("Status", "status"), ("Severity", "severity"), ("Category", "category"),

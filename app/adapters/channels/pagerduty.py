@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from app.adapters import http_client
 from app.adapters.channels import Sent, counted, json_body
-from app.outbound_settings import OutboundSettings
+from app.config.outbound import OutboundSettings
 
 ACTIONS = ("trigger", "acknowledge", "resolve")
 

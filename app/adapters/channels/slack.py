@@ -8,7 +8,7 @@ from typing import Any, Mapping
 from app.adapters import http_client
 from app.adapters.channels import Sent, counted, json_body, title_case
 from app.adapters.http_client import DeliveryError
-from app.outbound_settings import OutboundSettings, SlackSettings, route
+from app.config.outbound import OutboundSettings, SlackSettings, route
 
 ACK_ACTION_ID = "acknowledge_incident"
 # Slack's `error` values that will not change on a retry (configuration or payload problems)

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from app.adapters import http_client
 from app.adapters.channels import Sent, counted
 from app.adapters.http_client import DeliveryError
-from app.outbound_settings import OutboundSettings, WebhookSettings
+from app.config.outbound import OutboundSettings, WebhookSettings
 from app.services.templates import TemplateError
 
 

@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from app.config import ConfigError, Settings, get_settings
+from app.config.schema import ConfigError
 from app.domain.severity import SEVERITIES
 
 # Integration clients and channels that always have a breaker (docs/notifications.md, "Circuit breakers").
@@ -794,18 +794,27 @@ def load_outbound(tree: Mapping[str, Any], env: Mapping[str, str]) -> OutboundSe
     )
 
 
-_cache_lock = threading.Lock()
-_cache: tuple[Settings, OutboundSettings] | None = None
-
-
 def get_outbound_settings() -> OutboundSettings:
-    """The outbound settings of the process's current Settings (re-read when those are reloaded)."""
-    global _cache
+    """The outbound settings of the process's current Settings (validated with them at start-up)."""
+    from app.config import get_settings
+
     settings = get_settings()
-    cached = _cache
-    if cached is not None and cached[0] is settings:
+    if settings.outbound is not None:
+        return settings.outbound
+    return _fallback(settings.raw)
+
+
+_fallback_lock = threading.Lock()
+_fallback_cache: dict[int, tuple[Mapping[str, Any], OutboundSettings]] = {}
+
+
+def _fallback(tree: Mapping[str, Any]) -> OutboundSettings:
+    """For Settings built without `outbound` (hand-made in a test): read once per config tree."""
+    cached = _fallback_cache.get(id(tree))
+    if cached is not None and cached[0] is tree:
         return cached[1]
-    with _cache_lock:
-        outbound = load_outbound(settings.raw, os.environ)
-        _cache = (settings, outbound)
+    with _fallback_lock:
+        outbound = load_outbound(tree, os.environ)
+        _fallback_cache.clear()
+        _fallback_cache[id(tree)] = (tree, outbound)
     return outbound
