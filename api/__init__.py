@@ -21,7 +21,7 @@ log = logging.getLogger("api.access")
 # registered when their module exists.
 BLUEPRINTS = ["api.rest.events", "api.rest.incidents", "api.rest.ops"]
 OPTIONAL_BLUEPRINTS = ["api.rest.ml", "api.rest.integrations", "api.rest.services", "api.rest.correlation",
-                       "api.rest.circuit_breakers", "api.rest.escalation",
+                       "api.rest.circuit_breakers", "api.rest.slack", "api.rest.escalation",
                        "api.ws", "api.graphql"]
 
 

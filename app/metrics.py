@@ -75,6 +75,9 @@ OUTBOUND_BLOCKED = Counter(
 NOTIFICATIONS_SENT = Counter(
     "incident_manager_notifications_sent_total", "Notifications by channel and outcome", ["channel", "outcome"]
 )
+SLACK_ACTIONS = Counter(
+    "incident_manager_slack_actions_total", "Slack interactivity requests by outcome", ["outcome"]
+)
 RATE_LIMITED = Counter("incident_manager_rate_limited_total", "Requests refused with 429", ["key"])
 ESCALATIONS_TRIGGERED = Counter(
     "incident_manager_escalations_triggered_total", "Escalation levels paged", ["level"]

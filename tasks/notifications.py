@@ -1,0 +1,28 @@
+"""The `notifications` queue: sending through the channels (app.adapters.channels) under each
+target's circuit breaker. Tasks are thin: they call one service function."""
+
+from __future__ import annotations
+
+import logging
+
+from app.adapters.channels import slack
+from app.adapters.http_client import DeliveryError
+from app.config.outbound import get_outbound_settings
+from app.services.incidents import get_incident
+from tasks.celery_app import app
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name="notifications.slack_refresh")
+def slack_refresh(incident_id: str, channel: str, ts: str) -> dict[str, str]:
+    """Show an incident's new state on its Slack message (chat.update). A failure Slack will keep
+    answering (message deleted, bot removed) is logged, not retried; others are retried."""
+    try:
+        slack.update(get_incident(incident_id), get_outbound_settings(), channel, ts)
+    except DeliveryError as exc:
+        if exc.retryable:
+            raise
+        log.warning("slack message not updated", extra={"incident_id": incident_id, "error": str(exc)})
+        return {"status": "not_updated", "error": str(exc)}
+    return {"status": "updated"}
