@@ -73,6 +73,8 @@ task_routes = {
 
 _ESCALATION_SWEEP_SECS = float(os.environ.get("ESCALATION_SWEEP_SECS", "5"))
 _SLA_CHECK_SECS = float(os.environ.get("SLA_CHECK_SECS", "15"))
+_GOVERNANCE_PUSH_SECS = float(os.environ.get("GOVERNANCE_PUSH_SECS", "5"))
+
 beat_schedule = {
     # Retrain when enough feedback arrived (ml.training_batch_size); the check itself is one COUNT.
     "ml-retrain-check": {"task": "ml.check_retrain", "schedule": float(os.environ.get("ML_RETRAIN_CHECK_SECS", "60"))},
@@ -84,4 +86,7 @@ beat_schedule = {
     "escalation-sweep": {"task": "escalation.sweep", "schedule": _ESCALATION_SWEEP_SECS,
                          "options": {"expires": max(_ESCALATION_SWEEP_SECS, 1.0)}},
     "sla-check": {"task": "sla.check", "schedule": _SLA_CHECK_SECS, "options": {"expires": max(_SLA_CHECK_SECS, 1.0)}},
+    # Governance audit push: sends what is due (a full batch or max_wait_ms old); docs/notifications.md.
+    "governance-audit-push": {"task": "notifications.governance_push", "schedule": _GOVERNANCE_PUSH_SECS,
+                              "options": {"expires": max(_GOVERNANCE_PUSH_SECS, 1.0)}},
 }

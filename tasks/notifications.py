@@ -26,3 +26,11 @@ def slack_refresh(incident_id: str, channel: str, ts: str) -> dict[str, str]:
         log.warning("slack message not updated", extra={"incident_id": incident_id, "error": str(exc)})
         return {"status": "not_updated", "error": str(exc)}
     return {"status": "updated"}
+
+
+@app.task(name="notifications.governance_push")
+def governance_push() -> dict[str, object]:
+    """Beat: push the governance audit events that are due (a full batch, or max_wait_ms old)."""
+    from app.services.audit_push import push_due
+
+    return push_due()
