@@ -10,10 +10,9 @@ import os
 from kombu import Exchange, Queue
 
 from app.config import get_settings
+from tasks.queues import QUEUES
 
 _settings = get_settings()
-
-QUEUES = ("ingest", "pipeline", "notifications", "escalation", "playbooks", "ml")
 
 broker_url = _settings.broker_url
 if broker_url.startswith("filesystem://"):
@@ -57,6 +56,8 @@ enable_utc = True
 
 task_default_queue = "pipeline"
 task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES]
+# Every task is routed here by name (tests/unit/test_task_routes.py: each registered task matches
+# a route, each route matches a task); a task module's tasks share its queue's prefix.
 task_routes = {
     # The drain at the lowest priority: while the pipeline is busy, ids pile up in Redis and the next
     # drain takes them as one bigger batch (backpressure makes batches grow with load).
@@ -66,7 +67,6 @@ task_routes = {
     "notifications.*": {"queue": "notifications", "routing_key": "notifications"},
     "escalation.*": {"queue": "escalation", "routing_key": "escalation"},
     "sla.*": {"queue": "escalation", "routing_key": "escalation"},
-    "playbooks.*": {"queue": "playbooks", "routing_key": "playbooks"},
     "ml.*": {"queue": "ml", "routing_key": "ml"},
     "ops.*": {"queue": "ingest", "routing_key": "ingest"},
 }

@@ -1,5 +1,4 @@
-"""The HTTP edge: `create_app()` builds the Flask app (REST, health, metrics, OpenAPI; GraphQL and
-WebSockets register here too)."""
+"""The HTTP edge: `create_app()` builds the Flask app (REST, health, metrics, OpenAPI, WebSockets)."""
 
 from __future__ import annotations
 
@@ -17,12 +16,11 @@ from app.logging import configure_logging, request_id_var
 
 log = logging.getLogger("api.access")
 
-# Blueprint modules; each exposes `bp`. Optional doors are listed in OPTIONAL_BLUEPRINTS and
-# registered when their module exists.
-BLUEPRINTS = ["api.rest.events", "api.rest.incidents", "api.rest.ops"]
-OPTIONAL_BLUEPRINTS = ["api.rest.ml", "api.rest.integrations", "api.rest.services", "api.rest.correlation",
-                       "api.rest.circuit_breakers", "api.rest.slack", "api.rest.escalation",
-                       "api.ws", "api.graphql"]
+# Blueprint modules; each exposes `bp`, or `register(app)` when it needs more than a blueprint.
+# Every one is required: a door that fails to import stops start-up instead of vanishing.
+BLUEPRINTS = ["api.rest.events", "api.rest.incidents", "api.rest.ops", "api.rest.ml", "api.rest.integrations",
+              "api.rest.services", "api.rest.correlation", "api.rest.circuit_breakers", "api.rest.slack",
+              "api.rest.escalation", "api.ws"]
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -38,14 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     register_error_handlers(app)
     for name in BLUEPRINTS:
-        app.register_blueprint(importlib.import_module(name).bp)
-    for name in OPTIONAL_BLUEPRINTS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+        module = importlib.import_module(name)
         register = getattr(module, "register", None)
         if register is not None:
             register(app)

@@ -19,10 +19,12 @@ import psycopg
 import pytest
 import redis as redis_lib
 
+from tasks.queues import QUEUES
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://root@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-ALL_QUEUES = "ingest,pipeline,notifications,escalation,playbooks,ml"
+ALL_QUEUES = ",".join(QUEUES)
 
 
 def _pid_alive(pid: int) -> bool:

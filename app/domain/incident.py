@@ -1,8 +1,10 @@
-"""The incident state machine."""
+"""The incident state machine, and the one definition of the status names (docs/foundation.md,
+"One definition each")."""
 
 from __future__ import annotations
 
 from enum import Enum
+from typing import Callable, Iterable, Protocol, TypeVar
 
 
 class Status(str, Enum):
@@ -16,6 +18,15 @@ class Status(str, Enum):
 
 ACTIVE_STATUSES = (Status.NEW, Status.ACKNOWLEDGED, Status.IN_PROGRESS, Status.ESCALATED)
 TERMINAL_STATUSES = (Status.RESOLVED, Status.CLOSED)
+# The names as plain strings, for schemas, queries and wire formats.
+STATUS_NAMES: tuple[str, ...] = tuple(s.value for s in Status)
+ACTIVE_STATUS_NAMES: tuple[str, ...] = tuple(s.value for s in ACTIVE_STATUSES)
+
+
+def status_in_sql(statuses: Iterable[Status], column: str = "status") -> str:
+    """`status IN ('NEW',...)` as SQL text, for predicates that must be literal (a partial index,
+    an ON CONFLICT target): derived from the enum, so it cannot drift from it."""
+    return f"{column} IN ({','.join(repr(s.value) for s in statuses)})"
 
 # Allowed transitions. Repeating a state is not a transition (resolving a RESOLVED incident is 409).
 TRANSITIONS: dict[Status, frozenset[Status]] = {
@@ -47,7 +58,32 @@ class IncidentNotFound(DomainError):
 
 
 def is_active(status: str) -> bool:
-    return status in {s.value for s in ACTIVE_STATUSES}
+    return status in ACTIVE_STATUS_NAMES
+
+
+# A merge chain longer than this is a cycle or corruption: treated as not found, never looped on.
+MAX_MERGE_HOPS = 10
+
+
+class Mergeable(Protocol):
+    @property
+    def merged_into(self) -> str | None: ...
+
+
+M = TypeVar("M", bound=Mergeable)
+
+
+def follow_merges(incident_id: str, load: Callable[[str], M | None]) -> M | None:
+    """The incident `incident_id` ends up in after following `merged_into` (itself when not merged);
+    None when an incident on the way is missing or the chain is longer than MAX_MERGE_HOPS. `load`
+    reads one incident (from the database, a batch's rows, or both)."""
+    current = incident_id
+    for _ in range(MAX_MERGE_HOPS):
+        incident = load(current)
+        if incident is None or not incident.merged_into:
+            return incident
+        current = incident.merged_into
+    return None
 
 
 def check_transition(incident_id: str, current: str, target: str) -> None:

@@ -23,3 +23,10 @@ _TARGETS = {severity: (timedelta(seconds=ACK_TARGET_SECS[severity]), timedelta(s
 def deadlines(severity: str, created_at: datetime) -> SlaDeadlines:
     acknowledge_in, resolve_in = _TARGETS[severity]
     return SlaDeadlines(acknowledge_by=created_at + acknowledge_in, resolve_by=created_at + resolve_in)
+
+
+def deadline_fields(severity: str, created_at: datetime) -> dict[str, datetime]:
+    """The incident fields an SLA sets, as creation and every later severity change write them:
+    the deadlines always run from creation, at the current severity's targets."""
+    due = deadlines(severity, created_at)
+    return {"sla_acknowledge_by": due.acknowledge_by, "sla_resolve_by": due.resolve_by}

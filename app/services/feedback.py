@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 from app.adapters.db import read_session, unit_of_work
 from app.adapters.ml_models import TrainingSample
 from app.adapters.models import Incident, TimelineEntry
-from app.domain.incident import IncidentNotFound
+from app.domain.incident import IncidentNotFound, follow_merges
 from app.domain.severity import SEVERITIES
+from app.domain.times import iso
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,7 @@ def record_feedback(incident_id: str, actor: str, severity: str | None = None, c
     Raises IncidentNotFound, InvalidFeedback; writes nothing then."""
     validate_labels(severity, category)
     with unit_of_work() as session:
-        incident = session.scalars(select(Incident).where(Incident.id == incident_id)).first()
-        while incident is not None and incident.merged_into:
-            incident = session.get(Incident, incident.merged_into)
+        incident = follow_merges(incident_id, lambda current: session.get(Incident, current))
         if incident is None:
             raise IncidentNotFound(incident_id)
         sample = _add_sample(session, incident, "feedback", severity, category, actor)
@@ -130,6 +129,6 @@ def sample_to_dict(sample: TrainingSample) -> dict[str, Any]:
         "predicted_category": sample.predicted_category,
         "model_version": sample.model_version,
         "created_by": sample.created_by,
-        "created_at": sample.created_at.isoformat().replace("+00:00", "Z"),
+        "created_at": iso(sample.created_at),
         "consumed_by": sample.consumed_by,
     }

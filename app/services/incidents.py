@@ -16,18 +16,14 @@ from app import metrics
 from app.adapters.db import read_session, unit_of_work
 from app.adapters.models import Event, Incident, TimelineEntry
 from app.domain import sla
-from app.domain.incident import IncidentNotFound, check_transition
+from app.domain.incident import IncidentNotFound, check_transition, follow_merges
+from app.domain.times import iso as _iso
 from app.services import changes as changes_bus
 from app.services import sla_monitor
 
-MAX_MERGE_HOPS = 10
 
 def _publish(kind: str, incident: Incident, changes: list[dict[str, Any]]) -> None:
     changes_bus.publish(kind, incident_to_dict(incident), changes)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
 
 
 def incident_to_dict(incident: Incident) -> dict[str, Any]:
@@ -117,18 +113,15 @@ def event_to_dict(event: Event) -> dict[str, Any]:
 
 
 def _resolve_merges(session: Session, incident_id: str, lock: bool = False) -> Incident:
-    current = incident_id
-    for _ in range(MAX_MERGE_HOPS):
+    """The incident `incident_id` was merged into (or itself), locked FOR UPDATE when `lock`."""
+    def load(current: str) -> Incident | None:
         query = select(Incident).where(Incident.id == current)
-        if lock:
-            query = query.with_for_update()
-        incident = session.scalars(query).first()
-        if incident is None:
-            raise IncidentNotFound(incident_id)
-        if not incident.merged_into:
-            return incident
-        current = incident.merged_into
-    raise IncidentNotFound(incident_id)
+        return session.scalars(query.with_for_update() if lock else query).first()
+
+    incident = follow_merges(incident_id, load)
+    if incident is None:
+        raise IncidentNotFound(incident_id)
+    return incident
 
 
 def get_incident(incident_id: str) -> dict[str, Any]:
@@ -345,9 +338,8 @@ def patch(incident_id: str, actor: str, fields: Mapping[str, Any]) -> dict[str, 
             changes.append(_record(session, incident, actor, "severity_changed", "severity",
                                    incident.severity, fields["severity"]))
             incident.severity = fields["severity"]
-            deadlines = sla.deadlines(incident.severity, incident.created_at)
-            incident.sla_acknowledge_by = deadlines.acknowledge_by
-            incident.sla_resolve_by = deadlines.resolve_by
+            for name, value in sla.deadline_fields(incident.severity, incident.created_at).items():
+                setattr(incident, name, value)
         if "tags" in fields and fields["tags"] != incident.tags:
             changes.append(_record(session, incident, actor, "tags_changed", "tags",
                                    json.dumps(incident.tags, sort_keys=True),

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from app.adapters.db import read_session, unit_of_work
 from app.adapters.pipeline_models import Service
+from app.domain.times import iso as _iso
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,6 @@ class CatalogImportError(ValueError):
     def __init__(self, message: str, details: Mapping[str, Any]) -> None:
         super().__init__(message)
         self.details = dict(details)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
 
 
 def service_to_dict(service: Service) -> dict[str, Any]:

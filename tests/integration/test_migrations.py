@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from app.adapters.db import get_engine
-from tests.conftest import wait_for
+from tests.conftest import ALL_QUEUES, wait_for
 from tests.integration.test_gunicorn import Gunicorn
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -111,7 +111,7 @@ def test_embedded_default_without_postgres_or_redis(embedded_env, tmp_path):
         log = (tmp_path / "worker.log").open("w")
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker", "-Q",
-             "ingest,pipeline,notifications,escalation,playbooks,ml", "--concurrency", "1", "--loglevel", "INFO",
+             ALL_QUEUES, "--concurrency", "1", "--loglevel", "INFO",
              "-n", f"embedded-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
             cwd=ROOT, env=embedded_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 

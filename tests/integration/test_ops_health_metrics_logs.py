@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.queues import QUEUES
 from tests.conftest import wait_for
 
 SENTINEL = json.loads((Path(__file__).parent.parent / "fixtures" / "sentinel-event.json").read_text())
@@ -70,7 +71,7 @@ def test_health_reports_database_broker_workers_and_beat(client, make_key, start
     assert any(name.startswith(worker.name) for name in checks["workers"]["workers"])
     assert 0 <= checks["beat"]["lag_seconds"] < 60
     assert body["status"] == "healthy"
-    assert set(body["queues"]) == {"ingest", "pipeline", "notifications", "escalation", "playbooks", "ml"}
+    assert set(body["queues"]) == set(QUEUES)
     assert client.get("/api/v1/health", headers={"X-API-Key": key}).status_code == 200
 
 
