@@ -42,9 +42,9 @@ def claim_stale(older_than_secs: int, limit: int = 500) -> list[int]:
             .where(OutboxMessage.done_at.is_(None), OutboxMessage.created_at < cutoff)
             .order_by(OutboxMessage.id)
             .limit(limit)
+            # Two relays never take the same row; SQLite (one writer at a time) renders no FOR UPDATE.
+            .with_for_update(skip_locked=True)
         )
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
         rows = list(session.scalars(query))
         for row in rows:
             row.attempts += 1
