@@ -1,1 +1,1 @@
-"""Use cases. Every door (REST, gRPC, WebSocket, GraphQL, tasks) calls these."""
+"""Use cases. Every door (REST, gRPC, WebSocket, tasks) calls these."""

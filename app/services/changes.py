@@ -1,5 +1,5 @@
-"""Committed incident changes, published on Redis for subscribers (GraphQL subscriptions, gRPC
-StreamIncidents, audit push). Publish only after commit; subscribers filter by kind/severity."""
+"""Committed incident changes, published on Redis for subscribers (gRPC StreamIncidents).
+Publish only after commit; subscribers filter by kind/severity."""
 
 from __future__ import annotations
 
