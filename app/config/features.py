@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from marshmallow import Schema, validate
 
-from app.config.schema import Bool, Int, load, section_schema
+from app.config.schema import Bool, Int, always, load, section_schema
 
 
 @dataclass(frozen=True)
@@ -75,15 +75,19 @@ class DeduplicationSettings:
     fingerprint_fields: tuple[str, ...] = ("source", "event_type", "title", "resource_ids")
 
 
-# Keys of the reference README's config.yaml that this system has no setting for: they are checked
-# for their type and otherwise have no effect (why, per key: docs/foundation.md, "Configuration").
+# Keys of the reference README's config.yaml that this system has no setting for: the value that
+# describes what the system always does is accepted, any other is an error rather than silently
+# ignored (why, per key: docs/foundation.md, "Configuration").
 SECTIONS = {
     "rate_limit": section_schema(RateLimitSettings),
     "ml": section_schema(MLSettings),
-    "enrichment": section_schema(EnrichmentSettings, accepted={"async_enrichment": Bool()}),
-    "correlation": section_schema(CorrelationSettings, accepted={"min_incidents": Int(validate=validate.Range(min=2))}),
+    "enrichment": section_schema(EnrichmentSettings, accepted={"async_enrichment": Bool(validate=always(
+        True, "enrichment always runs asynchronously, in the pipeline's worker"))}),
+    "correlation": section_schema(CorrelationSettings, accepted={"min_incidents": Int(validate=always(
+        2, "a correlation group always starts with two incidents"))}),
     "escalation": section_schema(EscalationSettings),
-    "deduplication": section_schema(DeduplicationSettings, accepted={"fingerprint_enabled": Bool()}),
+    "deduplication": section_schema(DeduplicationSettings, accepted={"fingerprint_enabled": Bool(validate=always(
+        True, "ingest always joins an event to the active incident with its fingerprint"))}),
 }
 
 # ENABLE_* environment flag -> the section whose `enabled` it overrides.

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
-from app.config.schema import Bool, StrList, load
+from app.config.schema import Bool, StrList, always, load
 from app.domain.severity import DEFAULT_MAPPING, SEVERITIES
 
 DEFAULT_SEVERITY_MAPPING: dict[str, str] = dict(DEFAULT_MAPPING)
@@ -19,7 +19,6 @@ class IntegrationSettings:
     """Per-integration settings (`integrations.<name>` in config.yaml, keyed by event source)."""
 
     name: str
-    enabled: bool = True
     severity_mapping: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_SEVERITY_MAPPING))
     default_team: str | None = None
     escalation_policy: str | None = None
@@ -68,11 +67,13 @@ class _RoutingSchema(Schema):
 
 
 class _IntegrationSchema(Schema):
-    # Authentication and rate-limit blocks of the integration guide are read by the key tooling.
+    # The guide's `authentication` and `rate_limit` blocks load and have no effect: API keys are
+    # created with `incident-manager apikey create` (docs/foundation.md, "Configuration").
     class Meta:
         unknown = EXCLUDE
 
-    enabled = Bool(load_default=True)
+    # Events of a source are refused by revoking its API keys, not by configuration.
+    enabled = Bool(load_default=True, validate=always(True, "revoke the integration's API keys to stop it"))
     severity_mapping = SeverityMapping(load_default=dict)
     routing = fields.Nested(_RoutingSchema, load_default=dict)
 
@@ -139,7 +140,7 @@ def load_integrations(tree: Mapping[str, Any]) -> dict[str, IntegrationSettings]
         if not isinstance(body, Mapping):
             continue
         data = load(_IntegrationSchema(), body, f"integrations.{name}")
-        result[name] = IntegrationSettings(name=name, enabled=data["enabled"], severity_mapping=
+        result[name] = IntegrationSettings(name=name, severity_mapping=
                                            data["severity_mapping"] or dict(DEFAULT_SEVERITY_MAPPING),
                                            **data["routing"])
     return result

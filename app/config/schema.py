@@ -50,9 +50,9 @@ class CommaList(fields.Field):
         return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def non_negative() -> dict[str, Any]:
-    """Field metadata: the section's numbers are counts, durations and weights, never negative."""
-    return {"validate": validate.Range(min=0)}
+def always(value: Any, why: str) -> validate.Validator:
+    """For a reference key with no setting: only the value that describes what the system does."""
+    return validate.Equal(value, error=f"only {value!r} is supported: {why}")
 
 
 def _field_for(default: Any, metadata: Mapping[str, Any]) -> fields.Field:

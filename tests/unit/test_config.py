@@ -158,7 +158,7 @@ def test_guide_sentinel_integration_config_loads(base_env, tmp_path):
     s = load_settings({**base_env, "CONFIG_FILE": write(tmp_path, GUIDE_SENTINEL_CONFIG),
                        "SENTINEL_API_KEY_HASH": "abc"})
     sentinel = s.integration("llm-sentinel")
-    assert sentinel.enabled and sentinel.default_team == "platform-team"
+    assert sentinel.default_team == "platform-team"
     assert sentinel.escalation_policy == "sentinel-escalation"
     assert dict(sentinel.severity_mapping)["high"] == "P1"
 
@@ -252,6 +252,11 @@ def test_invalid_config_yaml_names_the_key(base_env, tmp_path, yaml_text, key):
     ("routing: {rules: [{match: {severity: P9}, team: t}]}\n", "routing.rules[0].match.severity"),
     ("correlation:\n  min_incidents: x\n", "correlation.min_incidents"),  # accepted key, still typed
     ("enrichment:\n  async_enrichment: sometimes\n", "enrichment.async_enrichment"),
+    # A reference key with no setting takes only the value describing what the system does.
+    ("enrichment:\n  async_enrichment: false\n", "enrichment.async_enrichment"),
+    ("correlation:\n  min_incidents: 3\n", "correlation.min_incidents"),
+    ("deduplication:\n  fingerprint_enabled: false\n", "deduplication.fingerprint_enabled"),
+    ("integrations:\n  llm-sentinel:\n    enabled: false\n", "integrations.llm-sentinel.enabled"),
     ("ml:\n  training_batch_size: 7.5\n", "ml.training_batch_size"),  # never truncated to 7
 ])
 def test_more_invalid_config_yaml_names_the_key(base_env, tmp_path, yaml_text, key):
