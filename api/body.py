@@ -9,6 +9,7 @@ import orjson
 from flask import current_app, request
 
 from api.errors import ApiError
+from api.schemas import NUL_MESSAGE
 
 # `\u0000` preceded by an even number of backslashes (an odd number escapes the backslash itself)
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
@@ -38,8 +39,7 @@ def json_body(optional: bool = False) -> Any:
         raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {exc}") from None
     if b"\\u0000" in raw and _NUL_ESCAPE.search(raw):  # substring test first: memchr-fast
         # Postgres text and jsonb cannot hold U+0000: refuse it here rather than fail at the INSERT
-        raise ApiError(422, "validation_failed", "strings must not contain NUL (\\u0000) characters",
-                       {"_schema": ["strings must not contain NUL (\\u0000) characters"]})
+        raise ApiError(422, "validation_failed", NUL_MESSAGE, {"_schema": [NUL_MESSAGE]})
     return body
 
 

@@ -26,14 +26,13 @@ from typing import Any, Mapping, Sequence
 
 import orjson
 from flask import Flask, Response, request
-from marshmallow import ValidationError
 from prometheus_client import Counter, Gauge
 from simple_websocket import ConnectionClosed, Server
 from wsproto.events import TextMessage
 
 from api.auth import enforce
 from api.errors import error_response
-from api.schemas import load_event, to_new_event
+from api.schemas import RejectedEvent, validate_events
 from app.config import Settings, get_settings
 from app.services.auth import AuthError, PermissionDenied, Principal, authenticate_bearer
 from app.services.ingest import NewEvent, ingest_events
@@ -91,7 +90,7 @@ class EventSocket:
         self.dispatcher = dispatch_pipeline
         self.session_id = f"sess-{uuid.uuid4().hex[:12]}"
         self._send_lock = threading.Lock()
-        self._frames: queue.Queue[tuple[WsFrame, list[NewEvent], list[tuple[str, Any]]] | None] = queue.Queue(
+        self._frames: queue.Queue[tuple[WsFrame, list[NewEvent], list[RejectedEvent]] | None] = queue.Queue(
             self.PIPELINE_DEPTH)
         self._committer: threading.Thread | None = None  # started by the first event: idle agents cost less
 
@@ -151,7 +150,7 @@ class EventSocket:
             WS_MESSAGES.labels("heartbeat", "ok").inc()
             self.send({"type": "heartbeat_ack", "timestamp": _now(), "session_id": self.session_id})
             return
-        valid, rejected = validate_events(frame.events)
+        valid, _, rejected = validate_events(frame.events, default_source=EDGE_AGENT_SOURCE)
         if self._committer is None:
             self._committer = threading.Thread(target=self._commit_frames, name=f"ws-commit-{self.session_id}",
                                                daemon=True)
@@ -171,11 +170,11 @@ class EventSocket:
             except Exception:  # keep draining, or the reader would block on a full queue
                 log.exception("ws frame handling failed", extra={"session_id": self.session_id})
 
-    def ingest(self, frame: WsFrame, valid: list[NewEvent], rejected: list[tuple[str, Any]]) -> None:
+    def ingest(self, frame: WsFrame, valid: list[NewEvent], rejected: list[RejectedEvent]) -> None:
         started = time.perf_counter()
-        for event_id, errors in rejected:
+        for bad in rejected:
             WS_EVENTS.labels("rejected").inc()
-            self.error("invalid_event", "the event does not match the schema", errors, event_id=event_id,
+            self.error("invalid_event", "the event does not match the schema", bad.errors, event_id=bad.event_id,
                        batch_id=frame.batch_id)
         if not valid:
             WS_MESSAGES.labels(frame.type, "rejected").inc()
@@ -195,24 +194,6 @@ class EventSocket:
         WS_MESSAGES.labels(frame.type, "ok").inc()
         log.debug("ws frame ingested", extra={"session_id": self.session_id, "events": len(results),
                                               "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
-
-
-def validate_events(raw_events: Sequence[Any]) -> tuple[list[NewEvent], list[tuple[str, Any]]]:
-    """The REST event schema for each event (`load_event`: its fast path for plain events, marshmallow
-    and its field errors otherwise); source defaults to llm-edge-agent."""
-    valid: list[NewEvent] = []
-    rejected: list[tuple[str, Any]] = []
-    for item in raw_events:
-        if not isinstance(item, dict):
-            rejected.append(("", {"_schema": ["expected a JSON object"]}))
-            continue
-        body = item if "source" in item else {**item, "source": EDGE_AGENT_SOURCE}
-        try:
-            valid.append(to_new_event(load_event(body), item))
-        except ValidationError as exc:
-            messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-            rejected.append((str(item.get("event_id", "")), messages))
-    return valid, rejected
 
 
 class _HandledResponse(Response):

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Mapping
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from marshmallow import ValidationError
 from prometheus_client import Counter, Histogram
 
 import proto
 from api.grpc.auth import CallRefused, GrpcAuthenticator
 from api.links import incident_links
+from api.schemas import STATUSES, field_errors, flat_field_errors, load_event, to_new_event
 from app.config import Settings
 from app.domain.incident import IllegalTransition, IncidentNotFound
 from app.domain.severity import SEVERITIES
@@ -31,7 +35,6 @@ GRPC_REQUESTS = Counter("incident_manager_grpc_requests_total", "gRPC calls answ
 GRPC_DURATION = Histogram("incident_manager_grpc_request_duration_seconds", "gRPC call latency", ["method"],
                           buckets=LATENCY_BUCKETS)
 
-STATUSES = ("NEW", "ACKNOWLEDGED", "IN_PROGRESS", "ESCALATED", "RESOLVED", "CLOSED")
 CHANGE_KINDS = ("incident_created", "incident_updated", "incident_acknowledged", "incident_resolved",
                 "incident_closed", "incident_merged")
 ACCEPTED_MESSAGE = "Event received and queued for processing"
@@ -40,6 +43,22 @@ DUPLICATE_MESSAGE = "Duplicate event: already received; nothing changed"
 
 class InvalidArgument(ValueError):
     """A request field is missing or malformed (INVALID_ARGUMENT)."""
+
+
+EVENT_REFUSED = "the event does not match the schema"
+
+
+def invalid_event_status(exc: ValidationError) -> grpc.Status:
+    """A refused event as INVALID_ARGUMENT with the REST door's field errors: the message lists them
+    (what grpcurl shows), and `google.rpc.BadRequest` field violations carry them one by one in the
+    standard rich error details (`grpc-status-details-bin`)."""
+    pairs = flat_field_errors(field_errors(exc))
+    message = f"{EVENT_REFUSED}: " + "; ".join(f"{name}: {text}" for name, text in pairs)
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field=name, description=text) for name, text in pairs]))
+    return rpc_status.to_status(status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message,
+                                                  details=[detail]))
 
 
 def _observed(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -54,6 +73,9 @@ def _observed(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
             except InvalidArgument as exc:
                 code = grpc.StatusCode.INVALID_ARGUMENT
                 context.abort(code, str(exc))
+            except ValidationError as exc:
+                code = grpc.StatusCode.INVALID_ARGUMENT
+                context.abort_with_status(invalid_event_status(exc))
             except IncidentNotFound as exc:
                 code = grpc.StatusCode.NOT_FOUND
                 context.abort(code, str(exc))
@@ -80,17 +102,6 @@ def _observed(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
 
 # ------------------------------------------------------------------------------------------ parsing
 
-def _parse_timestamp(value: str) -> datetime | None:
-    if not value:
-        return None
-    text = value.strip()
-    try:
-        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    except ValueError:
-        raise InvalidArgument(f"timestamp: not an RFC 3339 time: {value!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
 _REQUEST_STRINGS = ("event_id", "source", "source_version", "timestamp", "event_type", "category", "title",
                     "description", "severity", "service", "dedup_key")
 
@@ -116,41 +127,12 @@ def request_payload(request: Any) -> dict[str, Any]:
 
 
 def request_to_event(request: Any) -> NewEvent:
-    """CreateIncidentRequest → NewEvent. `encrypted_payload` is kept apart from the stored raw
-    payload and never logged."""
-    errors = []
-    for name, limit in (("event_id", 200), ("source", 100), ("title", 500), ("severity", 50)):
-        value = getattr(request, name)
-        if not value.strip():
-            errors.append(f"{name} is required")
-        elif len(value) > limit:
-            errors.append(f"{name} is longer than {limit} characters")
-    if request.HasField("resource") and (not request.resource.type or not request.resource.id):
-        errors.append("resource.type and resource.id are required when resource is given")
-    bad_metrics = sorted(k for k, v in request.metrics.items() if not math.isfinite(v))
-    if bad_metrics:
-        errors.append(f"metrics must be finite numbers: {', '.join(bad_metrics)}")
-    if errors:
-        raise InvalidArgument("; ".join(errors))
-    timestamp = _parse_timestamp(request.timestamp)
+    """CreateIncidentRequest → NewEvent, validated by the one event validator of every door
+    (`api.schemas.load_event`; raises its ValidationError). proto3 cannot tell an empty string from
+    an absent one, so an empty required field is "missing". `encrypted_payload` is kept apart from
+    the stored raw payload and never logged."""
     raw = request_payload(request)
-    return NewEvent(
-        source=request.source,
-        event_id=request.event_id,
-        title=request.title,
-        raw=raw,
-        event_type=request.event_type or None,
-        category=request.category or None,
-        description=request.description,
-        severity=request.severity,
-        timestamp=timestamp,
-        resource=raw.get("resource"),
-        metrics=raw.get("metrics"),
-        tags=raw.get("tags", {}),
-        service=request.service or None,
-        dedup_key=request.dedup_key or None,
-        encrypted_payload=bytes(request.encrypted_payload) or None,
-    )
+    return to_new_event(load_event(raw), raw, encrypted_payload=bytes(request.encrypted_payload) or None)
 
 
 def request_to_changes(request: Any) -> dict[str, Any]:

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify
-from marshmallow import ValidationError
 
 from api.auth import require
 from api.body import json_object
 from api.errors import ApiError
 from api.links import base_url, incident_links
-from api.schemas import load_event, to_new_event
+from api.schemas import load_event, to_new_event, validate_events
 from app.config import get_settings
 from app.services.group_commit import GroupCommitter
 from app.services.ingest import IngestResult, ingest_events
@@ -69,16 +68,9 @@ def create_events() -> Any:
         raise ApiError(422, "validation_failed", f"a batch holds at most {limit} events, got {len(events)}",
                        {"events": [f"at most {limit} events per request"]})
     results: list[IngestResult | None] = [None] * len(events)
-    valid, positions = [], []
-    for i, item in enumerate(events):
-        if not isinstance(item, dict):
-            results[i] = IngestResult("rejected", "", error={"_schema": ["expected a JSON object"]})
-            continue
-        try:
-            valid.append(to_new_event(load_event(item), item))
-            positions.append(i)
-        except ValidationError as exc:
-            results[i] = IngestResult("rejected", str(item.get("event_id", "")), error=exc.messages)  # type: ignore[arg-type]
+    valid, positions, rejected = validate_events(events)
+    for bad in rejected:
+        results[bad.position] = IngestResult("rejected", bad.event_id, error=bad.errors)
     if valid:
         for position, result in zip(positions, ingest_events(valid, dispatcher=dispatch_pipeline), strict=True):
             results[position] = result

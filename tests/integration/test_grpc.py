@@ -225,10 +225,10 @@ def test_refused_callers_write_nothing(guide, channel, make_key, metadata, code)
 
 
 @pytest.mark.parametrize("overrides, needle", [
-    ({"title": ""}, "title is required"),
-    ({"event_id": ""}, "event_id is required"),
-    ({"severity": ""}, "severity is required"),
-    ({"timestamp": "yesterday"}, "timestamp"),
+    ({"title": ""}, "title: Missing data for required field."),
+    ({"event_id": ""}, "event_id: Missing data for required field."),
+    ({"severity": ""}, "severity: Missing data for required field."),
+    ({"timestamp": "yesterday"}, "timestamp: Not a valid datetime."),
 ])
 def test_invalid_requests_are_invalid_argument(guide, channel, overrides, needle):
     pb2, pb2_grpc = guide

@@ -1,6 +1,6 @@
-"""The WebSocket door validates events exactly as the REST event schema does (it goes through
-`load_event`, whose fast path for plain events must agree with marshmallow): whatever it accepts, the
-schema accepts and turns into the same NewEvent; whatever the schema refuses, it refuses."""
+"""Every door validates events with `load_event` (REST, WebSocket and gRPC), whose fast path for
+plain events must agree with marshmallow: whatever it accepts, the schema accepts and turns into the
+same NewEvent; whatever the schema refuses, it refuses."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from marshmallow import ValidationError
 
 os.environ.setdefault("DATA_DIR", "/tmp/im-unit-doors")
 
-from api.schemas import EVENT_SCHEMA, to_new_event  # noqa: E402
-from api.ws import validate_events  # noqa: E402
+from api.schemas import EVENT_SCHEMA, to_new_event, validate_events  # noqa: E402
 
 GUIDE_EVENT: dict[str, Any] = {
     "type": "event", "event_id": "edge-2025-009876", "source": "llm-edge-agent", "timestamp": "2025-11-11T10:40:00Z",
@@ -42,6 +41,12 @@ MUTATIONS: list[tuple[str, Any]] = [
     ("service", "s" * 201), ("service", "chat-api"), ("dedup_key", ""), ("dedup_key", "k"), ("dedup_key", 7),
     ("event_type", None), ("category", "c" * 101), ("source_version", "2.1.0"),
     ("payload", {"any": "thing"}), ("payload", None), ("tags", {"a": None}), ("unknown_field", {"kept": True}),
+    ("title", "   "), ("event_id", "\t"), ("severity", " "), ("source", "  "), ("description", "  "),
+    ("metrics", {"a": float("nan")}), ("metrics", {"a": float("inf")}), ("metrics", {"a": -float("inf")}),
+    ("title", "a\x00b"), ("tags", {"a\x00": "x"}), ("tags", {"a": "x\x00"}), ("payload", {"k": ["\x00"]}),
+    ("resource", {"type": "t", "id": "i", "metadata": {"m": "\x00"}}), ("unknown_field", "\x00"),
+    ("event_type", "e" * 101), ("event_type", "e" * 100), ("resource", {"type": "t" * 101, "id": "i"}),
+    ("resource", {"type": "t", "id": "i" * 201}), ("resource", {"type": "t", "id": "i", "name": "n" * 501}),
 ]
 
 
@@ -65,8 +70,9 @@ def test_fast_path_never_disagrees_with_the_schema(event):
         expected = to_new_event(EVENT_SCHEMA.load(body), event)
     except ValidationError:
         expected = None
-    valid, rejected = validate_events([event])
+    valid, positions, rejected = validate_events([event], default_source="llm-edge-agent")
     assert valid == ([expected] if expected else [])
+    assert positions == ([0] if expected else [])
     assert len(rejected) == (0 if expected else 1)
 
 

@@ -7,11 +7,12 @@ import os
 
 import pytest
 from google.protobuf import json_format
+from marshmallow import ValidationError
 
 os.environ.setdefault("DATA_DIR", "/tmp/im-unit-doors")
 
 import proto  # noqa: E402
-from api.grpc.servicer import InvalidArgument, request_payload, request_to_event  # noqa: E402
+from api.grpc.servicer import request_payload, request_to_event  # noqa: E402
 
 pb2, _ = proto.load()
 
@@ -44,16 +45,19 @@ def test_encrypted_payload_is_kept_apart():
                                                                "metadata": {"model_version": "gpt-4-0613"}}
 
 
-@pytest.mark.parametrize("fields, needle", [
-    ({"title": ""}, "title is required"),
-    ({"metrics": {"x": float("nan")}}, "finite"),
-    ({"metrics": {"x": float("inf")}}, "finite"),
-    ({"resource": pb2.Resource(type="model")}, "resource.type and resource.id"),
-    ({"timestamp": "11/11/2025 10:35"}, "timestamp"),
-    ({"event_id": "e" * 201}, "longer than 200"),
+@pytest.mark.parametrize("fields, errors", [
+    ({"title": ""}, {"title": ["Missing data for required field."]}),  # proto3: empty is absent
+    ({"title": "  "}, {"title": ["must not be blank"]}),
+    ({"metrics": {"x": float("nan")}}, {"metrics": ["metric 'x' must be a finite number"]}),
+    ({"metrics": {"x": float("inf")}}, {"metrics": ["metric 'x' must be a finite number"]}),
+    ({"resource": pb2.Resource(type="model")}, {"resource": {"id": ["Missing data for required field."]}}),
+    ({"timestamp": "11/11/2025 10:35"}, {"timestamp": ["Not a valid datetime."]}),
+    ({"event_id": "e" * 201}, {"event_id": ["Length must be between 1 and 200."]}),
+    ({"event_type": "e" * 101}, {"event_type": ["Longer than maximum length 100."]}),
+    ({"description": "a\x00b"}, {"description": ["strings must not contain NUL (\\u0000) characters"]}),
 ])
-def test_bad_requests(fields, needle):
+def test_bad_requests_get_the_rest_schema_errors(fields, errors):
     base = dict(event_id="e1", source="llm-shield", title="t", severity="critical")
-    with pytest.raises(InvalidArgument) as info:
+    with pytest.raises(ValidationError) as info:
         request_to_event(pb2.CreateIncidentRequest(**{**base, **fields}))
-    assert needle in str(info.value)
+    assert info.value.messages == errors
