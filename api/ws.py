@@ -33,13 +33,15 @@ from wsproto.events import TextMessage
 from api.auth import enforce
 from api.errors import error_response
 from api.schemas import RejectedEvent, validate_events
+from api.ws_codec import WsFrame, decode_ws_frame
 from app.config import Settings, get_settings
 from app.services.auth import AuthError, PermissionDenied, Principal, authenticate_bearer
 from app.services.ingest import NewEvent, ingest_events
-from app.services.integrations import EDGE_AGENT_SOURCE, InvalidPayload, WsFrame, decode_ws_frame
+from app.services.payloads import InvalidPayload
 
 log = logging.getLogger(__name__)
 
+EDGE_AGENT_SOURCE = "llm-edge-agent"  # the source of an event that names none
 PROTOCOL_VERSION = "1.0"
 FEATURES = ["batching", "compression", "heartbeat", "acks"]
 HARD_LIMIT_FACTOR = 4
@@ -150,7 +152,7 @@ class EventSocket:
             WS_MESSAGES.labels("heartbeat", "ok").inc()
             self.send({"type": "heartbeat_ack", "timestamp": _now(), "session_id": self.session_id})
             return
-        valid, _, rejected = validate_events(frame.events, default_source=EDGE_AGENT_SOURCE)
+        valid, _, rejected = validate_events(frame.events, default_source=EDGE_AGENT_SOURCE, nul_free=frame.nul_free)
         if self._committer is None:
             self._committer = threading.Thread(target=self._commit_frames, name=f"ws-commit-{self.session_id}",
                                                daemon=True)

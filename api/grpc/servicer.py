@@ -24,9 +24,9 @@ from app.domain.incident import IllegalTransition, IncidentNotFound
 from app.domain.severity import SEVERITIES
 from app.metrics import LATENCY_BUCKETS
 from app.services import changes, incidents
+from app.services.correlation import analyze_correlations
 from app.services.group_commit import GroupCommitter
 from app.services.ingest import Dispatcher, NewEvent, ingest_events
-from app.services.integrations import analyze_correlations, update_incident
 
 pb2, pb2_grpc = proto.load()
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ class IncidentServicer(pb2_grpc.IncidentServiceServicer):  # type: ignore[misc,n
         if not request.incident_id:
             raise InvalidArgument("incident_id is required")
         fields = request_to_changes(request)
-        return incident_message(update_incident(request.incident_id, request.actor or principal.name, fields))
+        return incident_message(incidents.update_incident(request.incident_id, request.actor or principal.name, fields))
 
     @_observed("AnalyzeCorrelations")
     def AnalyzeCorrelations(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -42,7 +42,7 @@ _single_events = GroupCommitter(lambda events: ingest_events(events, dispatcher=
 def _single(body: dict[str, Any], default_source: str | None) -> Any:
     if default_source and "source" not in body:
         body = {**body, "source": default_source}
-    data = load_event(body)  # ValidationError -> 422 with per-field errors
+    data = load_event(body, nul_free=True)  # json_object refused NUL; ValidationError -> 422 per field
     result = _single_events.submit(to_new_event(data, body))
     return jsonify(result_body(result)), 202 if result.status == "accepted" else 200
 
@@ -68,7 +68,7 @@ def create_events() -> Any:
         raise ApiError(422, "validation_failed", f"a batch holds at most {limit} events, got {len(events)}",
                        {"events": [f"at most {limit} events per request"]})
     results: list[IngestResult | None] = [None] * len(events)
-    valid, positions, rejected = validate_events(events)
+    valid, positions, rejected = validate_events(events, nul_free=True)  # json_object refused NUL
     for bad in rejected:
         results[bad.position] = IngestResult("rejected", bad.event_id, error=bad.errors)
     if valid:

@@ -13,14 +13,10 @@ from api.body import json_object
 from api.errors import ApiError
 from api.links import incident_links
 from api.openapi import Operation, operation
+from app.services.alertmanager import handle_alertmanager, parse_alertmanager
 from app.services.auth import AuthError, Principal, authenticate_api_key
-from app.services.integrations import (
-    InvalidPayload,
-    handle_alertmanager,
-    handle_pagerduty,
-    parse_alertmanager,
-    parse_pagerduty,
-)
+from app.services.pagerduty import handle_pagerduty, parse_pagerduty
+from app.services.payloads import InvalidPayload
 from tasks.dispatch import dispatch_pipeline
 
 bp = Blueprint("integrations", __name__)

@@ -16,7 +16,14 @@ from app import metrics
 from app.adapters.db import read_session, unit_of_work
 from app.adapters.models import Event, Incident, TimelineEntry
 from app.domain import sla
-from app.domain.incident import IncidentNotFound, check_transition, follow_merges
+from app.domain.fingerprint import fingerprint
+from app.domain.incident import (
+    ACTIVE_STATUS_NAMES,
+    IllegalTransition,
+    IncidentNotFound,
+    check_transition,
+    follow_merges,
+)
 from app.domain.times import iso as _iso
 from app.services import changes as changes_bus
 from app.services import sla_monitor
@@ -350,3 +357,67 @@ def patch(incident_id: str, actor: str, fields: Mapping[str, Any]) -> dict[str, 
         return changes
 
     return _change(incident_id, actor, apply, "incident_updated")
+
+
+# ------------------------------------------------------------------ by dedup key (Alertmanager, PagerDuty)
+
+def dedup_fingerprint(source: str, dedup_key: str) -> str:
+    """The incident fingerprint ingest gives events of `source` carrying this explicit dedup key."""
+    return fingerprint({"source": source, "dedup_key": dedup_key})
+
+
+def find_active_incident(source: str, dedup_key: str) -> str | None:
+    """The id of the active (not resolved/closed) incident opened for `dedup_key`, if any."""
+    with read_session() as session:
+        return session.scalars(
+            select(Incident.id).where(
+                Incident.fingerprint == dedup_fingerprint(source, dedup_key),
+                Incident.merged_into.is_(None),
+                Incident.status.in_(ACTIVE_STATUS_NAMES),
+            )
+        ).first()
+
+
+def resolve_by_dedup_key(source: str, dedup_key: str, actor: str, notes: str | None = None) -> str | None:
+    """Resolve the active incident of `dedup_key`; its id, or None when none is open."""
+    incident_id = find_active_incident(source, dedup_key)
+    if incident_id is None:
+        return None
+    try:
+        resolve(incident_id, resolved_by=actor, method="Automatic", notes=notes)
+    except IllegalTransition:
+        return None  # resolved by someone else in between: the goal holds
+    return incident_id
+
+
+def acknowledge_by_dedup_key(source: str, dedup_key: str, actor: str) -> str | None:
+    """Acknowledge the active incident of `dedup_key` (already acknowledged is fine); its id or None."""
+    incident_id = find_active_incident(source, dedup_key)
+    if incident_id is None:
+        return None
+    try:
+        acknowledge(incident_id, actor)
+    except IllegalTransition:
+        pass  # already acknowledged (or moved on): PagerDuty treats a repeat as success
+    return incident_id
+
+
+def update_incident(incident_id: str, actor: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """One call for gRPC's UpdateIncident: a status of ACKNOWLEDGED or RESOLVED goes through
+    acknowledge/resolve (who/when recorded), anything else through patch."""
+    fields = dict(changes)
+    status = fields.get("status")
+    notes = fields.pop("resolution_notes", None)
+    root_cause = fields.pop("root_cause", None)
+    result: dict[str, Any] | None = None
+    if status == "RESOLVED":
+        fields.pop("status")
+        result = resolve(incident_id, resolved_by=actor, method="Manual", notes=notes, root_cause=root_cause)
+    elif status == "ACKNOWLEDGED":
+        fields.pop("status")
+        result = acknowledge(incident_id, actor)
+    if fields:
+        result = patch(incident_id, actor, fields)
+    if result is None:
+        result = get_incident(incident_id)
+    return result

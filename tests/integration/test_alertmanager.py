@@ -103,8 +103,10 @@ def test_firing_then_resolved(alertmanager):
     _post_alert(alertmanager, starts_at=started)
     [incident] = wait_for(_incidents, 20, 0.1, "the firing alert to open an incident")
     assert incident.source == "alertmanager"
-    assert (incident.title, incident.severity, incident.service) == ("HighInferenceLatency", "P0", "chat-api")
-    assert incident.tags["env"] == "prod" and "chat-api p95 is 5.4s" in incident.description
+    # The summary annotation is the title; the alertname stays in the tags.
+    assert (incident.title, incident.severity, incident.service) == ("p95 latency above 5s", "P0", "chat-api")
+    assert incident.tags["alertname"] == "HighInferenceLatency"
+    assert incident.tags["env"] == "prod" and incident.description == "chat-api p95 is 5.4s for 5 minutes"
     assert incident.status == "NEW"
     with read_session() as session:
         event = session.scalars(select(Event)).one()
@@ -151,4 +153,5 @@ def test_direct_webhook_errors_write_nothing(web, make_key):
     assert result["status"] == "accepted" and result["incident_id"].startswith("INC-")
     [incident] = _incidents()
     assert incident.severity == "P2"
+    assert incident.title == "DiskFull" and result["alert"] == "DiskFull"  # no summary: the alertname
     assert json.loads(json.dumps(response.json()))["status"] == "accepted"

@@ -1,4 +1,5 @@
-"""Pure parsing of the doors' payloads: Alertmanager v4, PagerDuty Events v2, WebSocket frames."""
+"""Pure parsing of the doors' payloads: Alertmanager v4 (app/services/alertmanager.py), PagerDuty Events v2
+(app/services/pagerduty.py), WebSocket frames (api/ws_codec.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,12 @@ import json
 
 import pytest
 
+from api.ws_codec import decode_ws_frame
 from app.config import load_settings
-from app.services.integrations import (
-    ALERTMANAGER_SOURCE,
-    InvalidPayload,
-    decode_ws_frame,
-    dedup_fingerprint,
-    parse_alertmanager,
-    parse_pagerduty,
-)
+from app.services.alertmanager import ALERTMANAGER_SOURCE, parse_alertmanager
+from app.services.incidents import dedup_fingerprint
+from app.services.pagerduty import parse_pagerduty
+from app.services.payloads import InvalidPayload
 
 SETTINGS = load_settings({"DATA_DIR": "/tmp/im-unit-doors", "JWT_SECRET": "x" * 40, "API_KEY_SECRET": "y" * 40,
                           "WS_MAX_MESSAGE_BYTES": "65536", "MAX_BATCH_EVENTS": "100"})
@@ -43,15 +41,28 @@ def test_alertmanager_labels_and_annotations_map_onto_the_event():
     [event] = batch.firing
     assert batch.resolved == []
     assert event.source == ALERTMANAGER_SOURCE
-    assert event.title == "HighLatency"
+    assert event.title == "p95 over 5s"  # the summary annotation, written for humans
+    assert event.tags["alertname"] == "HighLatency"  # the alertname stays, in the tags
     assert event.severity == "critical"
     assert event.service == "chat-api"
     assert event.tags["env"] == "prod"
-    assert event.description == "p95 over 5s\n\np95 latency is 5.4s"
+    assert event.description == "p95 latency is 5.4s"
     assert event.dedup_key == "a1b2c3d4e5f60718"
     assert event.event_id == "a1b2c3d4e5f60718:2025-11-11T10:30:00.123456789Z"
     assert event.timestamp is not None and event.timestamp.microsecond == 123456
     assert event.raw == ALERT
+
+
+@pytest.mark.parametrize("annotations, title, description", [
+    ({}, "HighLatency", ""),  # no summary: the bare alertname
+    ({"description": "d"}, "HighLatency", "d"),
+    ({"summary": "", "description": "d"}, "HighLatency", "d"),
+    ({"title": "Custom", "summary": "s", "description": "d"}, "Custom", "s\n\nd"),  # annotations.title first
+    ({"summary": "s" * 600}, "s" * 500, "s" * 600),  # cut at the column, kept whole in the description
+])
+def test_alertmanager_title_is_the_summary_when_present(annotations, title, description):
+    [event] = parse_alertmanager(am_payload({**ALERT, "annotations": annotations})).firing
+    assert (event.title, event.description, event.tags["alertname"]) == (title, description, "HighLatency")
 
 
 def test_alertmanager_resolved_alerts_become_resolutions_by_fingerprint():
@@ -160,6 +171,21 @@ def test_ws_bad_frames_have_codes(data, code):
     with pytest.raises(InvalidPayload) as info:
         decode_ws_frame(data, SETTINGS)
     assert info.value.code == code
+
+
+@pytest.mark.parametrize("data, nul_free", [
+    (json.dumps({"type": "event", **EVENTS[0]}), True),
+    (json.dumps({"type": "event", **EVENTS[0], "title": "a\x00b"}), False),
+    (json.dumps({"type": "batch", "events": [{**EVENTS[0], "tags": {"k": "\x00"}}]}), False),
+    (json.dumps({"type": "batch", "events": base64.b64encode(gzip.compress(json.dumps(EVENTS).encode())).decode()}),
+     True),
+    (json.dumps({"type": "batch", "events": base64.b64encode(gzip.compress(
+        json.dumps([{**EVENTS[0], "description": "\x00"}]).encode())).decode()}), False),
+    (gzip.compress(json.dumps({"type": "batch", "events": [{**EVENTS[0], "title": "\x00"}]}).encode()), False),
+])
+def test_ws_frames_say_whether_their_text_can_hold_nul(data, nul_free):
+    """The event validator skips its NUL walk only for frames whose JSON text has no \\u0000 escape."""
+    assert decode_ws_frame(data, SETTINGS).nul_free is nul_free
 
 
 def test_ws_gzip_bomb_is_refused():
