@@ -17,9 +17,12 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from app.services.auth import create_token
+from tests.integration import test_grpc
 from tests.integration.test_ws import counts, edge_event, open_socket, receive, running_web
 
 MISSING = "Missing data for required field."
+
+grpc_server = test_grpc.grpc_server  # the fixture: a grpcio server on loopback
 
 
 def _without(name: str) -> dict[str, Any]:
@@ -66,16 +69,6 @@ def flat(details: dict[str, Any], prefix: str = "") -> dict[str, list[str]]:
 def web(test_env: dict[str, str]) -> Iterator[str]:
     with running_web() as base:
         yield base
-
-
-@pytest.fixture
-def grpc_target(db: None) -> Iterator[str]:
-    from api.grpc.server import build_server
-
-    server, port = build_server(address="127.0.0.1:0", stream_idle_secs=0.2)
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(grace=None).wait()
 
 
 def via_rest(client: Any, key: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -128,23 +121,23 @@ def via_grpc(target: str, event: dict[str, Any]) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("case, event, expected", CASES, ids=[c[0] for c in CASES])
 def test_the_same_bad_event_gets_the_same_field_errors_through_every_door(
-        case, event, expected, client, make_key, web, grpc_target):
+        case, event, expected, client, make_key, web, grpc_server):
     key = make_key("event:create")
     assert via_rest(client, key, copy.deepcopy(event)) == expected
     assert via_rest_batch(client, key, copy.deepcopy(event)) == expected
     assert via_ws(web, copy.deepcopy(event)) == expected
-    assert via_grpc(grpc_target, copy.deepcopy(event)) == flat(expected)
+    assert via_grpc(grpc_server, copy.deepcopy(event)) == flat(expected)
     assert counts() == (0, 0)
 
 
-def test_nul_and_non_finite_metrics_are_refused_by_the_doors_that_can_carry_them(web, grpc_target, db):
+def test_nul_and_non_finite_metrics_are_refused_by_the_doors_that_can_carry_them(web, grpc_server, db):
     """JSON over REST cannot carry NaN (400 malformed_json) and REST refuses `\\u0000` for the whole
     body; the WebSocket's JSON and gRPC's proto can carry both, and the shared validator refuses them
     per field instead of letting Postgres fail the whole transaction."""
     nul = edge_event(20, description="a\x00b")
     nan = edge_event(21, metrics={"current_rpm": float("nan")})
     assert via_ws(web, nul) == {"description": ["strings must not contain NUL (\\u0000) characters"]}
-    assert via_grpc(grpc_target, nul) == {"description": ["strings must not contain NUL (\\u0000) characters"]}
+    assert via_grpc(grpc_server, nul) == {"description": ["strings must not contain NUL (\\u0000) characters"]}
     assert via_ws(web, nan) == {"metrics": ["metric 'current_rpm' must be a finite number"]}
-    assert via_grpc(grpc_target, nan) == {"metrics": ["metric 'current_rpm' must be a finite number"]}
+    assert via_grpc(grpc_server, nan) == {"metrics": ["metric 'current_rpm' must be a finite number"]}
     assert counts() == (0, 0)
