@@ -62,6 +62,7 @@ def require(permission: str) -> Callable[[F], F]:
             enforce(current_principal(), permission)
             return view(*args, **kwargs)
 
+        wrapper.permission = permission  # type: ignore[attr-defined]  # the OpenAPI document reads it
         return wrapper  # type: ignore[return-value]
 
     return decorate

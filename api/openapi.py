@@ -1,108 +1,142 @@
-"""The OpenAPI 3 document, generated from the marshmallow schemas (apispec). Doors add their
-operations with `operation(...)` at import time; `/api/v1/openapi.json` serves the result."""
+"""The OpenAPI 3 document, built from the running application, so it cannot drift from the code:
+
+- every route Flask has registered is an operation (paths, methods, and path parameters read from
+  the URL rules and their converters);
+- its permission is the one its `require(...)` decorator enforces;
+- its request body and query parameters are the marshmallow schemas the view loads, converted by
+  apispec, declared beside the view with `@doc(body=..., query=...)`;
+- its summary and description are the view's docstring (or `@doc`'s summary), its error responses
+  follow from the above (a permission can answer 401/403/429, a body 400/413/415/422, ...).
+
+`/api/v1/openapi.json` serves `build_spec(current_app)`; docs/doors.md says more.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, TypeVar
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import Flask
+from marshmallow import Schema
 
-from api import schemas
+from app.domain.ids import INCIDENT_ID_RE
 
-
-@dataclass(frozen=True)
-class Operation:
-    path: str
-    method: str
-    summary: str
-    permission: str | None
-    request_schema: str | None = None
-    responses: tuple[tuple[int, str], ...] = ()
-    parameters: tuple[dict[str, Any], ...] = ()
-
+F = TypeVar("F", bound=Callable[..., Any])
 
 ERROR_CODES = {
     400: "Malformed JSON",
     401: "No or unknown credential",
     403: "Credential lacks the permission",
     404: "Not found",
-    409: "Transition not allowed by the state machine",
+    409: "Conflict (a transition the state machine does not allow, an existing name, ...)",
     413: "Body too large",
     415: "Content-Type is not application/json",
     422: "Schema violation; per-field messages in error.details",
     429: "Over the key's rate limit; see Retry-After",
+    503: "A dependency is down",
 }
-
-_operations: list[Operation] = []
-_schemas: dict[str, type] = {}
-
-
-def operation(op: Operation) -> None:
-    _operations.append(op)
+_CONVERTER_TYPES = {"IntegerConverter": {"type": "integer"}, "FloatConverter": {"type": "number"}}
+_IGNORED_METHODS = {"HEAD", "OPTIONS"}
+_RULE_VARIABLE = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")  # <incident_id>, <int:limit>
 
 
-def schema(name: str, cls: type) -> None:
-    _schemas[name] = cls
+@dataclass(frozen=True)
+class OperationDoc:
+    """What a view declares about itself beyond its route and `require` permission."""
+
+    summary: str | None = None
+    body: tuple[type[Schema], ...] = ()
+    body_optional: bool = False
+    query: type[Schema] | None = None
+    responses: Mapping[int, str] = field(default_factory=dict)
+    permission: str | None = None  # for views that check a credential themselves (no `require`)
 
 
-for _name, _cls in {
-    "Event": schemas.EventSchema, "EventBatch": schemas.BatchSchema, "ManualIncident": schemas.ManualIncidentSchema,
-    "PatchIncident": schemas.PatchIncidentSchema, "Acknowledge": schemas.AcknowledgeSchema,
-    "Resolve": schemas.ResolveSchema, "Close": schemas.CloseSchema,
-}.items():
-    schema(_name, _cls)
+def doc(summary: str | None = None, *, body: type[Schema] | tuple[type[Schema], ...] | None = None,
+        body_optional: bool = False, query: type[Schema] | None = None,
+        responses: Mapping[int, str] | None = None, permission: str | None = None) -> Callable[[F], F]:
+    """Decorator: the schemas a view loads and the answers it gives, for the OpenAPI document."""
+    schemas = body if isinstance(body, tuple) else ((body,) if body is not None else ())
 
-_ID = ({"name": "incident_id", "in": "path", "required": True,
-        "schema": {"type": "string", "pattern": r"^INC-\d{8}-\d{5,}$"}},)
-_LIST = tuple(
-    {"name": n, "in": "query", "required": False, "schema": s}
-    for n, s in [
-        ("status", {"type": "string"}), ("severity", {"type": "string"}), ("source", {"type": "string"}),
-        ("category", {"type": "string"}), ("team", {"type": "string"}),
-        ("created_after", {"type": "string", "format": "date-time"}),
-        ("created_before", {"type": "string", "format": "date-time"}), ("q", {"type": "string"}),
-        ("limit", {"type": "integer", "minimum": 1, "maximum": 500}), ("cursor", {"type": "string"}),
-    ]
-)
+    def decorate(view: F) -> F:
+        view.openapi = OperationDoc(summary, schemas, body_optional, query,  # type: ignore[attr-defined]
+                                    dict(responses or {}), permission)
+        return view
 
-for _op in [
-    Operation("/api/v1/events/sentinel", "post", "Ingest one Sentinel event", "event:create", "Event",
-              ((202, "Accepted, durable"), (200, "Duplicate (source, event_id)"), (400, ""), (401, ""), (403, ""),
-               (413, ""), (415, ""), (422, ""), (429, ""))),
-    Operation("/api/v1/events", "post", "Ingest one event, or {\"events\": [...]} up to 1,000", "event:create", "Event",
-              ((202, "Accepted (batch: one result per event, in order)"), (200, "Duplicate"), (400, ""), (401, ""),
-               (403, ""), (413, ""), (415, ""), (422, ""), (429, ""))),
-    Operation("/api/v1/incidents", "get", "List incidents (filters, cursor pagination)", "incident:read",
-              responses=((200, "{items, next_cursor}"), (401, ""), (403, ""), (422, "")), parameters=_LIST),
-    Operation("/api/v1/incidents", "post", "Create an incident by hand", "incident:write", "ManualIncident",
-              ((201, "Created"), (200, "Joined an active incident with the same fingerprint"), (400, ""), (401, ""),
-               (403, ""), (415, ""), (422, ""))),
-    Operation("/api/v1/incidents/{incident_id}", "get", "Get an incident (follows merged_into)", "incident:read",
-              responses=((200, "The incident"), (401, ""), (403, ""), (404, "")), parameters=_ID),
-    Operation("/api/v1/incidents/{incident_id}", "patch", "Assign, change severity/status/tags", "incident:write",
-              "PatchIncident", ((200, "The incident"), (404, ""), (409, ""), (422, "")), _ID),
-    Operation("/api/v1/incidents/{incident_id}/acknowledge", "post", "Acknowledge", "incident:write", "Acknowledge",
-              ((200, "The incident"), (404, ""), (409, "")), _ID),
-    Operation("/api/v1/incidents/{incident_id}/resolve", "post", "Resolve", "incident:write", "Resolve",
-              ((200, "The incident"), (404, ""), (409, "")), _ID),
-    Operation("/api/v1/incidents/{incident_id}/close", "post", "Close", "incident:write", "Close",
-              ((200, "The incident"), (404, ""), (409, "")), _ID),
-    Operation("/api/v1/incidents/{incident_id}/timeline", "get", "Every change: who, when, old, new", "incident:read",
-              responses=((200, "{items}"), (404, "")), parameters=_ID),
-    Operation("/api/v1/incidents/{incident_id}/events", "get", "The events of an incident", "incident:read",
-              responses=((200, "{items, next_cursor}"), (404, "")), parameters=_ID),
-    Operation("/health", "get", "Dependencies: database, broker, workers, beat", "any",
-              responses=((200, "Healthy or degraded"), (503, "Not ready"))),
-    Operation("/health/live", "get", "Liveness probe", None, responses=((200, "Alive"),)),
-    Operation("/health/ready", "get", "Readiness probe", None, responses=((200, "Ready"), (503, "Not ready"))),
-    Operation("/metrics", "get", "Prometheus exposition", "any", responses=((200, "text/plain"),)),
-]:
-    operation(_op)
+    return decorate
 
 
-def build_spec() -> dict[str, Any]:
+def _path_and_parameters(rule: Any) -> tuple[str, list[dict[str, Any]]]:
+    """`/api/v1/incidents/<incident_id>` → `/api/v1/incidents/{incident_id}` and its path parameters."""
+    parameters = []
+    for variable in sorted(rule.arguments, key=rule.rule.index):
+        kind = type(rule._converters[variable]).__name__
+        schema = dict(_CONVERTER_TYPES.get(kind, {"type": "string"}))
+        if variable == "incident_id":
+            schema["pattern"] = INCIDENT_ID_RE.pattern
+        parameters.append({"name": variable, "in": "path", "required": True, "schema": schema})
+    return _RULE_VARIABLE.sub(r"{\1}", rule.rule), parameters
+
+
+def _operation(view: Callable[..., Any], rule: Any, method: str, path: str,
+               parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    declared: OperationDoc = getattr(view, "openapi", None) or OperationDoc()
+    permission = getattr(view, "permission", None) or declared.permission
+    text = inspect.getdoc(view) or ""
+    first, _, rest = text.partition("\n\n")
+    summary = declared.summary or " ".join(first.split()) or rule.endpoint.replace("_", " ")
+    # one view may serve several paths (/health and /api/v1/health): the id names method and path
+    body: dict[str, Any] = {"summary": summary, "operationId": re.sub(r"\W+", "_", f"{method}{path}").strip("_")}
+    notes = []
+    if declared.summary and first:
+        notes.append(" ".join(first.split()))
+    if rest:
+        notes.append(rest)
+    if permission:
+        body["security"] = [{"ApiKey": []}, {"Bearer": []}]
+        notes.append("Any valid credential." if permission == "any" else f"Needs permission `{permission}`.")
+    if notes:
+        body["description"] = "\n\n".join(notes)
+    params = list(parameters)
+    if declared.query is not None:
+        params.append({"in": "query", "schema": declared.query})
+    if params:
+        body["parameters"] = params
+    codes: dict[int, str] = dict(declared.responses) or {200: "OK"}
+    if getattr(rule, "websocket", False):
+        codes = {101: "Switching Protocols: the WebSocket protocol of docs/doors.md", **codes}
+        codes.pop(200, None)
+    if permission:
+        codes.update({c: codes.get(c, "") for c in (401, 403, 429) if not (permission == "any" and c == 403)})
+    if declared.body:
+        schemas = [{"$ref": "#/components/schemas/" + _name(s)} for s in declared.body]
+        content = schemas[0] if len(schemas) == 1 else {"oneOf": schemas}
+        body["requestBody"] = {"required": not declared.body_optional,
+                               "content": {"application/json": {"schema": content}}}
+        codes.update({c: codes.get(c, "") for c in (400, 413, 415, 422)})
+    if declared.query is not None:
+        codes.setdefault(422, "")
+    if any(p["name"] == "incident_id" for p in parameters):
+        codes.setdefault(404, "")
+    body["responses"] = {}
+    for code in sorted(codes):
+        entry: dict[str, Any] = {"description": codes[code] or ERROR_CODES.get(code, "")}
+        if code >= 400:
+            entry["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        body["responses"][str(code)] = entry
+    return body
+
+
+def _name(schema: type[Schema]) -> str:
+    return schema.__name__.removesuffix("Schema")
+
+
+def build_spec(app: Flask) -> dict[str, Any]:
+    """The OpenAPI 3.0 document of every route `app` has registered."""
     spec = APISpec(
         title="LLM Incident Manager", version="0.1.0", openapi_version="3.0.3",
         plugins=[MarshmallowPlugin()],
@@ -111,27 +145,21 @@ def build_spec() -> dict[str, Any]:
     )
     spec.components.security_scheme("ApiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
     spec.components.security_scheme("Bearer", {"type": "http", "scheme": "bearer"})
-    spec.components.schema("Error", {"type": "object", "properties": {"error": {"type": "object", "properties": {
-        "code": {"type": "string"}, "message": {"type": "string"}, "details": {"type": "object"}}}}})
-    for name, cls in _schemas.items():
-        spec.components.schema(name, schema=cls)
+    spec.components.schema("Error", {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["code", "message", "details"], "properties": {
+            "code": {"type": "string"}, "message": {"type": "string"}, "details": {"type": "object"}}}}})
     paths: dict[str, dict[str, Any]] = {}
-    for op in _operations:
-        body: dict[str, Any] = {"summary": op.summary, "responses": {}}
-        if op.permission:
-            body["security"] = [{"ApiKey": []}, {"Bearer": []}]
-            body["description"] = (f"Needs permission `{op.permission}`." if op.permission != "any"
-                                   else "Any valid credential.")
-        if op.parameters:
-            body["parameters"] = list(op.parameters)
-        if op.request_schema:
-            body["requestBody"] = {"required": True, "content": {"application/json": {"schema": op.request_schema}}}
-        for code, text in op.responses:
-            entry: dict[str, Any] = {"description": text or ERROR_CODES.get(code, "")}
-            if code >= 400:
-                entry["content"] = {"application/json": {"schema": "Error"}}
-            body["responses"][str(code)] = entry
-        paths.setdefault(op.path, {})[op.method] = body
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        if rule.endpoint == "static":
+            continue
+        view = app.view_functions[rule.endpoint]
+        declared: OperationDoc | None = getattr(view, "openapi", None)
+        for schema in (declared.body if declared else ()):
+            if _name(schema) not in spec.components.schemas:
+                spec.components.schema(_name(schema), schema=schema)
+        path, parameters = _path_and_parameters(rule)
+        for method in sorted((rule.methods or set()) - _IGNORED_METHODS):
+            paths.setdefault(path, {})[method.lower()] = _operation(view, rule, method.lower(), path, parameters)
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
     return spec.to_dict()

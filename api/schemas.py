@@ -94,11 +94,14 @@ class EventSchema(Schema):
             raise ValidationError(errors)
 
 
-class BatchSchema(Schema):
+class EventBatchSchema(Schema):
+    """`{"events": [...]}`: each event is validated on its own (`validate_events`), a bad one is
+    rejected in its result and the others stored."""
+
     class Meta:
         unknown = EXCLUDE
 
-    events = fields.List(fields.Raw(), required=True)
+    events = fields.List(fields.Nested(EventSchema), required=True, validate=validate.Length(min=1))
 
 
 class ManualIncidentSchema(Schema):
@@ -166,6 +169,16 @@ class CloseSchema(Schema):
 
     actor = fields.String(validate=validate.Length(min=1, max=200))
     notes = fields.String(validate=validate.Length(max=100_000))
+
+
+class PageQuerySchema(Schema):
+    """`?limit=&cursor=` of the paginated lists (limit at most 500; each list has its own default)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    limit = fields.Integer(validate=validate.Range(min=1, max=500))
+    cursor = fields.String(validate=validate.Length(min=1))
 
 
 class ListQuerySchema(Schema):

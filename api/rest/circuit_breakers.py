@@ -10,31 +10,22 @@ from flask import Blueprint, jsonify
 
 from api.auth import current_principal, require
 from api.errors import ApiError, error_response
-from api.openapi import Operation, operation
+from api.openapi import doc
 from app.services import circuit_breakers as service
 
 bp = Blueprint("circuit_breakers", __name__)
 
-_NAME = ({"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},)
-operation(Operation("/v1/circuit-breakers", "get", "Every circuit breaker: state, counters, configuration", None,
-                    responses=((200, "{items, next_cursor}"), (401, ""))))
-operation(Operation("/v1/circuit-breakers/{name}", "get", "One circuit breaker", None,
-                    responses=((200, "The breaker"), (401, ""), (404, "")), parameters=_NAME))
-for _action, _summary in (("open", "Force open (maintenance): calls fail fast until closed or reset"),
-                          ("close", "Force closed (after maintenance); counters kept"),
-                          ("reset", "Back to a fresh closed breaker; counters cleared")):
-    operation(Operation(f"/v1/circuit-breakers/{{name}}/{_action}", "post", _summary, "admin",
-                        responses=((200, "The breaker after the change"), (401, ""), (403, ""), (404, "")),
-                        parameters=_NAME))
-
 
 @bp.get("/v1/circuit-breakers")
+@doc("Every circuit breaker: state, counters, configuration", permission="any",
+     responses={200: "{items, next_cursor}"})
 def list_breakers() -> Any:
     current_principal()
     return jsonify({"items": service.list_breakers(), "next_cursor": None})
 
 
 @bp.get("/v1/circuit-breakers/<name>")
+@doc("One circuit breaker", permission="any", responses={200: "The breaker", 404: ""})
 def get_breaker(name: str) -> Any:
     current_principal()
     return jsonify(service.info(name))
@@ -45,6 +36,9 @@ _ACTIONS = {"open": service.force_open, "close": service.force_close, "reset": s
 
 @bp.post("/v1/circuit-breakers/<name>/<action>")
 @require("admin")
+@doc("open: force open (maintenance), calls fail fast until closed or reset; close: force closed, "
+     "counters kept; reset: a fresh closed breaker, counters cleared",
+     responses={200: "The breaker after the change", 404: "Unknown breaker or action"})
 def control(name: str, action: str) -> Any:
     change = _ACTIONS.get(action)
     if change is None:

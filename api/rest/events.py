@@ -10,7 +10,8 @@ from api.auth import require
 from api.body import json_object
 from api.errors import ApiError
 from api.links import base_url, incident_links
-from api.schemas import load_event, to_new_event, validate_events
+from api.openapi import doc
+from api.schemas import EventBatchSchema, EventSchema, load_event, to_new_event, validate_events
 from app.config import get_settings
 from app.services.group_commit import GroupCommitter
 from app.services.ingest import IngestResult, ingest_events
@@ -49,12 +50,16 @@ def _single(body: dict[str, Any], default_source: str | None) -> Any:
 
 @bp.post("/api/v1/events/sentinel")
 @require("event:create")
+@doc("Ingest one Sentinel event", body=EventSchema,
+     responses={202: "Accepted, durable (after commit)", 200: "Duplicate (source, event_id): nothing changed"})
 def sentinel_event() -> Any:
     return _single(json_object(), default_source="llm-sentinel")
 
 
 @bp.post("/api/v1/events")
 @require("event:create")
+@doc("Ingest one event, or {\"events\": [...]} up to MAX_BATCH_EVENTS", body=(EventSchema, EventBatchSchema),
+     responses={202: "Accepted (a batch: one result per event, in order)", 200: "Duplicate"})
 def create_events() -> Any:
     body = json_object()
     if "events" not in body:

@@ -10,6 +10,7 @@ from flask import Blueprint, jsonify, request
 from api.auth import current_principal, require
 from api.body import json_object
 from api.errors import ApiError
+from api.openapi import doc
 from api.schemas import (
     AcknowledgeSchema,
     CloseSchema,
@@ -41,6 +42,8 @@ def _multi(name: str) -> list[str]:
 
 @bp.get("/api/v1/incidents")
 @require("incident:read")
+@doc("List incidents (filters, cursor pagination)", query=ListQuerySchema,
+     responses={200: "{items, next_cursor}"})
 def list_incidents() -> Any:
     args: dict[str, Any] = {k: v for k, v in request.args.items()}
     for name in ("status", "severity", "source", "category", "team"):
@@ -61,6 +64,8 @@ def list_incidents() -> Any:
 
 @bp.post("/api/v1/incidents")
 @require("incident:write")
+@doc("Create an incident by hand", body=ManualIncidentSchema,
+     responses={201: "Created", 200: "Joined an active incident with the same fingerprint"})
 def create_incident() -> Any:
     body = json_object()
     data = ManualIncidentSchema().load(body)
@@ -94,12 +99,15 @@ def create_incident() -> Any:
 @bp.get("/api/v1/incidents/<incident_id>")
 @bp.get("/incidents/<incident_id>")
 @require("incident:read")
+@doc("Get an incident (follows merged_into)", responses={200: "The incident"})
 def get_incident(incident_id: str) -> Any:
     return jsonify(service.get_incident(incident_id))
 
 
 @bp.patch("/api/v1/incidents/<incident_id>")
 @require("incident:write")
+@doc("Assign, change severity/status/tags/team/title/description", body=PatchIncidentSchema,
+     responses={200: "The incident", 409: ""})
 def patch_incident(incident_id: str) -> Any:
     data = PatchIncidentSchema().load(json_object())
     actor = _actor(data.pop("actor", None))
@@ -108,6 +116,7 @@ def patch_incident(incident_id: str) -> Any:
 
 @bp.post("/api/v1/incidents/<incident_id>/acknowledge")
 @require("incident:write")
+@doc("Acknowledge", body=AcknowledgeSchema, body_optional=True, responses={200: "The incident", 409: ""})
 def acknowledge(incident_id: str) -> Any:
     data = AcknowledgeSchema().load(json_object(optional=True))
     return jsonify(service.acknowledge(incident_id, _actor(data.get("actor"))))
@@ -115,6 +124,7 @@ def acknowledge(incident_id: str) -> Any:
 
 @bp.post("/api/v1/incidents/<incident_id>/resolve")
 @require("incident:write")
+@doc("Resolve", body=ResolveSchema, body_optional=True, responses={200: "The incident", 409: ""})
 def resolve(incident_id: str) -> Any:
     data = ResolveSchema().load(json_object(optional=True))
     return jsonify(service.resolve(
@@ -126,6 +136,7 @@ def resolve(incident_id: str) -> Any:
 
 @bp.post("/api/v1/incidents/<incident_id>/close")
 @require("incident:write")
+@doc("Close", body=CloseSchema, body_optional=True, responses={200: "The incident", 409: ""})
 def close(incident_id: str) -> Any:
     data = CloseSchema().load(json_object(optional=True))
     return jsonify(service.close(incident_id, _actor(data.get("actor")), notes=data.get("notes")))
@@ -133,12 +144,14 @@ def close(incident_id: str) -> Any:
 
 @bp.get("/api/v1/incidents/<incident_id>/timeline")
 @require("incident:read")
+@doc("Every change: who, when, old, new", responses={200: "{items}"})
 def timeline(incident_id: str) -> Any:
     return jsonify({"items": service.incident_timeline(incident_id), "next_cursor": None})
 
 
 @bp.get("/api/v1/incidents/<incident_id>/events")
 @require("incident:read")
+@doc("The events of an incident", responses={200: "{items, next_cursor}"})
 def events(incident_id: str) -> Any:
     limit = request.args.get("limit", "100")
     cursor = request.args.get("cursor")

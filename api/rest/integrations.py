@@ -12,7 +12,7 @@ from api.auth import current_principal, enforce
 from api.body import json_object
 from api.errors import ApiError
 from api.links import incident_links
-from api.openapi import Operation, operation
+from api.openapi import doc
 from app.services.alertmanager import handle_alertmanager, parse_alertmanager
 from app.services.auth import AuthError, Principal, authenticate_api_key
 from app.services.pagerduty import handle_pagerduty, parse_pagerduty
@@ -28,6 +28,9 @@ INTEGRATION_REQUESTS = Counter(
 
 
 @bp.post("/api/v1/integrations/alertmanager")
+@doc(permission="event:create", responses={
+    202: "Accepted: one result per alert (accepted, duplicate, resolved, not_open)", 400: "", 413: "", 415: "",
+    422: "Not a version 4 webhook payload; per-field messages in error.details"})
 def alertmanager_webhook() -> Any:
     """Alertmanager webhook v4: firing alerts are ingested, resolved alerts resolve their incident."""
     enforce(current_principal(), "event:create")
@@ -56,6 +59,10 @@ def _pagerduty_principal(body: Mapping[str, Any]) -> Principal:
 
 
 @bp.post("/api/v1/integrations/pagerduty/enqueue")
+@doc(permission="event:create", responses={
+    202: "{status: success, message: Event processed, dedup_key, incident_id}",
+    400: "Invalid event (PagerDuty's shape: status, message, errors, beside error) or malformed JSON", 413: "",
+    415: ""})
 def pagerduty_enqueue() -> Any:
     """PagerDuty Events API v2: trigger / acknowledge / resolve by dedup_key; answers as PagerDuty."""
     body = json_object()
@@ -78,17 +85,3 @@ def pagerduty_enqueue() -> Any:
                     "incident_id": outcome.incident_id}), 202
 
 
-for _op in (
-    Operation("/api/v1/integrations/alertmanager", "post",
-              "Alertmanager webhook (payload version 4): firing alerts ingested, resolved alerts resolve",
-              "event:create", None,
-              ((202, "Accepted: one result per alert (accepted, duplicate, resolved, not_open)"), (400, ""), (401, ""),
-               (403, ""), (413, ""), (415, ""), (422, ""), (429, ""))),
-    Operation("/api/v1/integrations/pagerduty/enqueue", "post",
-              "PagerDuty Events API v2 (trigger, acknowledge, resolve by dedup_key); routing_key is an API key",
-              "event:create", None,
-              ((202, "{status: success, message: Event processed, dedup_key}"),
-               (400, "Invalid event (PagerDuty's shape: status, message, errors) or malformed JSON"), (401, ""),
-               (403, ""), (413, ""), (415, ""), (429, ""))),
-):
-    operation(_op)

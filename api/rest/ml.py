@@ -11,7 +11,7 @@ from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, valid
 from api.auth import current_principal, enforce, require
 from api.body import json_object
 from api.errors import ApiError
-from api.openapi import Operation, operation, schema
+from api.openapi import doc
 from app.config import get_settings
 from app.domain.severity import SEVERITIES, map_source_severity
 from app.services import feedback as feedback_service
@@ -73,9 +73,6 @@ class ClassifyBatchSchema(Schema):
     events = fields.List(fields.Nested(ClassifyEventSchema), required=True)
 
 
-schema("ClassifyEvent", ClassifyEventSchema)
-schema("ClassifyBatch", ClassifyBatchSchema)
-schema("Feedback", FeedbackSchema)
 EVENT = ClassifyEventSchema()
 
 
@@ -108,6 +105,8 @@ def _inputs(body: dict[str, Any]) -> list[ClassifierInput]:
 
 
 @bp.post("/api/v1/ml/classify")
+@doc(body=(ClassifyEventSchema, ClassifyBatchSchema), permission="event:create or incident:read",
+     responses={200: "{model_version, confidence_threshold, predictions: [...]}"})
 def classify() -> Any:
     """Classify one event or `{"events": [...]}`; needs `event:create` or `incident:read`."""
     principal = current_principal()
@@ -138,6 +137,8 @@ def classify() -> Any:
 
 @bp.get("/api/v1/ml/models")
 @require("incident:read")
+@doc("Model versions, newest first, with held-out metrics",
+     responses={200: "{items, active_version, serving_version}"})
 def list_models() -> Any:
     from ml import registry
 
@@ -148,6 +149,8 @@ def list_models() -> Any:
 
 @bp.post("/api/v1/ml/models/<version>/activate")
 @require("admin")
+@doc("Activate a model version (file verified first)",
+     responses={200: "The version", 404: "", 409: "File missing or corrupted"})
 def activate_model(version: str) -> Any:
     from ml import registry
 
@@ -161,6 +164,8 @@ def activate_model(version: str) -> Any:
 
 @bp.post("/api/v1/ml/models/rollback")
 @require("admin")
+@doc("Go back to the previously active version",
+     responses={200: "The version now active", 409: "Nothing to roll back to"})
 def rollback_model() -> Any:
     from ml import registry
 
@@ -172,6 +177,7 @@ def rollback_model() -> Any:
 
 @bp.post("/api/v1/ml/train")
 @require("admin")
+@doc(responses={202: "{status: queued, task_id}"})
 def train() -> Any:
     """Queue a training on the `ml` queue (202); the gate decides whether it becomes active."""
     from tasks.ml import train_model
@@ -184,6 +190,8 @@ def train() -> Any:
 
 @bp.post("/api/v1/incidents/<incident_id>/feedback")
 @require("incident:write")
+@doc("True severity/category of an incident, for learning", body=FeedbackSchema,
+     responses={201: "The training sample"})
 def feedback(incident_id: str) -> Any:
     data = FeedbackSchema().load(json_object())
     actor = data.get("actor") or current_principal().name
@@ -197,24 +205,3 @@ def feedback(incident_id: str) -> Any:
     return response
 
 
-_VERSION = ({"name": "version", "in": "path", "required": True, "schema": {"type": "string"}},)
-_ID = ({"name": "incident_id", "in": "path", "required": True, "schema": {"type": "string"}},)
-for _op in [
-    Operation("/api/v1/ml/classify", "post", "Classify one event or {\"events\": [...]} (up to MAX_BATCH_EVENTS)",
-              "event:create or incident:read", "ClassifyEvent",
-              ((200, "{model_version, confidence_threshold, predictions: [...]}"), (400, ""), (401, ""), (403, ""),
-               (415, ""), (422, ""), (429, ""))),
-    Operation("/api/v1/ml/models", "get", "Model versions, newest first, with held-out metrics", "incident:read",
-              responses=((200, "{items, active_version, serving_version}"), (401, ""), (403, ""))),
-    Operation("/api/v1/ml/models/{version}/activate", "post", "Activate a model version (file verified first)",
-              "admin", responses=((200, "The version"), (404, ""), (409, "File missing or corrupted")),
-              parameters=_VERSION),
-    Operation("/api/v1/ml/models/rollback", "post", "Go back to the previously active version", "admin",
-              responses=((200, "The version now active"), (409, "Nothing to roll back to"))),
-    Operation("/api/v1/ml/train", "post", "Queue a training (the not-worse gate decides activation)", "admin",
-              responses=((202, "{status: queued, task_id}"), (401, ""), (403, ""))),
-    Operation("/api/v1/incidents/{incident_id}/feedback", "post", "True severity/category of an incident, for learning",
-              "incident:write", "Feedback",
-              ((201, "The training sample"), (400, ""), (404, ""), (415, ""), (422, "")), _ID),
-]:
-    operation(_op)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 
 from api.auth import current_principal
+from api.openapi import doc
 from app import metrics
 from app.services.health import check_database, full_health
 
@@ -17,11 +18,13 @@ bp = Blueprint("ops", __name__)
 
 
 @bp.get("/health/live")
+@doc("Liveness probe (open)", responses={200: "Alive"})
 def live() -> Any:
     return jsonify({"status": "alive"})
 
 
 @bp.get("/health/ready")
+@doc("Readiness probe (open): the database answers", responses={200: "Ready", 503: "Not ready"})
 def ready() -> Any:
     database = check_database()
     ok = database["status"] == "up"
@@ -30,6 +33,8 @@ def ready() -> Any:
 
 @bp.get("/health")
 @bp.get("/api/v1/health")
+@doc("Dependencies: database, broker, workers, beat", permission="any",
+     responses={200: "Healthy or degraded", 503: "Not ready"})
 def health() -> Any:
     current_principal()
     ready_ok, body = full_health()
@@ -37,6 +42,7 @@ def health() -> Any:
 
 
 @bp.get("/metrics")
+@doc("Prometheus exposition", permission="any", responses={200: "text/plain; version=0.0.4"})
 def prometheus_metrics() -> Any:
     current_principal()
     payload, content_type = metrics.render()
@@ -44,7 +50,9 @@ def prometheus_metrics() -> Any:
 
 
 @bp.get("/api/v1/openapi.json")
+@doc("This OpenAPI document, built from the registered routes and their schemas (open)",
+     responses={200: "OpenAPI 3.0"})
 def openapi() -> Any:
     from api.openapi import build_spec
 
-    return jsonify(build_spec())
+    return jsonify(build_spec(current_app))

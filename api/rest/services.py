@@ -10,7 +10,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from api.auth import require
 from api.body import json_object
 from api.errors import ApiError
-from api.openapi import Operation, operation, schema
+from api.openapi import doc
+from api.schemas import PageQuerySchema
 from app.services import service_catalog as catalog
 
 bp = Blueprint("services", __name__)
@@ -45,47 +46,23 @@ class ServiceSchema(Schema):
             raise ValidationError("a service cannot depend on itself", "dependencies")
 
 
-schema("Service", ServiceSchema)
-_NAME = ({"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},)
-for _op in [
-    Operation("/api/v1/services", "get", "List the service catalog", "incident:read",
-              responses=((200, "{items, next_cursor}"), (401, ""), (403, ""), (422, "")),
-              parameters=({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
-                          {"name": "cursor", "in": "query", "schema": {"type": "string"}})),
-    Operation("/api/v1/services", "post", "Add a service to the catalog", "incident:write", "Service",
-              ((201, "Created"), (400, ""), (401, ""), (403, ""), (409, "A service with this name exists"), (415, ""),
-               (422, ""))),
-    Operation("/api/v1/services/import", "post",
-              "Import a YAML catalog (`services: [...]`); upserts by name, all or nothing", "incident:write",
-              responses=((200, "{created, updated}"), (400, "Not YAML"), (401, ""), (403, ""), (415, ""), (422, ""))),
-    Operation("/api/v1/services/{name}", "get", "One service", "incident:read",
-              responses=((200, "The service"), (401, ""), (403, ""), (404, "")), parameters=_NAME),
-    Operation("/api/v1/services/{name}", "put", "Replace a service", "incident:write", "Service",
-              ((200, "The service"), (404, ""), (422, "")), _NAME),
-    Operation("/api/v1/services/{name}", "patch", "Change some fields of a service", "incident:write", "Service",
-              ((200, "The service"), (404, ""), (422, "")), _NAME),
-    Operation("/api/v1/services/{name}", "delete", "Remove a service", "incident:write",
-              responses=((204, "Deleted"), (404, "")), parameters=_NAME),
-]:
-    operation(_op)
-
-
 def _not_found(exc: catalog.ServiceNotFound) -> ApiError:
     return ApiError(404, "not_found", str(exc), {"name": exc.name})
 
 
 @bp.get("/api/v1/services")
 @require("incident:read")
+@doc("List the service catalog", query=PageQuerySchema, responses={200: "{items, next_cursor}"})
 def list_services() -> Any:
-    limit = request.args.get("limit", "100")
-    if not limit.isdigit() or not 1 <= int(limit) <= 500:
-        raise ApiError(422, "validation_failed", "limit must be 1..500", {"limit": ["must be between 1 and 500"]})
-    items, next_cursor = catalog.list_services(int(limit), request.args.get("cursor") or None)
+    page = PageQuerySchema().load(request.args)  # ValidationError -> 422 with per-field errors
+    items, next_cursor = catalog.list_services(page.get("limit", 100), page.get("cursor"))
     return jsonify({"items": items, "next_cursor": next_cursor})
 
 
 @bp.post("/api/v1/services")
 @require("incident:write")
+@doc("Add a service to the catalog", body=ServiceSchema,
+     responses={201: "Created", 409: "A service with this name exists"})
 def create_service() -> Any:
     data = ServiceSchema().load(json_object())
     try:
@@ -100,6 +77,8 @@ def create_service() -> Any:
 
 @bp.post("/api/v1/services/import")
 @require("incident:write")
+@doc("Import a YAML catalog (`services: [...]`); upserts by name, all or nothing",
+     responses={200: "{created, updated}", 400: "Not YAML", 415: "", 422: ""})
 def import_services() -> Any:
     mimetype = (request.mimetype or "").lower()
     if mimetype not in YAML_TYPES:
@@ -124,6 +103,7 @@ def import_services() -> Any:
 
 @bp.get("/api/v1/services/<name>")
 @require("incident:read")
+@doc("One service", responses={200: "The service", 404: ""})
 def get_service(name: str) -> Any:
     try:
         return jsonify(catalog.get_service(name))
@@ -147,18 +127,21 @@ def _update(name: str, replace: bool) -> Any:
 
 @bp.put("/api/v1/services/<name>")
 @require("incident:write")
+@doc("Replace a service", body=ServiceSchema, responses={200: "The service", 404: ""})
 def replace_service(name: str) -> Any:
     return _update(name, replace=True)
 
 
 @bp.patch("/api/v1/services/<name>")
 @require("incident:write")
+@doc("Change some fields of a service", body=ServiceSchema, responses={200: "The service", 404: ""})
 def patch_service(name: str) -> Any:
     return _update(name, replace=False)
 
 
 @bp.delete("/api/v1/services/<name>")
 @require("incident:write")
+@doc("Remove a service", responses={204: "Deleted", 404: ""})
 def delete_service(name: str) -> Any:
     try:
         catalog.delete_service(name)

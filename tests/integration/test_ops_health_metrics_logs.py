@@ -149,30 +149,6 @@ def test_metric_names_of_the_reference_readme_are_registered():
         assert f"# TYPE {name.removesuffix('_total')}" in text or f"# TYPE {name}" in text, name
 
 
-def test_openapi_document_is_valid(client):
-    from openapi_spec_validator import validate
-
-    response = client.get("/api/v1/openapi.json")
-    assert response.status_code == 200
-    spec = response.get_json()
-    validate(spec)
-    assert spec["openapi"].startswith("3.")
-    for path, method in [("/api/v1/events/sentinel", "post"), ("/api/v1/events", "post"),
-                         ("/api/v1/incidents", "get"), ("/api/v1/incidents", "post"),
-                         ("/api/v1/incidents/{incident_id}", "get"), ("/api/v1/incidents/{incident_id}", "patch"),
-                         ("/api/v1/incidents/{incident_id}/acknowledge", "post"),
-                         ("/api/v1/incidents/{incident_id}/resolve", "post"),
-                         ("/api/v1/incidents/{incident_id}/close", "post"),
-                         ("/api/v1/incidents/{incident_id}/timeline", "get"),
-                         ("/api/v1/incidents/{incident_id}/events", "get"),
-                         ("/health", "get"), ("/health/live", "get"), ("/health/ready", "get"), ("/metrics", "get")]:
-        assert method in spec["paths"][path], (path, method)
-    sentinel = spec["paths"]["/api/v1/events/sentinel"]["post"]
-    assert {"202", "200", "400", "401", "403", "413", "415", "422", "429"} <= set(sentinel["responses"])
-    event_schema = spec["components"]["schemas"]["Event"]
-    assert {"event_id", "source", "title", "severity"} <= set(event_schema["required"])
-
-
 class _Capture(logging.Handler):
     def __init__(self, formatter: logging.Formatter) -> None:
         super().__init__(logging.INFO)
