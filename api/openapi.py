@@ -75,7 +75,9 @@ def _path_and_parameters(rule: Any) -> tuple[str, list[dict[str, Any]]]:
     parameters = []
     for variable in sorted(rule.arguments, key=rule.rule.index):
         kind = type(rule._converters[variable]).__name__
-        schema = dict(_CONVERTER_TYPES.get(kind, {"type": "string"}))
+        schema: dict[str, Any] = dict(_CONVERTER_TYPES.get(kind, {"type": "string"}))
+        if kind == "AnyConverter":  # <any(users, teams):resource>
+            schema["enum"] = sorted(rule._converters[variable].items)
         if variable == "incident_id":
             schema["pattern"] = INCIDENT_ID_RE.pattern
         parameters.append({"name": variable, "in": "path", "required": True, "schema": schema})

@@ -11,7 +11,8 @@ from flask import Blueprint, jsonify, request
 from api.auth import current_principal, require
 from api.body import json_object
 from api.errors import ApiError
-from api.openapi import Operation, operation, schema
+from api.openapi import doc
+from api.schemas import PageQuerySchema
 from app.services import analytics, escalation
 from app.services import escalation_config as config
 
@@ -19,53 +20,7 @@ bp = Blueprint("escalation", __name__)
 
 RESOURCES = {"users": config.USER, "teams": config.TEAM, "schedules": config.SCHEDULE,
              "escalation-policies": config.POLICY}
-_NAME = ({"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},)
-_ID = ({"name": "incident_id", "in": "path", "required": True, "schema": {"type": "string"}},)
-
-for _path, _res in RESOURCES.items():
-    _schema_name = {"users": "User", "teams": "Team", "schedules": "Schedule",
-                    "escalation-policies": "EscalationPolicy"}[_path]
-    schema(_schema_name, _res.schema)
-    for _op in [
-        Operation(f"/api/v1/{_path}", "get", f"List {_res.name}s", "incident:read",
-                  responses=((200, "{items, next_cursor}"), (401, ""), (403, ""), (422, "")),
-                  parameters=({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
-                                                                          "maximum": 500}},
-                              {"name": "cursor", "in": "query", "schema": {"type": "string"}})),
-        Operation(f"/api/v1/{_path}", "post", f"Create a {_res.name}", "incident:write", _schema_name,
-                  ((201, "Created"), (400, ""), (401, ""), (403, ""), (409, "The name is taken"), (415, ""),
-                   (422, "Invalid field, unknown reference or escalation cycle"))),
-        Operation(f"/api/v1/{_path}/{{name}}", "get", f"One {_res.name}", "incident:read",
-                  responses=((200, "Found"), (401, ""), (403, ""), (404, "")), parameters=_NAME),
-        Operation(f"/api/v1/{_path}/{{name}}", "put", f"Replace a {_res.name}", "incident:write", _schema_name,
-                  ((200, "Replaced"), (404, ""), (422, "")), _NAME),
-        Operation(f"/api/v1/{_path}/{{name}}", "patch", f"Change some fields of a {_res.name}", "incident:write",
-                  _schema_name, ((200, "Changed"), (404, ""), (422, "")), _NAME),
-        Operation(f"/api/v1/{_path}/{{name}}", "delete", f"Delete a {_res.name}", "incident:write",
-                  responses=((204, "Deleted"), (404, ""), (409, "Still referenced")), parameters=_NAME),
-    ]:
-        operation(_op)
-for _op in [
-    Operation("/api/v1/schedules/{name}/oncall", "get", "Who is on call (`at`: ISO 8601 instant, default now)",
-              "incident:read", responses=((200, "{schedule, at, on_call}"), (404, ""), (422, "")),
-              parameters=_NAME + ({"name": "at", "in": "query", "schema": {"type": "string",
-                                                                          "format": "date-time"}},)),
-    Operation("/api/v1/incidents/{incident_id}/escalation", "get", "Escalation state and delivery records",
-              "incident:read", responses=((200, "The state"), (404, "")), parameters=_ID),
-    Operation("/api/v1/incidents/{incident_id}/escalation/pause", "post", "Pause escalation", "incident:write",
-              responses=((200, "The state"), (404, ""), (409, "Not escalating or already paused")), parameters=_ID),
-    Operation("/api/v1/incidents/{incident_id}/escalation/resume", "post", "Resume escalation", "incident:write",
-              responses=((200, "The state"), (404, ""), (409, "Not paused")), parameters=_ID),
-    Operation("/api/v1/incidents/{incident_id}/escalation/escalate", "post", "Page the next level now",
-              "incident:write", responses=((200, "The state"), (404, ""), (409, "Nothing to escalate")),
-              parameters=_ID),
-    Operation("/api/v1/metrics/incidents", "get",
-              "Counts, MTTA, MTTR (mean, p50, p90) and SLA compliance over [from, to), grouped", "incident:read",
-              responses=((200, "{from, to, group_by, totals, groups}"), (422, "")),
-              parameters=tuple({"name": n, "in": "query", "schema": {"type": "string"}}
-                               for n in ("from", "to", "group_by"))),
-]:
-    operation(_op)
+_BODIES = tuple(kind.schema for kind in RESOURCES.values())  # the body of a collection is one of these
 
 
 def _kind(resource: str) -> config.Kind:
@@ -92,16 +47,18 @@ _COLLECTION = "/api/v1/<any(users, teams, schedules, 'escalation-policies'):reso
 
 @bp.get(_COLLECTION)
 @require("incident:read")
+@doc("List users, teams, schedules or escalation policies", query=PageQuerySchema,
+     responses={200: "{items, next_cursor}"})
 def list_objects(resource: str) -> Any:
-    limit = request.args.get("limit", "100")
-    if not limit.isdigit() or not 1 <= int(limit) <= 500:
-        raise ApiError(422, "validation_failed", "limit must be 1..500", {"limit": ["must be between 1 and 500"]})
-    items, next_cursor = config.list_objects(_kind(resource), int(limit), request.args.get("cursor") or None)
+    page = PageQuerySchema().load(request.args)  # ValidationError -> 422 with per-field errors
+    items, next_cursor = config.list_objects(_kind(resource), page.get("limit", 100), page.get("cursor"))
     return jsonify({"items": items, "next_cursor": next_cursor})
 
 
 @bp.post(_COLLECTION)
 @require("incident:write")
+@doc("Create a user, team, schedule or escalation policy", body=_BODIES,
+     responses={201: "Created", 409: "The name is taken", 422: "Invalid field, unknown reference or escalation cycle"})
 def create_object(resource: str) -> Any:
     kind = _kind(resource)
     data = config.load(kind, json_object())
@@ -114,6 +71,7 @@ def create_object(resource: str) -> Any:
 
 @bp.get(_COLLECTION + "/<name>")
 @require("incident:read")
+@doc("One user, team, schedule or escalation policy", responses={200: "Found", 404: ""})
 def get_object(resource: str, name: str) -> Any:
     kind = _kind(resource)
     return jsonify(_call(lambda: config.get_object(kind, name)))
@@ -132,18 +90,21 @@ def _update(resource: str, name: str, replace: bool) -> Any:
 
 @bp.put(_COLLECTION + "/<name>")
 @require("incident:write")
+@doc("Replace one", body=_BODIES, responses={200: "Replaced", 404: ""})
 def replace_object(resource: str, name: str) -> Any:
     return _update(resource, name, replace=True)
 
 
 @bp.patch(_COLLECTION + "/<name>")
 @require("incident:write")
+@doc("Change some fields of one", body=_BODIES, responses={200: "Changed", 404: ""})
 def patch_object(resource: str, name: str) -> Any:
     return _update(resource, name, replace=False)
 
 
 @bp.delete(_COLLECTION + "/<name>")
 @require("incident:write")
+@doc("Delete one", responses={204: "Deleted", 404: "", 409: "Still referenced"})
 def delete_object(resource: str, name: str) -> Any:
     kind = _kind(resource)
     _call(lambda: config.delete_object(kind, name))
@@ -164,6 +125,8 @@ def _instant(name: str, default: datetime | None) -> datetime | None:
 
 @bp.get("/api/v1/schedules/<name>/oncall")
 @require("incident:read")
+@doc("Who is on call (`at`: ISO 8601 instant, default now)",
+     responses={200: "{schedule, at, on_call}", 404: "", 422: ""})
 def on_call(name: str) -> Any:
     at = _instant("at", datetime.now(timezone.utc))
     assert at is not None
@@ -179,30 +142,36 @@ def _escalation(action: Callable[[str, str], Any], incident_id: str) -> Any:
 
 @bp.get("/api/v1/incidents/<incident_id>/escalation")
 @require("incident:read")
+@doc("Escalation state and delivery records", responses={200: "The state"})
 def escalation_state(incident_id: str) -> Any:
     return jsonify(escalation.get_state(incident_id))
 
 
 @bp.post("/api/v1/incidents/<incident_id>/escalation/pause")
 @require("incident:write")
+@doc("Pause escalation", responses={200: "The state", 409: "Not escalating or already paused"})
 def pause(incident_id: str) -> Any:
     return _escalation(escalation.pause, incident_id)
 
 
 @bp.post("/api/v1/incidents/<incident_id>/escalation/resume")
 @require("incident:write")
+@doc("Resume escalation", responses={200: "The state", 409: "Not paused"})
 def resume(incident_id: str) -> Any:
     return _escalation(escalation.resume, incident_id)
 
 
 @bp.post("/api/v1/incidents/<incident_id>/escalation/escalate")
 @require("incident:write")
+@doc("Page the next level now", responses={200: "The state", 409: "Nothing to escalate"})
 def escalate(incident_id: str) -> Any:
     return _escalation(escalation.escalate_now, incident_id)
 
 
 @bp.get("/api/v1/metrics/incidents")
 @require("incident:read")
+@doc("Counts, MTTA, MTTR (mean, p50, p90) and SLA compliance over [from, to), grouped",
+     responses={200: "{from, to, group_by, totals, groups}", 422: ""})
 def incident_metrics() -> Any:
     now = datetime.now(timezone.utc)
     start = _instant("from", None)

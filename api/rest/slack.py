@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 from flask import Blueprint, jsonify, request
 
 from api.errors import ApiError
-from api.openapi import Operation, operation
+from api.openapi import doc
 from app import metrics
 from app.adapters.channels.slack import ACK_ACTION_ID
 from app.config.outbound import get_outbound_settings
@@ -30,10 +30,6 @@ from app.services import incidents
 log = logging.getLogger(__name__)
 bp = Blueprint("slack", __name__)
 REPLAY_WINDOW_SECS = 300
-
-operation(Operation("/api/v1/integrations/slack/actions", "post",
-                    "Slack interactivity (the Acknowledge button); authenticated by Slack's v0 request signature",
-                    None, responses=((200, "Handled; `text` says what happened"), (400, ""), (401, ""), (503, ""))))
 
 
 def verify(secret: str, timestamp: str | None, signature: str | None, body: bytes, now: float | None = None) -> None:
@@ -71,6 +67,8 @@ def _answer(outcome: str, text: str) -> Any:
 
 
 @bp.post("/api/v1/integrations/slack/actions")
+@doc("Slack interactivity (the Acknowledge button); authenticated by Slack's v0 request signature",
+     responses={200: "Handled; `text` says what happened", 400: "", 401: "", 503: ""})
 def actions() -> Any:
     secret = get_outbound_settings().slack.signing_secret
     if not secret:
