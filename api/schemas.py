@@ -8,11 +8,10 @@ from typing import Any, Mapping, Sequence
 
 from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from app.domain.incident import Status
+from app.domain.incident import STATUS_NAMES
 from app.domain.severity import SEVERITIES
 from app.services.ingest import NewEvent
 
-STATUSES = tuple(s.value for s in Status)
 NUL_MESSAGE = "strings must not contain NUL (\\u0000) characters"  # Postgres text and jsonb cannot hold it
 BLANK_MESSAGE = "must not be blank"
 
@@ -130,7 +129,7 @@ class PatchIncidentSchema(Schema):
 
     assignee = fields.String(allow_none=True, validate=validate.Length(max=200))
     severity = fields.String(validate=validate.OneOf(SEVERITIES))
-    status = fields.String(validate=validate.OneOf(STATUSES))
+    status = fields.String(validate=validate.OneOf(STATUS_NAMES))
     tags = fields.Dict(keys=fields.String(), values=fields.Raw())
     team = fields.String(allow_none=True, validate=validate.Length(max=200))
     title = fields.String(validate=validate.Length(min=1, max=500))
@@ -185,7 +184,7 @@ class ListQuerySchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    status = fields.List(fields.String(validate=validate.OneOf(STATUSES)))
+    status = fields.List(fields.String(validate=validate.OneOf(STATUS_NAMES)))
     severity = fields.List(fields.String(validate=validate.OneOf(SEVERITIES)))
     source = fields.List(fields.String())
     category = fields.List(fields.String())

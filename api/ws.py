@@ -21,7 +21,6 @@ import queue
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
 import orjson
@@ -35,6 +34,7 @@ from api.errors import error_response
 from api.schemas import RejectedEvent, validate_events
 from api.ws_codec import WsFrame, decode_ws_frame
 from app.config import Settings, get_settings
+from app.domain.times import now_iso
 from app.services.auth import AuthError, PermissionDenied, Principal, authenticate_bearer
 from app.services.ingest import NewEvent, ingest_events
 from app.services.payloads import InvalidPayload
@@ -49,10 +49,6 @@ HARD_LIMIT_FACTOR = 4
 WS_CONNECTIONS = Gauge("incident_manager_ws_connections", "Open /ws/events connections", multiprocess_mode="livesum")
 WS_MESSAGES = Counter("incident_manager_ws_messages_total", "WebSocket client messages", ["type", "outcome"])
 WS_EVENTS = Counter("incident_manager_ws_events_total", "Events received over WebSocket", ["status"])
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _handshake_principal() -> Principal:
@@ -150,7 +146,7 @@ class EventSocket:
             return
         if frame.type == "heartbeat":
             WS_MESSAGES.labels("heartbeat", "ok").inc()
-            self.send({"type": "heartbeat_ack", "timestamp": _now(), "session_id": self.session_id})
+            self.send({"type": "heartbeat_ack", "timestamp": now_iso(), "session_id": self.session_id})
             return
         valid, _, rejected = validate_events(frame.events, default_source=EDGE_AGENT_SOURCE, nul_free=frame.nul_free)
         if self._committer is None:

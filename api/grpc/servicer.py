@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Mapping
 
 import grpc
@@ -18,10 +17,11 @@ from prometheus_client import Counter, Histogram
 import proto
 from api.grpc.auth import CallRefused, GrpcAuthenticator
 from api.links import incident_links
-from api.schemas import STATUSES, field_errors, flat_field_errors, load_event, to_new_event
+from api.schemas import field_errors, flat_field_errors, load_event, to_new_event
 from app.config import Settings
-from app.domain.incident import IllegalTransition, IncidentNotFound
+from app.domain.incident import STATUS_NAMES, IllegalTransition, IncidentNotFound
 from app.domain.severity import SEVERITIES
+from app.domain.times import iso
 from app.metrics import LATENCY_BUCKETS
 from app.services import changes, incidents
 from app.services.correlation import analyze_correlations
@@ -141,8 +141,8 @@ def request_to_changes(request: Any) -> dict[str, Any]:
     for name in ("status", "severity", "assignee", "team", "title", "description"):
         if request.HasField(name):
             fields[name] = getattr(request, name)
-    if "status" in fields and fields["status"] not in STATUSES:
-        raise InvalidArgument(f"status must be one of {', '.join(STATUSES)}")
+    if "status" in fields and fields["status"] not in STATUS_NAMES:
+        raise InvalidArgument(f"status must be one of {', '.join(STATUS_NAMES)}")
     if "severity" in fields and fields["severity"] not in SEVERITIES:
         raise InvalidArgument(f"severity must be one of {', '.join(SEVERITIES)}")
     if "title" in fields and not fields["title"].strip():
@@ -207,10 +207,6 @@ def incident_message(incident: Mapping[str, Any], change: str = "") -> Any:
     return message
 
 
-def _iso(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 # ------------------------------------------------------------------------------------------ service
 
 class IncidentServicer(pb2_grpc.IncidentServiceServicer):  # type: ignore[misc,name-defined]
@@ -261,11 +257,11 @@ class IncidentServicer(pb2_grpc.IncidentServiceServicer):  # type: ignore[misc,n
             raise InvalidArgument("time_window_secs and limit must not be negative")
         found = analyze_correlations(request.incident_id, request.time_window_secs, request.limit)
         return pb2.CorrelationResult(
-            incident_id=found.incident_id, group_id=found.group_id or "", analyzed_at=_iso(found.analyzed_at),
+            incident_id=found.incident_id, group_id=found.group_id or "", analyzed_at=iso(found.analyzed_at),
             time_window_secs=found.time_window_secs,
             correlations=[pb2.Correlation(incident_id=r.incident_id, score=r.score, reasons=list(r.reasons),
                                           title=r.title, severity=r.severity, status=r.status,
-                                          created_at=_iso(r.created_at)) for r in found.related],
+                                          created_at=iso(r.created_at)) for r in found.related],
         )
 
     def StreamIncidents(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
