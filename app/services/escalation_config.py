@@ -17,6 +17,7 @@ from app.adapters.db import read_session, unit_of_work
 from app.adapters.escalation_models import EscalationPolicy, Schedule, Team, User
 from app.domain import oncall
 from app.domain.severity import SEVERITIES
+from app.domain.times import iso as _iso
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@+\-]{0,199}$"
 TARGET_TYPES = ("user", "team", "schedule", "policy")
@@ -159,10 +160,6 @@ class Invalid(ValueError):
     def __init__(self, message: str, details: Mapping[str, list[str]]) -> None:
         super().__init__(message)
         self.details = dict(details)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
 
 
 def _jsonable(value: Any) -> Any:
