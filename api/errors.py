@@ -11,6 +11,7 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from app import metrics
+from app.adapters.db import DatabaseUnavailable, is_outage
 from app.domain.incident import IllegalTransition, IncidentNotFound
 from app.services.auth import AuthError, PermissionDenied
 
@@ -75,7 +76,22 @@ def register_error_handlers(app: Flask) -> None:
             message = f"request body exceeds {current_app.config['MAX_CONTENT_LENGTH']} bytes"
         return error_response(exc.code or 500, code, message)
 
+    @app.errorhandler(DatabaseUnavailable)
+    def _outage(exc: DatabaseUnavailable):  # type: ignore[no-untyped-def]
+        return _unavailable(exc)
+
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+        if is_outage(exc):  # e.g. SQLAlchemy could not connect: an outage, not a bug
+            return _unavailable(exc)
         log.exception("unhandled error")
         return error_response(500, "internal_error", "internal error; the request id is in the X-Request-ID header")
+
+
+def _unavailable(exc: Exception):  # type: ignore[no-untyped-def]
+    """Postgres unreachable: 503 with Retry-After; nothing of the request was written."""
+    retry_after = DatabaseUnavailable.retry_after_secs
+    log.warning("database unreachable; answered 503", extra={"error": str(exc)[:200]})
+    return error_response(503, "database_unavailable",
+                          "the database is unreachable; nothing was stored, send the request again later",
+                          {"retry_after_secs": retry_after}, headers={"Retry-After": str(retry_after)})

@@ -39,6 +39,13 @@ DB_CONNECTION_WAIT = Histogram(
     "Time a statement waited for a free connection slot (observed only when it had to wait)", ["pool"],
     buckets=LATENCY_BUCKETS,
 )
+DB_RETRIES = Counter(
+    "incident_manager_db_retries_total",
+    "Transactions re-run after losing a deadlock (40P01) or serialization race (40001)", ["operation", "sqlstate"],
+)
+DB_UNAVAILABLE = Counter(
+    "incident_manager_db_unavailable_total", "Operations refused because Postgres was unreachable", ["operation"],
+)
 HTTP_REQUESTS = Counter(
     "incident_manager_http_requests_total", "HTTP requests", ["method", "endpoint", "status"]
 )

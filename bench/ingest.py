@@ -7,6 +7,12 @@
     the ratio (>= 0.8) is against the bare app at its best. Same load generator, same run,
     alternating rounds; then p50/p99 at a fixed 500 req/s (open loop; p99 < 50 ms).
 (b) batched ingest, {"events": [1,000]} per request -> events/s committed (>= 10,000).
+(c) the alert storm (issue 11): 4 senders x 30 batches x 1,000 events over 1,000 fingerprints shared
+    by all senders, shuffled per batch, so concurrent batches hit the same open incidents in
+    different orders -> 0 non-2xx, >= 10,000 events/s accepted. Its baseline, in the same run, is
+    the same shape with each sender's batches over its own 1,000 fingerprints (no two concurrent
+    batches share an incident). Afterwards the database is checked: every event stored once, one
+    open incident per fingerprint whose event_count is the number of events sent for it.
 
 Every event is unique (own event_id and title, so each opens its own incident: the heaviest write).
 No Celery worker runs: the web's work (commit + outbox + hand-off to Redis) is what is measured;
@@ -16,9 +22,12 @@ the drain tasks the web enqueues simply wait in Redis.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import random
 import subprocess
 import sys
+import threading
 import time
 
 from bench.common import ROOT, Server, make_environment, run_load
@@ -56,6 +65,83 @@ def batch_factory(tag: str, size: int, distinct: int = 0):  # type: ignore[no-un
     return make
 
 
+def storm_bodies(tag: str, senders: int, batches: int, size: int, fingerprints: int,
+                 shared: bool) -> list[list[bytes]]:
+    """Per sender, its batches: `size` unique events whose titles cycle over `fingerprints` values,
+    shuffled per batch; `shared`: the same titles for every sender, else each sender its own."""
+    rng = random.Random(7)
+    template = dict(SENTINEL)
+    plan = []
+    for sender in range(senders):
+        owner = "all" if shared else f"s{sender}"
+        bodies = []
+        for b in range(batches):
+            events = []
+            for i in range(size):
+                event = dict(template)
+                event["event_id"] = f"{tag}-{sender}-{b}-{i}"
+                event["title"] = f"Endpoint {tag}-{owner}-{i % fingerprints} failing"
+                events.append(event)
+            rng.shuffle(events)
+            bodies.append(json.dumps({"events": events}).encode())
+        plan.append(bodies)
+    return plan
+
+
+def run_storm(port: int, headers: dict[str, str], plan: list[list[bytes]]) -> dict[str, object]:
+    """Each sender (a thread) posts its batches back to back; all start together."""
+    statuses: dict[int, int] = {}
+    accepted = [0]
+    lock = threading.Lock()
+    start = threading.Barrier(len(plan) + 1)
+
+    def sender(bodies: list[bytes]) -> None:
+        start.wait()
+        for body in bodies:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            try:
+                conn.request("POST", "/api/v1/events", body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+            finally:
+                conn.close()
+            with lock:
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+                if response.status == 202:
+                    accepted[0] += int(json.loads(data)["accepted"])
+
+    threads = [threading.Thread(target=sender, args=(bodies,)) for bodies in plan]
+    for t in threads:
+        t.start()
+    start.wait()
+    began = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - began
+    non_2xx = sum(n for status, n in statuses.items() if not 200 <= status < 300)
+    return {"elapsed": elapsed, "accepted": accepted[0], "statuses": dict(sorted(statuses.items())),
+            "non_2xx": non_2xx, "events_per_sec": accepted[0] / elapsed if elapsed else 0.0}
+
+
+def check_storm(database_url: str, tag: str, sent: int, per_fingerprint: int) -> str:
+    """Every event stored once, one open incident per fingerprint, event_count = events sent."""
+    import psycopg
+
+    url = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(url) as conn:
+        stored, distinct = conn.execute(
+            "SELECT count(*), count(DISTINCT (source, event_id)) FROM events WHERE event_id LIKE %s",
+            (f"{tag}-%",)).fetchone()
+        rows = conn.execute(
+            "SELECT count(*), min(event_count), max(event_count), count(DISTINCT fingerprint) FROM incidents "
+            "WHERE title LIKE %s AND status IN ('NEW','ACKNOWLEDGED','IN_PROGRESS','ESCALATED')",
+            (f"Endpoint {tag}-%",)).fetchone()
+    ok = stored == distinct == sent and rows[0] == rows[3] and rows[1] == rows[2] == per_fingerprint
+    return (f"{'OK' if ok else 'MISMATCH'}: events stored {stored} (distinct {distinct}, sent {sent}); "
+            f"open incidents {rows[0]} over {rows[3]} fingerprints, event_count {rows[1]}..{rows[2]} "
+            f"(expected {per_fingerprint})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=10.0)
@@ -64,14 +150,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--batch-distinct", type=int, action="append",
                         help="distinct fingerprints per batch (repeatable; 0 = all unique); default 0 and 20")
-    parser.add_argument("--only", choices=["single", "rate", "batch"], action="append")
+    parser.add_argument("--only", choices=["single", "rate", "batch", "storm"], action="append")
+    parser.add_argument("--storm-senders", type=int, default=4)
+    parser.add_argument("--storm-batches", type=int, default=30)
+    parser.add_argument("--storm-fingerprints", type=int, default=1000)
     parser.add_argument("--worker-class", default="gevent",
                         help="gunicorn worker class of the incident manager (default: the Procfile's, gevent)")
     parser.add_argument("--baseline-worker-class", action="append",
                         help="worker class(es) of the bare baseline app, repeatable; the fastest counts "
                              "(default: sync and gevent)")
     args = parser.parse_args()
-    only = set(args.only or ["single", "rate", "batch"])
+    only = set(args.only or ["single", "rate", "batch", "storm"])
 
     environment = make_environment()
     env = environment.env
@@ -126,6 +215,25 @@ def main() -> None:
                 kind = f"{distinct} incidents per batch" if distinct else "every event a new incident"
                 print(f"RESULT batched {args.batch_size}/request ({kind}): {batch.summary()} -> "
                       f"{batch.items_per_sec:,.0f} events/s committed (need >= 10,000)", flush=True)
+        if "storm" in only:
+            shape = (f"{args.storm_senders} senders x {args.storm_batches} batches x {args.batch_size} events over "
+                     f"{args.storm_fingerprints} fingerprints")
+            per_fp = args.storm_batches * args.batch_size // args.storm_fingerprints
+            figures = {}
+            for kind, shared in (("disjoint", False), ("shared", True)):
+                tag = f"storm{kind}"
+                plan = storm_bodies(tag, args.storm_senders, args.storm_batches, args.batch_size,
+                                    args.storm_fingerprints, shared)
+                figures[kind] = result = run_storm(incident_manager.port, headers, plan)
+                sent = args.storm_senders * args.storm_batches * args.batch_size
+                check = check_storm(env["DATABASE_URL"], tag, sent, per_fp * (args.storm_senders if shared else 1))
+                print(f"[storm {kind}] {shape}: {result['accepted']:,} accepted in {result['elapsed']:.1f}s = "
+                      f"{result['events_per_sec']:,.0f} events/s; statuses {result['statuses']}; {check}", flush=True)
+            ratio = (figures["shared"]["events_per_sec"] / figures["disjoint"]["events_per_sec"]  # type: ignore[operator]
+                     if figures["disjoint"]["events_per_sec"] else 0.0)
+            print(f"RESULT storm, shared fingerprints: {figures['shared']['events_per_sec']:,.0f} events/s, "
+                  f"{figures['shared']['non_2xx']} non-2xx (need 0 and >= 10,000); disjoint baseline "
+                  f"{figures['disjoint']['events_per_sec']:,.0f} events/s; ratio {ratio:.2f}", flush=True)
     finally:
         for server in servers:
             server.stop()

@@ -18,6 +18,7 @@ import proto
 from api.grpc.auth import CallRefused, GrpcAuthenticator
 from api.links import incident_links
 from api.schemas import field_errors, flat_field_errors, load_event, to_new_event
+from app.adapters.db import DatabaseUnavailable
 from app.config import Settings
 from app.domain.incident import STATUS_NAMES, IllegalTransition, IncidentNotFound
 from app.domain.severity import SEVERITIES
@@ -85,6 +86,9 @@ def _observed(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
             except CallRefused as exc:
                 code = exc.code
                 context.abort(code, exc.message)
+            except DatabaseUnavailable as exc:  # nothing stored: the client may call again
+                code = grpc.StatusCode.UNAVAILABLE
+                context.abort(code, str(exc))
             except Exception:
                 code = grpc.StatusCode.INTERNAL
                 log.exception("grpc handler failed", extra={"method": method})

@@ -247,9 +247,9 @@ def test_batch_where_every_event_is_rejected_writes_nothing(client, key):
     assert counts() == {"events": 0, "incidents": 0, "incident_timeline": 0, "outbox": 0}
 
 
-def test_batch_with_a_stored_duplicate_takes_the_general_path_correctly(client, key):
-    """A stored duplicate makes the one-statement path give way; the general path must still
-    accept the rest exactly once."""
+def test_batch_with_a_stored_duplicate_accepts_the_rest_exactly_once(client, key):
+    """The statement that finds a stored duplicate writes nothing and names it; the batch is
+    planned again without it, and the rest is accepted exactly once."""
     post(client, "/api/v1/events", event("d-1", title="Dup A"), key)
     body = post(client, "/api/v1/events", {"events": [event("d-0", title="Dup Z"), event("d-1", title="Dup A"),
                                                       event("d-2", title="Dup A")]}, key).get_json()
@@ -347,91 +347,80 @@ def test_concurrent_single_events_each_get_their_own_durable_answer(app, key):
     assert sorted(counts_by_incident.values()) == [4] * 10
 
 
-def test_fast_path_holds_at_most_pool_size_connections_and_waits_for_a_slot(db):
-    """A gevent worker may serve thousands of requests at once: the one-statement path uses at
-    most `database_pool_size` Postgres connections per process. One more statement waits for a
-    slot (and the wait is measured); with no slot within the timeout it gets None, so the general
-    path (its own bounded pool) answers instead."""
-    import dataclasses
-    import threading
-
-    from app.config import get_settings
-    from app.services import ingest
-
-    settings = dataclasses.replace(get_settings(), database_pool_size=2)
-    pool = ingest._FastConnections()
-
-    def waits() -> tuple[float, float]:
-        from prometheus_client import REGISTRY
-
-        labels = {"pool": "ingest"}
-        return (REGISTRY.get_sample_value("incident_manager_db_connection_wait_seconds_count", labels) or 0.0,
-                REGISTRY.get_sample_value("incident_manager_db_connection_wait_seconds_sum", labels) or 0.0)
-
-    waited_before, waited_seconds_before = waits()
-    first, second = pool.connection(settings), pool.connection(settings)
-    a, b = first.__enter__(), second.__enter__()
-    assert a is not None and b is not None and a is not b
-    got: list[int] = []
-
-    def third() -> None:
-        with pool.connection(settings) as conn:
-            got.append(conn.execute("SELECT 7").fetchone()[0])
-
-    thread = threading.Thread(target=third)
-    thread.start()
-    thread.join(0.5)
-    assert thread.is_alive() and got == []  # both slots are taken: it waits
-    second.__exit__(None, None, None)
-    thread.join(10)
-    assert got == [7]
-    waited, waited_seconds = waits()
-    assert waited == waited_before + 1 and waited_seconds >= waited_seconds_before + 0.4
-
-    pool.SLOT_TIMEOUT = 0.2  # type: ignore[misc]
-    second = pool.connection(settings)
-    assert second.__enter__() is not None
-    with pool.connection(settings) as none:
-        assert none is None  # no slot in time: the caller takes the general path
-    first.__exit__(None, None, None)
-    second.__exit__(None, None, None)
-    assert len(pool._idle) == 2  # both healthy connections went back to the pool
-
-
-def test_batches_beyond_the_connection_bound_are_all_accepted(app, key, monkeypatch):
-    """More concurrent batch requests than connection slots: they queue for a slot, none fails."""
-    from concurrent.futures import ThreadPoolExecutor
-
+@pytest.fixture
+def small_pool(monkeypatch):  # type: ignore[no-untyped-def]
+    """This process's autocommit pool replaced by one of 2 connections for the test."""
+    from app.adapters import db as db_adapter
     from app.config import reset_settings_cache
-    from app.services import ingest
 
     monkeypatch.setenv("DATABASE_POOL_SIZE", "2")
     reset_settings_cache()
-    monkeypatch.setattr(ingest, "_fast_connections", ingest._FastConnections())
+    monkeypatch.setattr(db_adapter, "_pool", None)
+    yield db_adapter
+    if db_adapter._pool is not None:
+        db_adapter._pool.close()
+    monkeypatch.delenv("DATABASE_POOL_SIZE")
+    reset_settings_cache()
+
+
+def test_autocommit_pool_holds_at_most_pool_size_connections_and_a_busy_pool_waits(db, small_pool):
+    """A gevent worker may serve thousands of requests at once: one-statement writers use at most
+    `database_pool_size` Postgres connections per process. One more waits, past the point where
+    it checks that Postgres is reachable (it is: so it keeps waiting, no error), and the wait is
+    measured."""
+    import threading
+    from contextlib import ExitStack
+
+    from prometheus_client import REGISTRY
+
+    def waits() -> float:
+        return REGISTRY.get_sample_value("incident_manager_db_connection_wait_seconds_count",
+                                         {"pool": "autocommit"}) or 0.0
+
+    waited_before = waits()
+    got: list[int] = []
+    with ExitStack() as held:
+        a = held.enter_context(small_pool.autocommit_connection("test"))
+        b = held.enter_context(small_pool.autocommit_connection("test"))
+        assert a is not b
+
+        def third() -> None:
+            with small_pool.autocommit_connection("test") as conn:
+                got.append(conn.execute("SELECT 7").fetchone()[0])
+
+        thread = threading.Thread(target=third)
+        thread.start()
+        thread.join(small_pool.PROBE_AFTER_SECS + 0.5)
+        assert thread.is_alive() and got == []  # both connections are taken: it waits, even past the probe
+    thread.join(10)
+    assert got == [7]
+    assert waits() == waited_before + 1
+    assert small_pool._pool.get_stats()["pool_size"] <= 2
+
+
+def test_batches_beyond_the_connection_bound_are_all_accepted(app, key, small_pool):
+    """More concurrent batch requests than connections: they queue for one, none fails."""
+    from concurrent.futures import ThreadPoolExecutor
 
     def send(n: int):  # type: ignore[no-untyped-def]
         batch = {"events": [event(f"bound-{n}-{i}", title=f"Bound {n}-{i}") for i in range(50)]}
         return post(app.test_client(), "/api/v1/events", batch, key)
 
-    try:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            responses = list(pool.map(send, range(8)))
-    finally:
-        monkeypatch.delenv("DATABASE_POOL_SIZE")
-        reset_settings_cache()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(send, range(8)))
     assert [(r.status_code, r.get_json()["accepted"]) for r in responses] == [(202, 50)] * 8
-    assert len(ingest._fast_connections._idle) <= 2
+    assert small_pool._pool.get_stats()["pool_size"] <= 2
     assert counts()["events"] == 400
 
 
-@pytest.mark.parametrize("path", ["one statement", "general"])
+@pytest.mark.parametrize("path", ["one statement", "stored duplicate"])
 def test_auto_page_is_written_with_the_incident_it_pages(client, key, tmp_path, monkeypatch, path):
     """`routing.auto_page`: an incident the integration opens at P0/P1 is due for paging at once,
-    in the same commit as the incident, on both ingest paths (the general one answers batches
-    that hold a stored duplicate). An event joining it, and a low-severity incident, page nothing."""
+    in the same commit as the incident, also when the batch is planned again around a stored
+    duplicate. An event joining it, and a low-severity incident, page nothing."""
     from app.config import reset_settings_cache
 
-    if path == "general":  # a stored duplicate sends the batch down the general path
+    if path == "stored duplicate":  # the first statement names it; the second writes the batch
         stored = post(client, "/api/v1/events", event("page-dup", source="llm-shield", title="Dup"), key)
         assert stored.status_code == 202
     config = tmp_path / "config.yaml"
@@ -444,7 +433,7 @@ def test_auto_page_is_written_with_the_incident_it_pages(client, key, tmp_path, 
         batch = [event("page-1", **shield), event("page-2", **shield),
                  event("page-low", source="llm-shield", title="Odd prompt", severity="low"),
                  event("page-other", title="Not Shield", severity="critical")]
-        if path == "general":
+        if path == "stored duplicate":
             batch.append(event("page-dup", source="llm-shield", title="Dup"))
         answer = post(client, "/api/v1/events", {"events": batch}, key).get_json()
         joined = post(client, "/api/v1/events", event("page-3", **shield), key).get_json()
