@@ -43,7 +43,7 @@ WITH input AS (
 ), draft AS (
     -- LATERAL: the record is built once per row (`(f(x)).*` would call f once per column)
     SELECT r.*, j.doc->'_on_create' AS on_create, j.doc->'_on_merge' AS on_merge,
-           nextval(%(seq)s::regclass) AS n
+           nextval(%(seq)s::regclass) AS n  -- drawn in the array's order: by arrival
     FROM jsonb_array_elements(%(incidents)s::jsonb) AS j(doc),
          LATERAL jsonb_populate_record(NULL::incidents, j.doc) AS r
     WHERE NOT EXISTS (SELECT 1 FROM existing)
@@ -120,7 +120,7 @@ def write_postgres(plan: IngestPlan, settings: Settings) -> WriteOutcome:
 
     params = {
         "events": orjson.dumps(plan.events, default=_json_default).decode(),
-        "incidents": orjson.dumps([_draft_doc(d) for d in plan.incidents], default=_json_default).decode(),
+        "incidents": orjson.dumps([_draft_doc(d) for d in plan.by_arrival()], default=_json_default).decode(),
         "seq": _day_sequence(plan.day), "day": f"{plan.day:%Y%m%d}", "now": plan.now, "kind": plan.outbox_kind,
     }
     for attempt in range(3):
@@ -163,8 +163,9 @@ def write_sqlite(plan: IngestPlan, settings: Settings) -> WriteOutcome:
             stored.update({(r.source, r.event_id): r.incident_id for r in found})
         if stored:
             return WriteOutcome(stored_found=stored)
-        numbers = _allocate_numbers(session, plan.day, len(plan.incidents))
-        rows = [{**d.row, "id": format_incident_id(plan.day, n)} for d, n in zip(plan.incidents, numbers, strict=True)]
+        numbers = dict(zip((d.fingerprint for d in plan.by_arrival()),
+                           _allocate_numbers(session, plan.day, len(plan.incidents)), strict=True))
+        rows = [{**d.row, "id": format_incident_id(plan.day, numbers[d.fingerprint])} for d in plan.incidents]
         insert = sqlite.insert(Incident).values(rows)
         upsert = insert.on_conflict_do_update(
             index_elements=[Incident.fingerprint], index_where=text(ACTIVE_STATUS_SQL),

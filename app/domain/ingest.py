@@ -96,6 +96,11 @@ class IngestPlan:
     def empty(self) -> bool:
         return not self.events
 
+    def by_arrival(self) -> list[IncidentDraft]:
+        """The drafts in the order of their first events: incident numbers are drawn in this order
+        (the batch's first event opens the lowest-numbered incident); locks follow `incidents`."""
+        return sorted(self.incidents, key=lambda draft: draft.positions[0])
+
 
 @dataclass(frozen=True)
 class WriteOutcome:

@@ -44,6 +44,7 @@ def test_one_draft_per_fingerprint_sorted_by_fingerprint_with_repeats_and_stored
                if row["event_id"] in {events[i].event_id for i in d.positions})
     assert {d.row["event_count"] for d in plan.incidents if d.positions == (0, 2)} == {2}
     assert all("id" not in d.row for d in plan.incidents)  # the writer draws the id
+    assert [events[d.positions[0]].title for d in plan.by_arrival()] == ["B", "A", "C"]  # numbers follow arrival
 
 
 def test_results_read_the_outcome_in_input_order(settings):
