@@ -26,14 +26,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from app.domain.incident import ACTIVE_STATUSES
+from app.domain.incident import ACTIVE_STATUSES, status_in_sql
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # SQLite has no BIGINT autoincrement; INTEGER PRIMARY KEY is its 64-bit rowid.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 
 # The partial unique index's predicate and ingest's ON CONFLICT target must match it verbatim.
-ACTIVE_STATUS_SQL = "status IN ({})".format(",".join(f"'{status.value}'" for status in ACTIVE_STATUSES))
+ACTIVE_STATUS_SQL = status_in_sql(ACTIVE_STATUSES)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
