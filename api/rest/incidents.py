@@ -20,7 +20,7 @@ from api.schemas import (
     ResolveSchema,
 )
 from app.services import incidents as service
-from app.services.ingest import NewEvent, ingest_events
+from app.services.ingest import NewEvent
 from tasks.dispatch import dispatch_pipeline_in_background as dispatch_pipeline
 
 bp = Blueprint("incidents", __name__)
@@ -83,15 +83,12 @@ def create_incident() -> Any:
         tags=data.get("tags") or {},
         service=data.get("service"),
         team=data.get("team"),
+        assignee=data.get("assignee"),
+        requested_by=_actor(None),
     )
-    [result] = ingest_events([event], dispatcher=dispatch_pipeline, door="manual")
-    assert result.incident_id is not None
-    if data.get("assignee"):
-        service.patch(result.incident_id, _actor(None), {"assignee": data["assignee"]})
-    incident = service.get_incident(result.incident_id)
-    status = 201 if result.created else 200
+    incident, created = service.create_manual(event, dispatcher=dispatch_pipeline)
     response = jsonify(incident)
-    response.status_code = status
+    response.status_code = 201 if created else 200
     response.headers["Location"] = f"/api/v1/incidents/{incident['id']}"
     return response
 

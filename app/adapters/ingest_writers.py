@@ -25,7 +25,7 @@ Writer = Callable[[IngestPlan, Settings], WriteOutcome]
 
 _INCIDENT_COLUMNS = (
     "title, description, source, event_type, category, severity, source_severity, status, fingerprint, "
-    "event_count, first_seen, last_seen, created_at, updated_at, team, escalation_policy, service, resource, "
+    "event_count, first_seen, last_seen, created_at, updated_at, assignee, team, escalation_policy, service, resource, "
     "metrics, tags, sla_acknowledge_by, sla_resolve_by, sla_acknowledge_breached, sla_resolve_breached, "
     "escalation_level, next_escalation_at")
 
@@ -47,6 +47,10 @@ WITH input AS (
     FROM jsonb_array_elements(%(incidents)s::jsonb) AS j(doc),
          LATERAL jsonb_populate_record(NULL::incidents, j.doc) AS r
     WHERE NOT EXISTS (SELECT 1 FROM existing)
+), prior AS (
+    -- the assignee an active incident had before a manual incident with an assignee joined it
+    SELECT fingerprint, assignee FROM incidents
+    WHERE {ACTIVE_STATUS_SQL} AND fingerprint IN (SELECT fingerprint FROM draft WHERE assignee IS NOT NULL)
 ), inc AS (
     INSERT INTO incidents (id, {_INCIDENT_COLUMNS})
     SELECT {incident_id_sql("%(day)s", "n")}, {_INCIDENT_COLUMNS}
@@ -54,7 +58,8 @@ WITH input AS (
     ON CONFLICT (fingerprint) WHERE {ACTIVE_STATUS_SQL}
     DO UPDATE SET event_count = incidents.event_count + EXCLUDED.event_count,
                   last_seen = greatest(incidents.last_seen, EXCLUDED.last_seen),
-                  updated_at = EXCLUDED.updated_at
+                  updated_at = EXCLUDED.updated_at,
+                  assignee = coalesce(EXCLUDED.assignee, incidents.assignee)
     RETURNING id, fingerprint, xmax = 0 AS created
 ), ev AS (
     INSERT INTO events (source, event_id, incident_id, fingerprint, event_type, severity, title, occurred_at,
@@ -65,10 +70,13 @@ WITH input AS (
     RETURNING id
 ), tl AS (
     INSERT INTO incident_timeline (incident_id, at, actor, kind, field, old_value, new_value, details)
-    SELECT inc.id, t.at, t.actor, t.kind, t.field, t.old_value, t.new_value, t.details
-    FROM inc JOIN draft d ON d.fingerprint = inc.fingerprint,
+    SELECT inc.id, t.at, t.actor, t.kind, t.field,
+           CASE WHEN t.kind = 'assigned' AND NOT inc.created THEN p.assignee ELSE t.old_value END,
+           t.new_value, t.details
+    FROM inc JOIN draft d ON d.fingerprint = inc.fingerprint LEFT JOIN prior p ON p.fingerprint = inc.fingerprint,
          LATERAL jsonb_populate_recordset(NULL::incident_timeline,
                                           CASE WHEN inc.created THEN d.on_create ELSE d.on_merge END) AS t
+    WHERE NOT (t.kind = 'assigned' AND NOT inc.created AND p.assignee IS NOT DISTINCT FROM t.new_value)
 ), ob AS (
     INSERT INTO outbox (kind, payload, created_at, attempts)
     SELECT %(kind)s, jsonb_build_object('event_ids', jsonb_agg(id ORDER BY id)), %(now)s, 0 FROM ev
@@ -166,12 +174,16 @@ def write_sqlite(plan: IngestPlan, settings: Settings) -> WriteOutcome:
         numbers = dict(zip((d.fingerprint for d in plan.by_arrival()),
                            _allocate_numbers(session, plan.day, len(plan.incidents)), strict=True))
         rows = [{**d.row, "id": format_incident_id(plan.day, numbers[d.fingerprint])} for d in plan.incidents]
+        assigning = [d.fingerprint for d in plan.incidents if d.row.get("assignee")]
+        prior = dict(session.execute(select(Incident.fingerprint, Incident.assignee).where(
+            Incident.fingerprint.in_(assigning), text(ACTIVE_STATUS_SQL))).tuples().all()) if assigning else {}
         insert = sqlite.insert(Incident).values(rows)
         upsert = insert.on_conflict_do_update(
             index_elements=[Incident.fingerprint], index_where=text(ACTIVE_STATUS_SQL),
             set_={"event_count": Incident.event_count + insert.excluded.event_count,
                   "last_seen": func.max(Incident.last_seen, insert.excluded.last_seen),
-                  "updated_at": insert.excluded.updated_at},
+                  "updated_at": insert.excluded.updated_at,
+                  "assignee": func.coalesce(insert.excluded.assignee, Incident.assignee)},
         ).returning(Incident.id, Incident.fingerprint)
         allocated = {row["fingerprint"]: row["id"] for row in rows}
         touched = {r.fingerprint: (r.id, r.id == allocated[r.fingerprint]) for r in session.execute(upsert)}
@@ -179,8 +191,14 @@ def write_sqlite(plan: IngestPlan, settings: Settings) -> WriteOutcome:
                    "payload": dict(row["payload"])} for row in plan.events]
         event_ids = [r[0] for r in session.execute(sqlite.insert(Event).values(events).returning(Event.id))]
         timeline = [{**entry, "incident_id": touched[d.fingerprint][0]}
-                    for d in plan.incidents
-                    for entry in (d.on_create if touched[d.fingerprint][1] else d.on_merge)]
+                    for d in plan.incidents if touched[d.fingerprint][1] for entry in d.on_create]
+        for d in (d for d in plan.incidents if not touched[d.fingerprint][1]):
+            for entry in d.on_merge:
+                if entry["kind"] == "assigned":  # the previous assignee, as the Postgres statement does
+                    if prior.get(d.fingerprint) == entry["new_value"]:
+                        continue
+                    entry = {**entry, "old_value": prior.get(d.fingerprint)}
+                timeline.append({**entry, "incident_id": touched[d.fingerprint][0]})
         session.execute(sqlite.insert(TimelineEntry).values(timeline))
         outbox_id = session.execute(sqlite.insert(OutboxMessage).values(
             kind=plan.outbox_kind, payload={"event_ids": event_ids}, created_at=plan.now, attempts=0,

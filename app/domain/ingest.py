@@ -48,6 +48,10 @@ class NewEvent:
     severity_override: str | None = None
     team: str | None = None
     escalation_policy: str | None = None
+    # A manual incident may name its assignee, set in the same transaction as the incident (also on
+    # the active incident it joins); `requested_by`, the caller, is that assignment's actor.
+    assignee: str | None = None
+    requested_by: str | None = None
 
     @property
     def key(self) -> EventKey:

@@ -27,6 +27,7 @@ from app.domain.incident import (
 from app.domain.times import iso as _iso
 from app.services import changes as changes_bus
 from app.services import sla_monitor
+from app.services.ingest import Dispatcher, NewEvent, ingest_events
 
 
 def _publish(kind: str, incident: Incident, changes: list[dict[str, Any]]) -> None:
@@ -231,6 +232,22 @@ def incident_events(
         rows = list(session.scalars(query.order_by(Event.id).limit(limit + 1)))
     next_after = rows[limit - 1].id if len(rows) > limit else None
     return [event_to_dict(r) for r in rows[:limit]], next_after
+
+
+# ------------------------------------------------------------------------------------------ manual create
+
+def create_manual(event: NewEvent, dispatcher: Dispatcher | None = None) -> tuple[dict[str, Any], bool]:
+    """A manual incident (`POST /api/v1/incidents`): ingest writes the event, the incident it opens or
+    the active one it joins, and `event.assignee` (with its `assigned` timeline row) in one
+    transaction. Returns the incident and whether this call opened it. A repeated `event_id` writes
+    nothing and answers the incident of the first call."""
+    [result] = ingest_events([event], dispatcher=dispatcher, door="manual")
+    if result.incident_id is None:  # ingest answers every accepted or duplicate event with its incident
+        raise IncidentNotFound(event.event_id)
+    incident = get_incident(result.incident_id)
+    if event.assignee and result.status == "accepted" and not result.created:
+        changes_bus.publish("incident_updated", incident, [{"field": "assignee", "new_value": event.assignee}])
+    return incident, result.created
 
 
 # ------------------------------------------------------------------------------------------ changes

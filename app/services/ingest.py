@@ -81,6 +81,11 @@ def plan_ingest(events: Sequence[NewEvent], settings: Settings, now: datetime,
             on_create.append(_timeline(now, first.source, "auto_page", "next_escalation_at", now.isoformat(),
                                        _page_details(settings.integration(first.source))))
         on_merge = [_timeline(now, first.source, "event_merged", "event_count", None, about)]
+        if first.assignee:
+            # On a merge the writer fills in the previous assignee, and drops the row if unchanged.
+            assigned = _timeline(now, first.requested_by or first.source, "assigned", "assignee", first.assignee, {})
+            on_create.append(assigned)
+            on_merge.append(dict(assigned))
         drafts.append(IncidentDraft(fp, row, on_create, on_merge, tuple(positions)))
         for i in positions:
             ev = events[i]
@@ -194,6 +199,7 @@ def _incident_row(ev: NewEvent, fp: str, count: int, first_seen: datetime, last_
         "last_seen": last_seen,
         "created_at": now,
         "updated_at": now,
+        "assignee": ev.assignee,
         "team": ev.team or integration.default_team,
         "escalation_policy": ev.escalation_policy or integration.escalation_policy,
         "service": service,

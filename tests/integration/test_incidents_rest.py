@@ -123,6 +123,32 @@ def test_manual_incident_with_assignee_records_the_assignment(client, h):
     items = client.get(f"/api/v1/incidents/{incident['id']}/timeline", headers=h).get_json()["items"]
     kinds = [t["kind"] for t in items]
     assert kinds == ["created", "assigned"]
+    assigned = items[1]
+    assert (assigned["actor"], assigned["old_value"], assigned["new_value"]) == ("ops-user", None, "alice")
+    # Written with the incident, in ingest's transaction: the same moment as `created`.
+    assert assigned["at"] == items[0]["at"]
+
+
+def test_manual_incident_joining_an_active_one_assigns_it_in_the_same_write(client, h):
+    first = create(client, h, title="Shared disk full")
+    joined = client.post("/api/v1/incidents", headers=h,
+                         data=json.dumps({"title": "Shared disk full", "severity": "P3", "assignee": "bob"}))
+    assert joined.status_code == 200 and joined.get_json()["id"] == first["id"]
+    assert joined.get_json()["assignee"] == "bob" and joined.get_json()["event_count"] == 2
+    again = client.post("/api/v1/incidents", headers=h,
+                        data=json.dumps({"title": "Shared disk full", "severity": "P3", "assignee": "carol"}))
+    assert again.get_json()["assignee"] == "carol"
+    same = client.post("/api/v1/incidents", headers=h,
+                       data=json.dumps({"title": "Shared disk full", "severity": "P3", "assignee": "carol"}))
+    assert same.get_json()["event_count"] == 4
+    items = client.get(f"/api/v1/incidents/{first['id']}/timeline", headers=h).get_json()["items"]
+    assignments = [(t["old_value"], t["new_value"]) for t in items if t["kind"] == "assigned"]
+    assert assignments == [(None, "bob"), ("bob", "carol")]  # an unchanged assignee writes no row
+    # An event id seen before writes nothing, the assignment included.
+    body = {"title": "Shared disk full", "severity": "P3", "event_id": "m-1", "assignee": "dave"}
+    assert client.post("/api/v1/incidents", headers=h, data=json.dumps(body)).get_json()["assignee"] == "dave"
+    repeat = client.post("/api/v1/incidents", headers=h, data=json.dumps({**body, "assignee": "erin"}))
+    assert repeat.status_code == 200 and repeat.get_json()["assignee"] == "dave"
 
 
 def test_source_severity_words_are_mapped_for_manual_incidents(client, h):

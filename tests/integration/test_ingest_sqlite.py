@@ -51,3 +51,20 @@ def test_sqlite_writer_answers_like_the_postgres_one(embedded):
     assert counts == {"Disk full": 1, "GPU lost": 3}
     assert kinds == ["created", "event_merged"]
     assert stored == ["e1", "e2", "e3", "e4"] and len(outbox) == 2
+
+
+def test_sqlite_writer_assigns_a_manual_incident_like_the_postgres_one(embedded):
+    from app.services.incidents import create_manual, incident_timeline
+
+    def manual(event_id: str, assignee: str) -> NewEvent:
+        return NewEvent(source="manual", event_id=event_id, title="Shared disk full", raw={}, severity="P3",
+                        assignee=assignee, requested_by="ops-user")
+
+    opened, created = create_manual(manual("m1", "bob"))
+    assert created and opened["assignee"] == "bob"
+    joined, created = create_manual(manual("m2", "carol"))
+    assert not created and joined["id"] == opened["id"] and joined["assignee"] == "carol"
+    create_manual(manual("m3", "carol"))
+    assigned = [(t["actor"], t["old_value"], t["new_value"]) for t in incident_timeline(opened["id"])
+                if t["kind"] == "assigned"]
+    assert assigned == [("ops-user", None, "bob"), ("ops-user", "bob", "carol")]
