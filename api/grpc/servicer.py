@@ -202,6 +202,12 @@ def incident_message(incident: Mapping[str, Any], change: str = "") -> Any:
             acknowledgment_breached=bool(sla.get("acknowledgment_breached")),
             resolution_breached=bool(sla.get("resolution_breached")),
         ))
+    reason = incident.get("severity_reason")
+    if isinstance(reason, Mapping) and reason:
+        message.severity_reason.CopyFrom(pb2.SeverityReason(
+            **{name: _str(reason.get(name)) for name in ("decided_by", "source_severity", "mapped_source_severity",
+                                                         "predicted_severity", "model_version", "why", "actor")},
+            confidence=float(reason.get("confidence") or 0.0)))
     resource = incident.get("resource")
     if isinstance(resource, Mapping) and resource:
         message.resource.CopyFrom(pb2.Resource(

@@ -13,9 +13,10 @@ from api.body import json_object
 from api.errors import ApiError
 from api.openapi import doc
 from app.config import get_settings
-from app.domain.severity import SEVERITIES, map_source_severity
+from app.domain.severity import SEVERITIES
 from app.services import feedback as feedback_service
-from ml.interface import ClassifierInput, get_classifier, model_decides
+from app.services.classification import classify_events
+from ml.interface import ClassifierInput
 
 bp = Blueprint("ml", __name__)
 
@@ -108,31 +109,32 @@ def _inputs(body: dict[str, Any]) -> list[ClassifierInput]:
 @doc(body=(ClassifyEventSchema, ClassifyBatchSchema), permission="event:create or incident:read",
      responses={200: "{model_version, confidence_threshold, predictions: [...]}"})
 def classify() -> Any:
-    """Classify one event or `{"events": [...]}`; needs `event:create` or `incident:read`."""
+    """Classify one event or `{"events": [...]}`; needs `event:create` or `incident:read`. The same
+    use case as the pipeline's stage (`classify_events`): the same severity for the same event."""
     principal = current_principal()
     enforce(principal, "event:create" if principal.can("event:create") else "incident:read")
     items = _inputs(json_object())
-    classifier = get_classifier()
-    threshold = get_settings().ml.confidence_threshold
-    predictions = classifier.predict_batch(items)
-    results = []
-    for item, prediction in zip(items, predictions, strict=True):
-        mapped = map_source_severity(item.source_severity)
-        use_model = model_decides(prediction, threshold)
-        results.append({
-            "severity": prediction.severity if use_model else mapped,
-            "decided_by": "model" if use_model else "source_severity",
+    settings = get_settings()
+    version, results = classify_events(items, settings)
+    predictions = []
+    for result in results:
+        prediction = result.prediction
+        predictions.append({
+            "severity": result.severity,
+            "decided_by": result.severity_reason["decided_by"],
+            "severity_reason": result.severity_reason,
             "predicted_severity": prediction.severity,
-            "confidence": round(prediction.confidence, 4),
+            "confidence": result.severity_reason["confidence"],
             "grounded": prediction.grounded,
-            "source_severity": item.source_severity,
-            "mapped_source_severity": mapped,
+            "source_severity": result.severity_reason["source_severity"],
+            "mapped_source_severity": result.mapped_source_severity,
             "category": prediction.category,
             "category_confidence": round(prediction.category_confidence, 4),
             "probabilities": dict(prediction.probabilities),
             "model_version": prediction.model_version,
         })
-    return jsonify({"model_version": classifier.version, "confidence_threshold": threshold, "predictions": results})
+    return jsonify({"model_version": version, "confidence_threshold": settings.ml.confidence_threshold,
+                    "predictions": predictions})
 
 
 @bp.get("/api/v1/ml/models")

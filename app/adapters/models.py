@@ -95,6 +95,9 @@ class Incident(Base):
     predicted_category: Mapped[Optional[str]] = mapped_column(String(100), nullable=True)
     confidence: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     model_version: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    # Who decided `severity` (app.domain.severity.severity_reason); migration 0005.
+    severity_reason: Mapped[dict[str, Any]] = mapped_column(
+        JSONType, server_default=text('\'{"decided_by": "source"}\''))
     status: Mapped[str] = mapped_column(String(16), default="NEW", index=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
     event_count: Mapped[int] = mapped_column(Integer, default=1)

@@ -25,6 +25,9 @@ class MLSettings:
     model_path: str = "./models"
     auto_train: bool = True
     training_batch_size: int = 100
+    # Integrations (event sources) whose severity a confident model may lower, by one level at most;
+    # every other severity the model may only raise (docs/ml.md, "Severity policy").
+    may_lower: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -38,3 +38,65 @@ def is_severity(value: str) -> bool:
 def severity_rank(severity: str) -> int:
     """0 for P0 (most severe) .. 4 for P4."""
     return SEVERITIES.index(severity)
+
+
+# ------------------------------------------------------------------------------ who decides severity
+
+# What decided an incident's severity (CONTRACT decision 6, docs/ml.md "Severity policy"):
+# `source` the integration's severity through its mapping; `rule` the mapping's fallback (a severity
+# the mapping does not know, or none, is P3); `model` the classifier, within the policy; `manual` a
+# person (create, PATCH, resolution with a corrected severity); `feedback` a person's feedback.
+DECIDERS = ("source", "rule", "model", "manual", "feedback")
+# A person's decision stands against every later automatic one.
+HUMAN_DECIDERS = ("manual", "feedback")
+SOURCE_DECIDED: Mapping[str, object] = {"decided_by": "source"}  # also the column's server default
+
+
+def mapping_knows(source_severity: str | None, mapping: Mapping[str, str] = DEFAULT_MAPPING) -> bool:
+    """Whether the severity is a P-level or a value of the mapping (else the P3 fallback rule applies)."""
+    text = (source_severity or "").strip()
+    return bool(text) and (text.upper() in SEVERITIES or text.lower() in mapping)
+
+
+def decide_severity(
+    mapped: str, source_rule: bool, predicted: str | None, confidence: float | None, threshold: float,
+    may_lower: bool, grounded: bool = True,
+) -> tuple[str, str, str]:
+    """The policy: `(severity, decided_by, why)`.
+
+    The incident starts at the mapped source severity (`mapped`; `source_rule` when it came from the
+    fallback rule). A confident (`confidence >= threshold`) and grounded prediction may raise it to the
+    predicted level; it may lower it only when `may_lower` (the integration is listed in
+    `ml.may_lower`), and then by one level at most, whatever the model said."""
+    start = "rule" if source_rule else "source"
+    if predicted is None or confidence is None or predicted not in SEVERITIES:
+        return mapped, start, "no prediction"
+    if confidence < threshold:
+        return mapped, start, f"model said {predicted} at {confidence:.2f}, below the threshold {threshold:.2f}"
+    if not grounded:
+        return mapped, start, f"model said {predicted} at {confidence:.2f}, but the event is unlike its training data"
+    step = severity_rank(predicted) - severity_rank(mapped)
+    if step == 0:
+        return mapped, start, f"model agrees ({predicted} at {confidence:.2f})"
+    if step < 0:
+        return predicted, "model", f"model raised {mapped} to {predicted} at {confidence:.2f}"
+    if not may_lower:
+        return mapped, start, (f"model said {predicted} at {confidence:.2f}; it may not lower this integration's "
+                               "severity (ml.may_lower)")
+    lowered = SEVERITIES[severity_rank(mapped) + 1]
+    return lowered, "model", (f"model lowered {mapped} to {lowered} (it said {predicted} at {confidence:.2f}; "
+                              "one level at most)")
+
+
+def severity_reason(decided_by: str, *, source_severity: str | None = None, mapped: str | None = None,
+                    predicted: str | None = None, confidence: float | None = None, model_version: str | None = None,
+                    why: str | None = None, actor: str | None = None) -> dict[str, object]:
+    """The `severity_reason` an incident carries (REST, gRPC, timeline): who decided, and on what."""
+    reason: dict[str, object] = {"decided_by": decided_by, "source_severity": source_severity,
+                                 "mapped_source_severity": mapped, "predicted_severity": predicted,
+                                 "confidence": confidence, "model_version": model_version}
+    if why:
+        reason["why"] = why
+    if actor:
+        reason["actor"] = actor
+    return reason

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from app.adapters.db import read_session, unit_of_work
 from app.adapters.ml_models import TrainingSample
 from app.adapters.models import Incident, TimelineEntry
+from app.domain import sla
 from app.domain.incident import IncidentNotFound, follow_merges
 from app.domain.severity import SEVERITIES
 from app.domain.times import iso
@@ -90,12 +91,15 @@ def record_feedback(incident_id: str, actor: str, severity: str | None = None, c
         if incident is None:
             raise IncidentNotFound(incident_id)
         sample = _add_sample(session, incident, "feedback", severity, category, actor)
+        details: dict[str, Any] = {"notes": notes} if notes else {}
+        if severity is not None:  # a person's severity wins at once, not only in the next model
+            details["severity_reason"] = _apply_severity(session, incident, severity, actor, sample.created_at)
         session.add(TimelineEntry(
             incident_id=incident.id, at=sample.created_at, actor=actor, kind="classification_feedback",
             field="classification",
             old_value=f"{incident.predicted_severity or '-'}/{incident.predicted_category or '-'}",
             new_value=f"{sample.severity}/{sample.category}",
-            details={"notes": notes} if notes else None,
+            details=details or None,
         ))
         session.flush()
         result = sample_to_dict(sample)
@@ -103,6 +107,23 @@ def record_feedback(incident_id: str, actor: str, severity: str | None = None, c
     log.info("classification feedback recorded", extra={"incident_id": result["incident_id"], "sample_id": result["id"],
                                                         "severity": result["severity"], "category": result["category"]})
     return result
+
+
+def _apply_severity(session: Session, incident: Incident, severity: str, actor: str, now: datetime) -> dict[str, Any]:
+    """Set the feedback's severity on the incident (reason `feedback`; SLA deadlines follow it)."""
+    from app.services.incidents import manual_reason
+
+    reason = manual_reason(incident, actor, decided_by="feedback")
+    incident.severity_reason = reason
+    if severity != incident.severity:
+        session.add(TimelineEntry(incident_id=incident.id, at=now, actor=actor, kind="severity_changed",
+                                  field="severity", old_value=incident.severity, new_value=severity,
+                                  details={"severity_reason": reason}))
+        incident.severity = severity
+        deadlines = sla.deadlines(severity, incident.created_at)
+        incident.sla_acknowledge_by, incident.sla_resolve_by = deadlines.acknowledge_by, deadlines.resolve_by
+        incident.updated_at = now
+    return reason
 
 
 def record_resolution_sample(session: Session, incident: Incident, corrected_severity: str, actor: str) -> None:

@@ -24,10 +24,18 @@ from app.domain.incident import (
     check_transition,
     follow_merges,
 )
+from app.domain.severity import HUMAN_DECIDERS, SOURCE_DECIDED, severity_reason
 from app.domain.times import iso as _iso
 from app.services import changes as changes_bus
 from app.services import sla_monitor
 from app.services.ingest import Dispatcher, NewEvent, ingest_events
+
+
+def manual_reason(incident: Incident, actor: str, decided_by: str = "manual") -> dict[str, Any]:
+    """The `severity_reason` of a person's severity (it stands against every later automatic decision)."""
+    return severity_reason(decided_by, source_severity=incident.source_severity,
+                           predicted=incident.predicted_severity, confidence=incident.confidence,
+                           model_version=incident.model_version, actor=actor)
 
 
 def _publish(kind: str, incident: Incident, changes: list[dict[str, Any]]) -> None:
@@ -42,6 +50,7 @@ def incident_to_dict(incident: Incident) -> dict[str, Any]:
         "description": incident.description,
         "status": incident.status,
         "severity": incident.severity,
+        "severity_reason": incident.severity_reason or dict(SOURCE_DECIDED),
         "source_severity": incident.source_severity,
         "predicted_severity": incident.predicted_severity,
         "predicted_category": incident.predicted_category,
@@ -319,8 +328,10 @@ def resolve(incident_id: str, resolved_by: str, method: str = "Manual", notes: s
         incident.root_cause = root_cause
         incident.actions_taken = list(actions_taken or [])
         if corrected_severity and corrected_severity != incident.severity:
+            incident.severity_reason = manual_reason(incident, resolved_by)
             changes.append(_record(session, incident, resolved_by, "severity_corrected", "severity",
-                                   incident.severity, corrected_severity))
+                                   incident.severity, corrected_severity,
+                                   {"severity_reason": incident.severity_reason}))
             incident.severity = corrected_severity
         if corrected_severity:  # a person's severity at resolution is a label the classifier learns from
             from app.services.feedback import record_resolution_sample
@@ -359,8 +370,10 @@ def patch(incident_id: str, actor: str, fields: Mapping[str, Any]) -> dict[str, 
                 changes.append(_record(session, incident, actor, kind, name, getattr(incident, name), fields[name]))
                 setattr(incident, name, fields[name])
         if "severity" in fields and fields["severity"] != incident.severity:
+            incident.severity_reason = manual_reason(incident, actor)
             changes.append(_record(session, incident, actor, "severity_changed", "severity",
-                                   incident.severity, fields["severity"]))
+                                   incident.severity, fields["severity"],
+                                   {"severity_reason": incident.severity_reason}))
             incident.severity = fields["severity"]
             for name, value in sla.deadline_fields(incident.severity, incident.created_at).items():
                 setattr(incident, name, value)

@@ -69,3 +69,29 @@ def test_per_integration_mapping_from_config(tmp_path):
     config.write_text("integrations:\n  sentinel:\n    severity_mapping:\n      high: P0\n")
     settings = load_settings({"CONFIG_FILE": str(config), "DATA_DIR": str(tmp_path / "data")})
     assert map_source_severity("high", settings.integration("llm-sentinel").severity_mapping) == "P0"
+
+
+@pytest.mark.parametrize(("mapped", "predicted", "confidence", "may_lower", "grounded", "expected"), [
+    ("P2", "P0", 0.9, False, True, ("P0", "model")),       # confident: raised all the way
+    ("P2", "P0", 0.69, False, True, ("P2", "source")),     # below the threshold: the source stands
+    ("P2", "P0", 0.9, False, False, ("P2", "source")),     # unlike the training data: the source stands
+    ("P1", "P3", 0.99, False, True, ("P1", "source")),     # never lowered unless the integration allows it
+    ("P1", "P3", 0.99, True, True, ("P2", "model")),       # allowed: one level, whatever the model said
+    ("P1", "P2", 0.99, True, True, ("P2", "model")),
+    ("P4", "P4", 0.99, True, True, ("P4", "source")),      # agreement is the source's decision
+    ("P3", None, None, True, True, ("P3", "source")),      # no prediction
+])
+def test_decide_severity_policy(mapped: str, predicted: str | None, confidence: float | None, may_lower: bool,
+                                grounded: bool, expected: tuple[str, str]) -> None:
+    from app.domain.severity import decide_severity
+
+    severity, decided_by, why = decide_severity(mapped, False, predicted, confidence, 0.7, may_lower, grounded)
+    assert (severity, decided_by) == expected and why
+
+
+def test_decide_severity_says_rule_for_the_fallback_and_mapping_knows() -> None:
+    from app.domain.severity import decide_severity, mapping_knows
+
+    assert not mapping_knows(None) and not mapping_knows("sev-x") and mapping_knows(" High ") and mapping_knows("p2")
+    assert decide_severity("P3", True, "P3", 0.9, 0.7, False)[:2] == ("P3", "rule")
+    assert decide_severity("P3", True, "P1", 0.9, 0.7, False)[:2] == ("P1", "model")

@@ -1,9 +1,9 @@
-"""Classification stage: one `predict_batch` call through `ml.interface.get_classifier()`.
+"""Classification stage: the batch's new incidents through the one `classify` use case
+(`app.services.classification.classify_events`, shared with `POST /api/v1/ml/classify`).
 
-The incident's severity becomes the predicted one when its confidence reaches
-`ml.confidence_threshold` and the event is grounded (`ml.interface.model_decides`),
-else the mapped source severity stands (CONTRACT decision 6). The category is the event's own
-when it gave one, else the predicted one."""
+The severity is the policy's decision (docs/ml.md, "Severity policy": the source's, raised by a
+confident model, lowered by one level only for `ml.may_lower` integrations) with its
+`severity_reason`. The category is the event's own when it gave one, else the predicted one."""
 
 from __future__ import annotations
 
@@ -12,14 +12,17 @@ import time
 
 from app import metrics
 from app.config import Settings, get_settings
+from app.domain.severity import severity_reason
+from app.services.classification import classify_events
 from app.services.pipeline.batch import Batch
-from ml.interface import ClassifierInput, get_classifier, model_decides
+from ml.interface import ClassifierInput
 
 log = logging.getLogger(__name__)
 
 
 def classify(batch: Batch, settings: Settings | None = None) -> Batch:
-    """Add `classification[incident_id]` = severity, category, predicted_*, confidence, model_version."""
+    """Add `classification[incident_id]` = severity, severity_reason, category, predicted_*, confidence,
+    model_version."""
     settings = settings or get_settings()
     incidents = batch["incidents"]
     if not incidents:
@@ -30,9 +33,10 @@ def classify(batch: Batch, settings: Settings | None = None) -> Batch:
             batch["classification"][snap["id"]] = {
                 "severity": snap["severity"], "category": snap["category"], "predicted_severity": None,
                 "predicted_category": None, "confidence": None, "model_version": None,
+                "severity_reason": severity_reason("source", source_severity=snap["source_severity"],
+                                                   mapped=snap["severity"], why="classification is off"),
             }
         return batch
-    classifier = get_classifier()
     inputs = [
         ClassifierInput(
             title=s["title"], description=s["description"], source=s["source"], event_type=s["event_type"],
@@ -41,15 +45,12 @@ def classify(batch: Batch, settings: Settings | None = None) -> Batch:
         )
         for s in incidents
     ]
-    predictions = classifier.predict_batch(inputs)
-    if len(predictions) != len(inputs):
-        raise RuntimeError(f"classifier {classifier.version} answered {len(predictions)} predictions "
-                           f"for {len(inputs)} inputs")
-    threshold = settings.ml.confidence_threshold
-    for snap, prediction in zip(incidents, predictions, strict=True):
-        confident = model_decides(prediction, threshold)
+    _, results = classify_events(inputs, settings)
+    for snap, result in zip(incidents, results, strict=True):
+        prediction = result.prediction
         batch["classification"][snap["id"]] = {
-            "severity": prediction.severity if confident else snap["severity"],
+            "severity": result.severity,
+            "severity_reason": result.severity_reason,
             "category": snap["category"] or prediction.category,
             "predicted_severity": prediction.severity,
             "predicted_category": prediction.category,

@@ -24,6 +24,7 @@ from app.adapters.db import unit_of_work
 from app.adapters.models import Event, Incident, OutboxMessage, TimelineEntry
 from app.config import RoutingRule, Settings, get_settings
 from app.domain import sla
+from app.domain.severity import HUMAN_DECIDERS
 from app.services import changes, escalation
 from app.services.pipeline.batch import Batch, Snapshot, one_of
 from app.services.pipeline.instruments import EVENT_TO_INCIDENT_LATENCY
@@ -73,6 +74,7 @@ def decide_route(snap: Snapshot, classification: Mapping[str, Any], enrichment: 
 _RECORD_COLUMNS = (
     ("b_id", "text"), ("severity", "text"), ("category", "text"), ("predicted_severity", "text"),
     ("predicted_category", "text"), ("confidence", "float8"), ("model_version", "text"), ("enrichment", "jsonb"),
+    ("severity_reason", "jsonb"),
     ("correlation_group_id", "text"), ("team", "text"), ("escalation_policy", "text"),
     ("sla_acknowledge_by", "timestamptz"), ("sla_resolve_by", "timestamptz"), ("processed_at", "timestamptz"),
     ("updated_at", "timestamptz"),
@@ -133,7 +135,8 @@ def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
     published: list[dict[str, Any]] = []
     with unit_of_work() as session:
         fresh = list(session.execute(
-            select(Incident.id, Incident.severity, Incident.created_at, Incident.status, Incident.category)
+            select(Incident.id, Incident.severity, Incident.created_at, Incident.status, Incident.category,
+                   Incident.severity_reason)
             .where(one_of(Incident.id, sorted(snaps)), Incident.processed_at.is_(None))
             .order_by(Incident.id).with_for_update()
         ).all()) if snaps else []
@@ -147,13 +150,16 @@ def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
             route = decide_route(snap, cls, enrichment or {}, _explicit_team(snap, settings), settings)
             batch["routing"][current.id] = route
             severity = cls.get("severity") or current.severity
+            reason = cls.get("severity_reason") or current.severity_reason
+            if (current.severity_reason or {}).get("decided_by") in HUMAN_DECIDERS:  # a person decided first
+                severity, reason = current.severity, current.severity_reason
             deadlines = sla.deadlines(severity, current.created_at)
             rows.append({
                 "b_id": current.id, "severity": severity, "category": cls.get("category", current.category),
                 "predicted_severity": cls.get("predicted_severity"),
                 "predicted_category": cls.get("predicted_category"),
                 "confidence": cls.get("confidence"), "model_version": cls.get("model_version"),
-                "enrichment": enrichment, "correlation_group_id": group.get("group_id"),
+                "severity_reason": reason, "enrichment": enrichment, "correlation_group_id": group.get("group_id"),
                 "team": route["team"], "escalation_policy": route["escalation_policy"],
                 "sla_acknowledge_by": deadlines.acknowledge_by, "sla_resolve_by": deadlines.resolve_by,
                 "processed_at": now, "updated_at": now,
@@ -162,7 +168,7 @@ def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
                 "incident_id": current.id, "at": now, "actor": "pipeline", "kind": "classified", "field": "severity",
                 "old_value": current.severity, "new_value": severity,
                 "details": {
-                    "classification": cls, "routing": route,
+                    "classification": cls, "severity_reason": reason, "routing": route,
                     "correlation": {k: group.get(k) for k in ("group_id", "root_incident_id", "score", "related_to")}
                     if group else None,
                     "enrichment": {"partial": (enrichment or {}).get("partial"),
