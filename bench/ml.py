@@ -151,17 +151,118 @@ def api_bench(model: Any, requests: int) -> dict[str, Any]:
         environment.close()
 
 
+def _batch_bodies(batch: int) -> list[bytes]:
+    """`{"events": [...]}` bodies of `batch` held-out events each (as senders would post them)."""
+    from ml.training import load_shipped
+
+    _, held_out = load_shipped()
+    events = []
+    for item in held_out.inputs:
+        body: dict[str, Any] = {"title": item.title, "description": item.description, "source": item.source,
+                                "severity": item.source_severity or "info", "tags": dict(item.tags),
+                                "metrics": dict(item.metrics)}
+        if item.event_type:
+            body["event_type"] = item.event_type
+        if item.resource_type:
+            body["resource"] = {"type": item.resource_type}
+        events.append(body)
+    return [json.dumps({"events": events[start:start + batch]}).encode()
+            for start in range(0, len(events) - batch + 1, batch)]
+
+
+def http_batch_bench(model: Any, batch: int, seconds: float) -> dict[str, Any]:
+    """`POST /api/v1/ml/classify` with `{"events": [batch]}` through gunicorn (the Procfile's web:
+    api.gunicorn_conf, WEB_CONCURRENCY=2), closed loop from 2 client processes x 2 threads, against
+    same-run baselines on the same bodies in this process: the use case alone (`classify_events`:
+    features, model, policy; what the request path adds nothing to) and the schema validation the
+    request path used before its fast path (marshmallow, ~70 % of a request when profiled)."""
+    from bench.common import Server, make_environment, run_load
+
+    bodies = _batch_bodies(batch)
+    environment = make_environment()
+    server = None
+    try:
+        os.environ.update(environment.env)
+        from app.config import reset_settings_cache
+
+        reset_settings_cache()
+        from api.rest.ml import EVENT, _inputs
+        from app.services.auth import create_api_key
+        from app.services.classification import classify_events
+        from ml import registry
+
+        model.version = "bench-http"
+        registry.store_version(model, training_size=0, feedback_samples=0, metrics={}, score=0.0, actor="bench")
+        registry.activate("bench-http", actor="bench")
+        registry.reset_cache()
+        key = create_api_key("bench", ["event:create"], 0, None).key
+        decoded = [json.loads(body) for body in bodies]
+
+        def use_case(rounds: int = 3) -> float:
+            started = time.perf_counter()
+            for body in decoded[:rounds]:
+                classify_events(_inputs(body))
+            return rounds * batch / (time.perf_counter() - started)
+
+        def schema_only(rounds: int = 3) -> float:
+            started = time.perf_counter()
+            for body in decoded[:rounds]:
+                EVENT.load(body["events"], many=True)
+            return rounds * batch / (time.perf_counter() - started)
+
+        use_case(1)  # warm: model load, caches
+        in_process = [use_case() for _ in range(3)]
+        marshmallow = [schema_only() for _ in range(2)]
+        server = Server("api.wsgi:app", environment.env, workers=2, config="python:api.gunicorn_conf")
+        headers = {"X-API-Key": key, "Content-Type": "application/json"}
+        run_load(server.port, "/api/v1/ml/classify", headers, lambda w, n: bodies[(w + n) % len(bodies)],
+                 duration=2.0, processes=1, threads=2)  # warm both workers
+        result = run_load(server.port, "/api/v1/ml/classify", headers,
+                          lambda w, n: bodies[(w * 7 + n) % len(bodies)], duration=seconds, processes=2, threads=2)
+        ok = result.statuses.get(200, 0)
+        http_rate = ok * batch / result.elapsed
+        return {
+            "batch": batch, "seconds": seconds, "requests": result.requests, "statuses": result.statuses,
+            "errors": result.errors,
+            "http_events_per_s": round(http_rate),
+            "p50_ms": round(result.pct(50), 1), "p99_ms": round(result.pct(99), 1),
+            "baseline_use_case_in_process_events_per_s": [round(v) for v in in_process],
+            "baseline_marshmallow_validation_only_events_per_s": [round(v) for v in marshmallow],
+            "ratio_http_to_use_case_in_process": round(http_rate / max(in_process), 2),
+            "target_events_per_s": 10000,
+            "meets_target": http_rate >= 10000,
+        }
+    finally:
+        if server is not None:
+            server.stop()
+        environment.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--http-seconds", type=float, default=10.0)
+    parser.add_argument("--only-http", action="store_true", help="train, then only the HTTP batch benchmark")
     args = parser.parse_args()
+    if args.only_http:
+        from ml.classifier import train_classifier
+        from ml.training import load_shipped
+
+        train, _ = load_shipped()
+        model = train_classifier("bench", train.inputs, train.severities, train.categories)
+        print(json.dumps({"http_batch_classify": http_batch_bench(model, args.batch, args.http_seconds)},  # noqa: T201
+                         indent=2))
+        return
     batch = batch_bench(args.events, args.batch, args.rounds)
     model = batch.pop("model")
     print(json.dumps({"batch_classification": batch}, indent=2))  # noqa: T201 - a benchmark prints its numbers
     print(json.dumps({"single_event_api": api_bench(model, args.requests)}, indent=2))  # noqa: T201
+    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))  # the HTTP run uses the whole machine
+    print(json.dumps({"http_batch_classify": http_batch_bench(model, args.batch, args.http_seconds)},  # noqa: T201
+                     indent=2))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import sklearn
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.naive_bayes import ComplementNB
+from threadpoolctl import threadpool_limits
 
 from ml import metrics as ml_metrics
 from ml.features import FeatureExtractor, FeatureViews
@@ -334,10 +335,14 @@ def train_classifier(version: str, items: Sequence[ClassifierInput], severities:
     if not items:
         raise ValueError("no training data")
     weight = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-    extractor = FeatureExtractor().fit(items, severities)
-    views = extractor.transform(items)
-    mask = extractor.categorical_mask
-    severity_model = CalibratedEnsemble(SEVERITY_MEMBERS, seed, mask).fit(views, list(severities), weight)
-    category_model = CalibratedEnsemble(CATEGORY_MEMBERS, seed, mask).fit(views, list(categories), weight)
+    # One thread: training runs beside the web process and workers (first start, beat's retrains);
+    # the boosting's OpenMP team spins for cores others hold. Measured under load 11 on 2 cores:
+    # 303 s with the default team, 52 s with one thread (docs/ml.md, "First start").
+    with threadpool_limits(limits=1):
+        extractor = FeatureExtractor().fit(items, severities)
+        views = extractor.transform(items)
+        mask = extractor.categorical_mask
+        severity_model = CalibratedEnsemble(SEVERITY_MEMBERS, seed, mask).fit(views, list(severities), weight)
+        category_model = CalibratedEnsemble(CATEGORY_MEMBERS, seed, mask).fit(views, list(categories), weight)
     return IncidentClassifier(version=version, extractor=extractor, severity_model=severity_model,
                               category_model=category_model, info={"features": extractor.sizes})

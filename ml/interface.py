@@ -34,17 +34,8 @@ class Prediction(NamedTuple):
     model_version: str
     probabilities: Mapping[str, float] = MappingProxyType({})  # severity -> probability
     # The event is like what the model learnt from: it carried a metric the model knows, or it is
-    # of an event type the model learnt from without metrics (see `model_decides`).
+    # of an event type the model learnt from without metrics (app.domain.severity.model_may_decide).
     grounded: bool = True
-
-
-def model_decides(prediction: Prediction, threshold: float) -> bool:
-    """Whether the model's severity replaces the source's: it is confident (`ml.confidence_threshold`)
-    and the event is grounded. An event with none of the metrics the model knows, of a type it never
-    learnt without metrics (the guide's Sentinel example: its metric names appear in no training row),
-    keeps its source's severity: the model's confidence there is an extrapolation (it said P3 at
-    0.86 for that "high" latency spike)."""
-    return prediction.grounded and prediction.confidence >= threshold
 
 
 class Classifier(Protocol):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from flask import Blueprint, jsonify
-from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, missing, validate, validates_schema
 
 from api.auth import current_principal, enforce, require
 from api.body import json_object
@@ -75,6 +75,65 @@ class ClassifyBatchSchema(Schema):
 
 
 EVENT = ClassifyEventSchema()
+# (name, min, max, default) of the schema's string fields: the fast path reads its limits from the
+# schema, so the two cannot disagree.
+_STRINGS = tuple((name, length.min or 0, int(length.max or 0), field.load_default)
+                 for name, field in EVENT.fields.items() if type(field) is fields.String
+                 for length in field.validators if isinstance(length, validate.Length))
+_RESOURCE_TYPE_MAX = next(int(v.max or 0) for v in ClassifyResourceSchema().fields["type"].validators
+                          if isinstance(v, validate.Length))
+
+
+def _plain_input(event: Any) -> ClassifierInput | None:
+    """The event as ClassifyEventSchema would load it when it is plainly valid, else None (the schema
+    then answers, with its per-field errors). Why: marshmallow costs ~0.25 ms an event, 70 % of a
+    1,000-event classify request (profiled, docs/ml.md "Benchmark")."""
+    if type(event) is not dict:
+        return None
+    values = {}
+    for name, low, high, default in _STRINGS:
+        value = event.get(name, default)
+        if value is missing:
+            value = None
+        elif type(value) is not str or not low <= len(value) <= high:
+            return None
+        values[name] = value
+    if values["title"] is None:
+        return None
+    resource = event.get("resource")
+    resource_type = None
+    if resource is not None:
+        if type(resource) is not dict:
+            return None
+        resource_type = resource.get("type")
+        if resource_type is not None and (type(resource_type) is not str or len(resource_type) > _RESOURCE_TYPE_MAX):
+            return None
+    tags = event.get("tags", {})
+    metrics = event.get("metrics", {})
+    if type(tags) is not dict or type(metrics) is not dict:
+        return None
+    for key, value in metrics.items():
+        kind = type(value)
+        if type(key) is not str or (kind is not float and kind is not int):
+            return None
+    for key, value in tags.items():
+        if type(key) is not str or value is None:  # the schema's Raw values may not be null
+            return None
+    return ClassifierInput(
+        title=values["title"], description=values["description"], source=values["source"],
+        event_type=values["event_type"], category=values["category"],
+        resource_type=values["resource_type"] or resource_type, source_severity=values["severity"],
+        tags=tags, metrics=metrics,
+    )
+
+
+def _loaded_input(e: Mapping[str, Any]) -> ClassifierInput:
+    return ClassifierInput(
+        title=e["title"], description=e.get("description", ""), source=e.get("source", "api"),
+        event_type=e.get("event_type"), category=e.get("category"),
+        resource_type=e.get("resource_type") or (e.get("resource") or {}).get("type"),
+        source_severity=e.get("severity"), tags=e.get("tags") or {}, metrics=e.get("metrics") or {},
+    )
 
 
 def _inputs(body: dict[str, Any]) -> list[ClassifierInput]:
@@ -88,21 +147,19 @@ def _inputs(body: dict[str, Any]) -> list[ClassifierInput]:
         if len(events) > limit:
             raise ApiError(422, "validation_failed", f"at most {limit} events per request",
                            {"events": [f"{len(events)} events; the limit is {limit}"]})
+        items = list(map(_plain_input, events))
+        if None not in items:
+            return items  # type: ignore[return-value]
         try:
             loaded = EVENT.load(events, many=True)
         except ValidationError as exc:
             raise ValidationError({"events": exc.messages}) from None
     else:
+        item = _plain_input(body)
+        if item is not None:
+            return [item]
         loaded = [EVENT.load(body)]
-    return [
-        ClassifierInput(
-            title=e["title"], description=e.get("description", ""), source=e.get("source", "api"),
-            event_type=e.get("event_type"), category=e.get("category"),
-            resource_type=e.get("resource_type") or (e.get("resource") or {}).get("type"),
-            source_severity=e.get("severity"), tags=e.get("tags") or {}, metrics=e.get("metrics") or {},
-        )
-        for e in loaded
-    ]
+    return [_loaded_input(e) for e in loaded]
 
 
 @bp.post("/api/v1/ml/classify")

@@ -58,6 +58,13 @@ def mapping_knows(source_severity: str | None, mapping: Mapping[str, str] = DEFA
     return bool(text) and (text.upper() in SEVERITIES or text.lower() in mapping)
 
 
+def model_may_decide(confidence: float, threshold: float, grounded: bool) -> bool:
+    """Whether a prediction counts at all: confident (`ml.confidence_threshold`) and grounded (the
+    event is like what the model learnt from: a metric it knows, or an event type it learnt without
+    metrics). An ungrounded event's confidence is an extrapolation."""
+    return grounded and confidence >= threshold
+
+
 def decide_severity(
     mapped: str, source_rule: bool, predicted: str | None, confidence: float | None, threshold: float,
     may_lower: bool, grounded: bool = True,
@@ -71,21 +78,19 @@ def decide_severity(
     start = "rule" if source_rule else "source"
     if predicted is None or confidence is None or predicted not in SEVERITIES:
         return mapped, start, "no prediction"
-    if confidence < threshold:
-        return mapped, start, f"model said {predicted} at {confidence:.2f}, below the threshold {threshold:.2f}"
-    if not grounded:
-        return mapped, start, f"model said {predicted} at {confidence:.2f}, but the event is unlike its training data"
+    # The reasons leave the confidence out (it is in `severity_reason` beside them): a batch shares them.
+    if not model_may_decide(confidence, threshold, grounded):
+        return mapped, start, (f"model said {predicted}, below the confidence threshold {threshold:g}" if grounded
+                               else f"model said {predicted}, but the event is unlike its training data")
     step = severity_rank(predicted) - severity_rank(mapped)
     if step == 0:
-        return mapped, start, f"model agrees ({predicted} at {confidence:.2f})"
+        return mapped, start, f"model agrees ({predicted})"
     if step < 0:
-        return predicted, "model", f"model raised {mapped} to {predicted} at {confidence:.2f}"
+        return predicted, "model", f"model raised {mapped} to {predicted}"
     if not may_lower:
-        return mapped, start, (f"model said {predicted} at {confidence:.2f}; it may not lower this integration's "
-                               "severity (ml.may_lower)")
+        return mapped, start, f"model said {predicted}; it may not lower this integration's severity (ml.may_lower)"
     lowered = SEVERITIES[severity_rank(mapped) + 1]
-    return lowered, "model", (f"model lowered {mapped} to {lowered} (it said {predicted} at {confidence:.2f}; "
-                              "one level at most)")
+    return lowered, "model", f"model lowered {mapped} to {lowered} (it said {predicted}; one level at most)"
 
 
 def severity_reason(decided_by: str, *, source_severity: str | None = None, mapped: str | None = None,

@@ -47,28 +47,25 @@ def classify_events(items: Sequence[ClassifierInput], settings: Settings | None 
                            f"for {len(items)} inputs")
     threshold = settings.ml.confidence_threshold
     has_opinion = not classifier.version.startswith(RULES_VERSION_PREFIX)
-    lowering: dict[str, bool] = {}  # per source, once per batch
-    decisions: dict[tuple[Any, ...], tuple[str, bool, str, str, str]] = {}
+    # Batches repeat a few (source, source severity, prediction, confident?) combinations: each is
+    # decided once, and each event's reason is that decision's with its own confidence.
+    decisions: dict[tuple[Any, ...], tuple[str, str, dict[str, Any]]] = {}
     results = []
     for item, prediction in zip(items, predictions, strict=True):
-        source = item.source
-        if source not in lowering:
-            lowering[source] = may_lower(source, settings)
         confidence = round(float(prediction.confidence), 4)
-        # Batches repeat the same few (source, severity, prediction) combinations: decide each once.
-        key = (source, item.source_severity, prediction.severity, confidence, prediction.grounded)
+        key = (item.source, item.source_severity, prediction.severity, prediction.model_version,
+               confidence >= threshold, prediction.grounded)
         decision = decisions.get(key)
         if decision is None:
-            mapping = settings.integration(source).severity_mapping
+            mapping = settings.integration(item.source).severity_mapping
             mapped = map_source_severity(item.source_severity, mapping)
-            fallback = not mapping_knows(item.source_severity, mapping)
             severity, decided_by, why = decide_severity(
-                mapped, fallback, prediction.severity if has_opinion else None, confidence, threshold,
-                lowering[source], prediction.grounded)
-            decision = decisions[key] = (mapped, fallback, severity, decided_by, why)
-        mapped, _, severity, decided_by, why = decision
-        reason = severity_reason(decided_by, source_severity=item.source_severity, mapped=mapped,
-                                 predicted=prediction.severity, confidence=confidence,
-                                 model_version=prediction.model_version, why=why)
-        results.append(Classified(prediction, severity, mapped, reason))
+                mapped, not mapping_knows(item.source_severity, mapping),
+                prediction.severity if has_opinion else None, confidence, threshold,
+                may_lower(item.source, settings), prediction.grounded)
+            decision = decisions[key] = (mapped, severity, severity_reason(
+                decided_by, source_severity=item.source_severity, mapped=mapped, predicted=prediction.severity,
+                model_version=prediction.model_version, why=why))
+        mapped, severity, reason = decision
+        results.append(Classified(prediction, severity, mapped, {**reason, "confidence": confidence}))
     return classifier.version, results

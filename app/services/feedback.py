@@ -120,8 +120,8 @@ def _apply_severity(session: Session, incident: Incident, severity: str, actor: 
                                   field="severity", old_value=incident.severity, new_value=severity,
                                   details={"severity_reason": reason}))
         incident.severity = severity
-        deadlines = sla.deadlines(severity, incident.created_at)
-        incident.sla_acknowledge_by, incident.sla_resolve_by = deadlines.acknowledge_by, deadlines.resolve_by
+        for name, value in sla.deadline_fields(severity, incident.created_at).items():
+            setattr(incident, name, value)
         incident.updated_at = now
     return reason
 

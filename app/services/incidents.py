@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from app import metrics
 from app.adapters.db import read_session, unit_of_work
 from app.adapters.models import Event, Incident, TimelineEntry
+from app.config import get_settings
 from app.domain import sla
 from app.domain.fingerprint import fingerprint
 from app.domain.incident import (
@@ -24,7 +25,7 @@ from app.domain.incident import (
     check_transition,
     follow_merges,
 )
-from app.domain.severity import HUMAN_DECIDERS, SOURCE_DECIDED, severity_reason
+from app.domain.severity import HUMAN_DECIDERS, SOURCE_DECIDED, map_source_severity, severity_reason
 from app.domain.times import iso as _iso
 from app.services import changes as changes_bus
 from app.services import sla_monitor
@@ -253,6 +254,10 @@ def create_manual(event: NewEvent, dispatcher: Dispatcher | None = None) -> tupl
     [result] = ingest_events([event], dispatcher=dispatcher, door="manual")
     if result.incident_id is None:  # ingest answers every accepted or duplicate event with its incident
         raise IncidentNotFound(event.event_id)
+    if result.created:  # the person's severity stands against the classifier (severity_reason "manual")
+        mapping = get_settings().integration(event.source).severity_mapping
+        keep_manual_severity(result.incident_id, event.requested_by or event.source,
+                             map_source_severity(event.severity, mapping))
     incident = get_incident(result.incident_id)
     if event.assignee and result.status == "accepted" and not result.created:
         changes_bus.publish("incident_updated", incident, [{"field": "assignee", "new_value": event.assignee}])
@@ -353,6 +358,28 @@ def close(incident_id: str, actor: str, notes: str | None = None) -> dict[str, A
         return [change]
 
     return _change(incident_id, actor, apply, "incident_closed")
+
+
+def keep_manual_severity(incident_id: str, actor: str, severity: str) -> None:
+    """A manually created incident: the person's severity stands against the classifier (reason
+    `manual`). Its `created` timeline row says who; if the pipeline changed the severity in between,
+    it goes back, with a timeline row."""
+
+    def apply(session: Session, incident: Incident, now: datetime) -> list[dict[str, Any]]:
+        if (incident.severity_reason or {}).get("decided_by") in HUMAN_DECIDERS:
+            return []
+        incident.severity_reason = manual_reason(incident, actor)
+        if incident.severity == severity:
+            return []
+        change = _record(session, incident, actor, "severity_changed", "severity", incident.severity, severity,
+                         {"severity_reason": incident.severity_reason})
+        incident.severity = severity
+        for name, value in sla.deadline_fields(severity, incident.created_at).items():
+            setattr(incident, name, value)
+        incident.updated_at = now
+        return [change]
+
+    _change(incident_id, actor, apply, "incident_updated")
 
 
 def patch(incident_id: str, actor: str, fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ GPU_EVENT = {
     "title": "GPU out of memory on h100-sxm node serving llama-3-70b", "source": "edge-agent",
     "event_type": "gpu_oom", "severity": "high", "resource": {"type": "gpu_node", "id": "node-7"},
     "tags": {"environment": "production", "tier": "1"},
-    "metrics": {"oom_kills": 40.0, "pods_restarting": 20.0, "gpu_memory_used_pct": 99.5, "impact_score": 0.8},
+    "metrics": {"oom_kills": 40.0, "pods_restarting": 20.0, "gpu_memory_used_pct": 99.5, "threshold_pct": 90.0},
 }
 NEW_PATTERN = {
     "title": "Model weights checksum mismatch on replica 99", "source": "manual", "severity": "low",

@@ -21,7 +21,7 @@ from tests.unit.test_ml_model import base_model
 
 EVENT = ClassifierInput(title="GPU out of memory on h100-sxm node serving llama-3-70b", source="edge-agent",
                         event_type="gpu_oom", source_severity="high", tags={"environment": "production"},
-                        metrics={"oom_kills": 30.0, "impact_score": 0.7})
+                        metrics={"oom_kills": 30.0, "gpu_memory_used_pct": 98.0})
 
 
 @pytest.fixture
@@ -135,7 +135,9 @@ def test_bootstrap_trains_the_first_model_and_the_gate_refuses_a_worse_one(ml_db
     versions = registry.list_versions()
     assert len(versions) == 1 and versions[0]["active"] and versions[0]["status"] == "active"
     assert versions[0]["held_out_score"] >= 0.85
-    assert versions[0]["metrics"]["rules_baseline_severity_macro_f1"] < 0.8
+    metrics = versions[0]["metrics"]
+    assert metrics["rules_baseline_severity_macro_f1"] < metrics["severity_macro_f1"] - 0.03
+    assert metrics["guide_examples"]["size"] == 6 and len(metrics["guide_examples"]["events"]) == 6
     assert Path(registry.model_dir() / versions[0]["file"]).is_file()
     assert runner.invoke(main, ["ml", "bootstrap"]).output.startswith("a model version already exists")
     assert serving() == versions[0]["version"]

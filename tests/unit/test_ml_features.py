@@ -15,17 +15,9 @@ import pytest
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import CountVectorizer
 
-from ml.features import (
-    TOKEN,
-    FeatureExtractor,
-    FeatureViews,
-    TermIndex,
-    batch_words,
-    categoricals_of,
-    ordinals_of,
-    text_of,
-)
+from ml.features import FeatureExtractor, FeatureViews, categoricals_of, ordinals_of, text_of
 from ml.interface import ClassifierInput
+from ml.text import TOKEN, TermIndex, batch_words
 from ml.training import load_shipped
 from tests.unit.test_ml_model import base_model
 
@@ -82,10 +74,20 @@ def reference_views(extractor: FeatureExtractor, items: Sequence[ClassifierInput
     raw[~np.isfinite(raw)] = np.nan
     scaled = np.clip(np.nan_to_num(np.log1p(np.abs(raw)) / extractor.metric_scale, nan=0.0), 0.0, 1.0)
     no_metrics = np.isnan(raw).all(axis=1, keepdims=True)
-    sparse = sp.hstack([text, categorical.tocsr(), sp.csr_matrix(scaled), sp.csr_matrix(no_metrics)],
-                       format="csr", dtype=np.float32)
+    # Each kind: the largest value / reference over the event's matched pairs with a positive reference.
+    ratios = np.full((n, len(extractor.ratio_kinds)), np.nan, dtype=np.float32)
+    for row in range(n):
+        for value, reference, kind in extractor.ratio_pairs:
+            if raw[row, reference] > 0 and np.isfinite(raw[row, value]):
+                ratio = np.float32(raw[row, value] / raw[row, reference])
+                if np.isfinite(ratio) and not ratios[row, kind] >= ratio:
+                    ratios[row, kind] = ratio
+    log_ratios = np.clip(np.nan_to_num(np.log2(ratios) / 4.0, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+    sparse = sp.hstack([text, categorical.tocsr(), sp.csr_matrix(scaled), sp.csr_matrix(log_ratios),
+                        sp.csr_matrix(no_metrics)], format="csr", dtype=np.float32)
     keywords = (text[:, extractor.keyword_columns] > 0).toarray()
-    return FeatureViews(sparse=sparse, dense=np.hstack([codes, raw, source_level, keywords]).astype(np.float32))
+    dense = np.hstack([codes, raw, ratios, source_level, keywords]).astype(np.float32)
+    return FeatureViews(sparse=sparse, dense=dense)
 
 
 def assert_views_equal(got: FeatureViews, expected: FeatureViews, text_columns: int = 0) -> None:
@@ -190,3 +192,15 @@ def test_term_index_finds_every_pair_and_nothing_else() -> None:
     expected = [vocabulary.get((a, b), -1) for a in words for b in words]
     np.testing.assert_array_equal(index.pair_columns(every), expected)
     np.testing.assert_array_equal(index.pair_columns(np.array([0, 1, index.width], dtype=np.int64)), [-1, -1, -1])
+
+
+def test_metrics_are_paired_with_their_thresholds_and_baselines() -> None:
+    """The naming rule pairs what the guide's senders send, and nothing else."""
+    from ml.features import RELATIVE_KINDS, relative_pairs
+
+    names = ["affected_requests", "baseline_ms", "current_rpm", "duration_sec", "error_rate", "error_rate_threshold",
+             "limit_rpm", "p95_latency_ms", "threshold_ms", "throttled_requests", "confidence_score"]
+    pairs = {(names[m], names[r], RELATIVE_KINDS[k]) for m, r, k in relative_pairs(names)}
+    assert pairs == {("p95_latency_ms", "threshold_ms", "vs_threshold"),
+                     ("p95_latency_ms", "baseline_ms", "vs_baseline"), ("current_rpm", "limit_rpm", "vs_threshold"),
+                     ("error_rate", "error_rate_threshold", "vs_threshold")}

@@ -4,7 +4,9 @@ calibrated confidence, and robustness of the features to what real events send."
 from __future__ import annotations
 
 import csv
+import json
 import math
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,9 +39,17 @@ def test_data_set_is_deterministic_large_and_split(tmp_path: Path) -> None:
     assert 0.15 < held_out < 0.25
     assert {r["severity"] for r in rows} == {"P0", "P1", "P2", "P3", "P4"}
     kinds = {r["event_type"] for r in rows}
-    for kind in ("latency_spike", "error_rate", "quota_exceeded", "prompt_injection", "data_leakage", "gpu_oom",
-                 "model_drift", "provider_outage", "cost_anomaly"):
+    for kind in ("anomaly", "alert", "prompt_injection", "data_leakage", "policy_violation", "compliance_violation",
+                 "manual"):
         assert kind in kinds
+    # Every integration's shape, with and without metrics, and no field real senders lack.
+    assert {r["source"] for r in rows} == {"llm-sentinel", "llm-shield", "llm-edge-agent", "llm-governance-core",
+                                            "alertmanager", "pagerduty", "manual"}
+    metric_names = {name for r in rows for name in json.loads(r["metrics"])}
+    assert {"p95_latency_ms", "threshold_ms", "baseline_ms", "current_rpm", "limit_rpm", "throttled_requests",
+            "confidence_score", "attack_vectors", "error_rate"} <= metric_names
+    assert not {"impact_score", "anomaly_score"} & metric_names
+    assert all(r["metrics"] == "{}" for r in rows if r["source"] in ("alertmanager", "pagerduty", "manual"))
 
 
 def test_held_out_macro_f1_for_severity_is_at_least_085_and_beats_the_rules() -> None:
@@ -48,8 +58,8 @@ def test_held_out_macro_f1_for_severity_is_at_least_085_and_beats_the_rules() ->
     rules_metrics = evaluate(RulesClassifier(), held_out)
     assert model_metrics["severity_macro_f1"] >= 0.85, model_metrics
     assert model_metrics["category_macro_f1"] >= 0.9, model_metrics
-    # The data set is not trivial: the source's own severity mapped by the rules is far behind.
-    assert rules_metrics["severity_macro_f1"] < model_metrics["severity_macro_f1"] - 0.1, rules_metrics
+    # The model adds to what the sources say: their own severity, mapped by the rules, is behind.
+    assert rules_metrics["severity_macro_f1"] < model_metrics["severity_macro_f1"] - 0.03, rules_metrics
     # Calibrated: the confidence means what it says (expected calibration error under 5 points),
     # and what clears the 0.7 threshold is right more often than the whole.
     assert model_metrics["expected_calibration_error"] < 0.05, model_metrics
@@ -83,25 +93,35 @@ def test_unseen_values_and_odd_metrics_do_not_break_prediction() -> None:
     assert all(np.isfinite(p.confidence) for p in predictions)
 
 
-def test_text_qualifiers_and_impact_move_the_severity() -> None:
+def test_text_qualifiers_and_measurements_move_the_severity() -> None:
     """What a person would say: a confirmed, wide, production incident is more severe than a
     suspected, tiny, staging one of the same kind."""
     big = ClassifierInput(
-        title="Data leakage confirmed in support-bot responses", description="Cross-tenant data visible.",
-        source="shield", event_type="data_leakage", resource_type="dataset", source_severity="medium",
-        tags={"environment": "production", "tier": "1"},
-        metrics={"records_exposed": 40000.0, "pii_matches": 250.0, "detection_confidence": 0.99,
-                 "impact_score": 0.95, "anomaly_score": 0.93})
+        title="Data Leakage Detected", description="Responses of support-bot contain customer PII (confirmed)",
+        source="llm-shield", event_type="data_leakage", resource_type="model", source_severity="medium",
+        tags={"environment": "production"},
+        metrics={"records_exposed": 40000.0, "pii_matches": 250.0, "confidence_score": 0.99})
     small = ClassifierInput(
-        title="Possible data leakage suspected in support-bot responses", description="One odd response.",
-        source="shield", event_type="data_leakage", resource_type="dataset", source_severity="medium",
-        tags={"environment": "staging", "tier": "3"},
-        metrics={"records_exposed": 1.0, "pii_matches": 1.0, "detection_confidence": 0.6,
-                 "impact_score": 0.02, "anomaly_score": 0.05})
+        title="Data Leakage Detected", description="Responses of support-bot contain customer PII (suspected)",
+        source="llm-shield", event_type="data_leakage", resource_type="model", source_severity="medium",
+        tags={"environment": "staging"},
+        metrics={"records_exposed": 1.0, "pii_matches": 1.0, "confidence_score": 0.6})
     severe, mild = base_model().predict_batch([big, small])
-    assert severe.severity == "P0"
-    assert int(mild.severity[1]) >= 3
+    assert severe.severity in ("P0", "P1")  # above what the source said (medium: P2)
+    assert int(mild.severity[1]) - int(severe.severity[1]) >= 2, (severe, mild)
     assert severe.category == mild.category == "security"
+
+
+def test_a_metric_is_read_against_its_own_threshold() -> None:
+    """The same p95 latency is 4.4 times a 500 ms threshold and just past a 2,000 ms one: the first
+    is the more severe, although nothing differs but the threshold (and the baseline with it)."""
+    def latency(threshold: float) -> ClassifierInput:
+        return replace(GUIDE_SENTINEL, source_severity="low",
+                       metrics={"p95_latency_ms": 2200, "threshold_ms": threshold, "baseline_ms": threshold / 2,
+                                "duration_sec": 600, "affected_requests": 3000})
+
+    far, near = base_model().predict_batch([latency(500), latency(2000)])
+    assert int(near.severity[1]) - int(far.severity[1]) >= 1, (far, near)
 
 
 def test_fast_prediction_path_matches_scikit_learn() -> None:
@@ -159,18 +179,22 @@ GUIDE_SENTINEL = ClassifierInput(  # integration guide §2, as the pipeline hand
              "affected_requests": 1234})
 
 
+UNLIKE = ClassifierInput(  # a kind of event no training row has: none of its metrics, a new event type
+    title="Quantum decoherence in tensor cores", source="llm-sentinel", event_type="decoherence",
+    source_severity="low", metrics={"qubit_error_ppm": 900.0})
+
+
 def test_an_event_unlike_the_training_data_keeps_its_source_severity() -> None:
-    """The guide's Sentinel event carries none of the metrics the shipped data uses: the model's
-    confidence there is an extrapolation, so it does not decide. With a known metric it may."""
-    from dataclasses import replace
+    """The guide's Sentinel event is like the training data (its metrics are the guide's): the
+    model may decide. An event with no known metric, of a type never learnt without metrics, is
+    not: its confidence is an extrapolation, and the policy keeps the source's severity."""
+    from app.domain.severity import decide_severity, model_may_decide
 
-    from ml.interface import model_decides
-
-    unlike, like = base_model().predict_batch(
-        [GUIDE_SENTINEL, replace(GUIDE_SENTINEL, metrics={**GUIDE_SENTINEL.metrics, "impact_score": 0.8})])
-    assert not unlike.grounded and not model_decides(unlike, 0.0)
-    assert like.grounded and model_decides(like, 0.0)
-    assert model_decides(like, 0.7) == (like.confidence >= 0.7)
+    like, unlike = base_model().predict_batch([GUIDE_SENTINEL, UNLIKE])
+    assert like.grounded and model_may_decide(like.confidence, 0.0, like.grounded)
+    assert model_may_decide(like.confidence, 0.7, like.grounded) == (like.confidence >= 0.7)
+    assert not unlike.grounded and not model_may_decide(unlike.confidence, 0.0, unlike.grounded)
+    assert decide_severity("P3", False, "P0", 0.99, 0.7, False, unlike.grounded)[:2] == ("P3", "source")
 
 
 def test_event_types_learnt_without_metrics_are_grounded_without_them() -> None:
@@ -185,9 +209,9 @@ def test_event_types_learnt_without_metrics_are_grounded_without_them() -> None:
                              event_type="weights_tampering", source_severity="low")
     for rows, expected in ((4, False), (5, True)):
         extractor = FeatureExtractor().fit(train.inputs + [report] * rows)
-        views = extractor.transform([report, replace(GUIDE_SENTINEL, event_type="anomaly"), GUIDE_SENTINEL])
+        views = extractor.transform([report, replace(UNLIKE, event_type="anomaly"), UNLIKE, GUIDE_SENTINEL])
         assert views.grounded is not None
-        assert views.grounded.tolist() == [expected, False, False]
+        assert views.grounded.tolist() == [expected, False, False, True]
 
 
 def test_shared_sparse_product_is_each_members_own_arithmetic() -> None:
