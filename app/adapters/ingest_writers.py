@@ -33,8 +33,22 @@ _INCIDENT_COLUMNS = (
 # trip. `existing` answers stored duplicates: when it finds any, every INSERT is empty and the
 # statement only names them. The incidents INSERT takes its row locks (and the unique index's
 # insertion locks) in fingerprint order, the global lock order of ingest. `xmax = 0` tells a row
-# this statement inserted from one it updated.
-_STATEMENT = f"""
+# this statement inserted from one it updated. A plan that assigns (a manual incident's assignee)
+# also reads the previous assignee, `prior`, for its `assigned` timeline row; others skip that work.
+_ASSIGNING = {
+    "prior": f"""
+), prior AS (
+    -- the assignee an active incident had before a manual incident with an assignee joined it
+    SELECT fingerprint, assignee FROM incidents
+    WHERE {ACTIVE_STATUS_SQL} AND fingerprint IN (SELECT fingerprint FROM draft WHERE assignee IS NOT NULL)""",
+    "set": ",\n                  assignee = coalesce(EXCLUDED.assignee, incidents.assignee)",
+    "old": "CASE WHEN t.kind = 'assigned' AND NOT inc.created THEN p.assignee ELSE t.old_value END",
+    "join": " LEFT JOIN prior p ON p.fingerprint = inc.fingerprint",
+    "where": "\n    WHERE NOT (t.kind = 'assigned' AND NOT inc.created"
+             " AND p.assignee IS NOT DISTINCT FROM t.new_value)",
+}
+_PLAIN = {"prior": "", "set": "", "old": "t.old_value", "join": "", "where": ""}
+_TEMPLATE = f"""
 WITH input AS (
     SELECT * FROM jsonb_populate_recordset(NULL::events, %(events)s::jsonb)
 ), existing AS (
@@ -46,11 +60,7 @@ WITH input AS (
            nextval(%(seq)s::regclass) AS n  -- drawn in the array's order: by arrival
     FROM jsonb_array_elements(%(incidents)s::jsonb) AS j(doc),
          LATERAL jsonb_populate_record(NULL::incidents, j.doc) AS r
-    WHERE NOT EXISTS (SELECT 1 FROM existing)
-), prior AS (
-    -- the assignee an active incident had before a manual incident with an assignee joined it
-    SELECT fingerprint, assignee FROM incidents
-    WHERE {ACTIVE_STATUS_SQL} AND fingerprint IN (SELECT fingerprint FROM draft WHERE assignee IS NOT NULL)
+    WHERE NOT EXISTS (SELECT 1 FROM existing){{prior}}
 ), inc AS (
     INSERT INTO incidents (id, {_INCIDENT_COLUMNS})
     SELECT {incident_id_sql("%(day)s", "n")}, {_INCIDENT_COLUMNS}
@@ -58,8 +68,7 @@ WITH input AS (
     ON CONFLICT (fingerprint) WHERE {ACTIVE_STATUS_SQL}
     DO UPDATE SET event_count = incidents.event_count + EXCLUDED.event_count,
                   last_seen = greatest(incidents.last_seen, EXCLUDED.last_seen),
-                  updated_at = EXCLUDED.updated_at,
-                  assignee = coalesce(EXCLUDED.assignee, incidents.assignee)
+                  updated_at = EXCLUDED.updated_at{{set}}
     RETURNING id, fingerprint, xmax = 0 AS created
 ), ev AS (
     INSERT INTO events (source, event_id, incident_id, fingerprint, event_type, severity, title, occurred_at,
@@ -70,13 +79,10 @@ WITH input AS (
     RETURNING id
 ), tl AS (
     INSERT INTO incident_timeline (incident_id, at, actor, kind, field, old_value, new_value, details)
-    SELECT inc.id, t.at, t.actor, t.kind, t.field,
-           CASE WHEN t.kind = 'assigned' AND NOT inc.created THEN p.assignee ELSE t.old_value END,
-           t.new_value, t.details
-    FROM inc JOIN draft d ON d.fingerprint = inc.fingerprint LEFT JOIN prior p ON p.fingerprint = inc.fingerprint,
+    SELECT inc.id, t.at, t.actor, t.kind, t.field, {{old}}, t.new_value, t.details
+    FROM inc JOIN draft d ON d.fingerprint = inc.fingerprint{{join}},
          LATERAL jsonb_populate_recordset(NULL::incident_timeline,
-                                          CASE WHEN inc.created THEN d.on_create ELSE d.on_merge END) AS t
-    WHERE NOT (t.kind = 'assigned' AND NOT inc.created AND p.assignee IS NOT DISTINCT FROM t.new_value)
+                                          CASE WHEN inc.created THEN d.on_create ELSE d.on_merge END) AS t{{where}}
 ), ob AS (
     INSERT INTO outbox (kind, payload, created_at, attempts)
     SELECT %(kind)s, jsonb_build_object('event_ids', jsonb_agg(id ORDER BY id)), %(now)s, 0 FROM ev
@@ -87,6 +93,7 @@ SELECT (SELECT id FROM ob),
        (SELECT jsonb_agg(jsonb_build_array(fingerprint, id, created)) FROM inc),
        (SELECT jsonb_agg(jsonb_build_array(source, event_id, incident_id)) FROM existing)
 """
+_STATEMENTS = {False: _TEMPLATE.format(**_PLAIN), True: _TEMPLATE.format(**_ASSIGNING)}
 
 _known_sequences: set[str] = set()
 
@@ -126,6 +133,7 @@ def write_postgres(plan: IngestPlan, settings: Settings) -> WriteOutcome:
     re-runs it so `existing` names that event. Deadlocks are the caller's `retry_on_conflict`."""
     import psycopg
 
+    statement = _STATEMENTS[any(draft.row.get("assignee") for draft in plan.incidents)]
     params = {
         "events": orjson.dumps(plan.events, default=_json_default).decode(),
         "incidents": orjson.dumps([_draft_doc(d) for d in plan.by_arrival()], default=_json_default).decode(),
@@ -134,7 +142,7 @@ def write_postgres(plan: IngestPlan, settings: Settings) -> WriteOutcome:
     for attempt in range(3):
         try:
             with autocommit_connection("ingest", settings) as conn:
-                outbox_id, touched, existing = conn.execute(_STATEMENT, params).fetchone()  # type: ignore[misc]
+                outbox_id, touched, existing = conn.execute(statement, params).fetchone()  # type: ignore[misc]
             break
         except psycopg.errors.UniqueViolation:
             if attempt == 2:
