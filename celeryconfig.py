@@ -73,6 +73,7 @@ task_routes = {
 
 _ESCALATION_SWEEP_SECS = float(os.environ.get("ESCALATION_SWEEP_SECS", "5"))
 _SLA_CHECK_SECS = float(os.environ.get("SLA_CHECK_SECS", "15"))
+_NOTIFICATIONS_DISPATCH_SECS = float(os.environ.get("NOTIFICATIONS_DISPATCH_SECS", "2"))
 _GOVERNANCE_PUSH_SECS = float(os.environ.get("GOVERNANCE_PUSH_SECS", "5"))
 
 beat_schedule = {
@@ -86,6 +87,9 @@ beat_schedule = {
     "escalation-sweep": {"task": "escalation.sweep", "schedule": _ESCALATION_SWEEP_SECS,
                          "options": {"expires": max(_ESCALATION_SWEEP_SECS, 1.0)}},
     "sla-check": {"task": "sla.check", "schedule": _SLA_CHECK_SECS, "options": {"expires": max(_SLA_CHECK_SECS, 1.0)}},
+    # Delivery records due to be sent (new, or a retry, or a lease a dead worker left); docs/notifications.md.
+    "notifications-dispatch": {"task": "notifications.dispatch", "schedule": _NOTIFICATIONS_DISPATCH_SECS,
+                               "options": {"expires": max(_NOTIFICATIONS_DISPATCH_SECS, 1.0)}},
     # Governance audit push: sends what is due (a full batch or max_wait_ms old); docs/notifications.md.
     "governance-audit-push": {"task": "notifications.governance_push", "schedule": _GOVERNANCE_PUSH_SECS,
                               "options": {"expires": max(_GOVERNANCE_PUSH_SECS, 1.0)}},

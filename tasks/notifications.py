@@ -34,3 +34,22 @@ def governance_push() -> dict[str, object]:
     from app.services.audit_push import push_due
 
     return push_due()
+
+
+@app.task(name="notifications.dispatch")
+def dispatch() -> int:
+    """Beat: claim the due delivery records and enqueue one `deliver` each."""
+    from app.services.notifications import dispatch_due
+
+    claimed = dispatch_due()
+    for delivery_id, lease in claimed:
+        deliver.delay(delivery_id, lease)
+    return len(claimed)
+
+
+@app.task(name="notifications.deliver")
+def deliver(delivery_id: int, lease: str | None = None, replay: bool = False) -> dict[str, object]:
+    """Send one delivery record; retries and dead letters are the record's (app.services.notifications)."""
+    from app.services.notifications import deliver as send_record
+
+    return send_record(delivery_id, lease, replay)
