@@ -2,10 +2,12 @@
 per (incident, step, recipient, channel), sent through its channel under the channel's breaker.
 
 - Beat's `notifications.dispatch` claims due `pending` records (`FOR UPDATE SKIP LOCKED`) by
-  moving `next_attempt_at` one lease ahead, and enqueues `notifications.deliver(id, lease)`.
-- `deliver` takes the record only if it still holds that lease (or the lease ran out), checks the
+  moving `next_attempt_at` one queue lease ahead, and enqueues them, 50 to a
+  `notifications.deliver_batch` task.
+- `deliver_many` takes a record only if it still holds that lease (or the lease ran out), checks the
   record's escalation token against the incident's (acknowledged / paused / next step: `stale`,
-  nothing sent), counts the attempt, sends after commit, and records the outcome: `sent` (with the
+  nothing sent), counts the attempt, renews the lease for the send, sends after commit (the batch's
+  records concurrently), and records the outcome: `sent` (with the
   response code and reference in `reason.delivery`), or back to `pending` at a backed-off time, or
   `failed` plus a dead letter once the attempts run out or the error will not change.
 - A worker killed mid-send leaves the record `pending` with its lease; when the lease runs out the
@@ -18,9 +20,10 @@ from __future__ import annotations
 import logging
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Sequence
 
 from sqlalchemy import select, update
 
@@ -38,11 +41,18 @@ from app.services.incidents import incident_to_dict
 log = logging.getLogger(__name__)
 
 TASK_NAME = "notifications.deliver"
+SEND_THREADS = 16  # concurrent sends within one batch
 
 
 def lease_secs() -> float:
-    """How long a claimed record is left to its sender before it is sent again."""
+    """How long a record a worker took is left to it before it is sent again."""
     return float(os.environ.get("NOTIFICATION_LEASE_SECS", "120"))
+
+
+def queue_lease_secs() -> float:
+    """How long a dispatched record may wait in the queue before dispatch takes it again (a task
+    message a dead worker held comes back after the broker's visibility timeout, 600 s)."""
+    return float(os.environ.get("NOTIFICATION_QUEUE_LEASE_SECS", "600"))
 
 
 def max_attempts() -> int:
@@ -56,7 +66,7 @@ def _iso(value: datetime) -> str:
 def dispatch_due(limit: int = 500, now: datetime | None = None) -> list[tuple[int, str]]:
     """Claim up to `limit` due pending records; returns (id, lease) pairs to enqueue."""
     now = now or datetime.now(timezone.utc)
-    lease = now + timedelta(seconds=lease_secs())
+    lease = now + timedelta(seconds=queue_lease_secs())
     table: Any = NotificationDelivery
     with unit_of_work() as session:
         due = (select(table.id).where(table.status == "pending", table.next_attempt_at <= now)
@@ -69,42 +79,62 @@ def dispatch_due(limit: int = 500, now: datetime | None = None) -> list[tuple[in
 
 @dataclass(frozen=True)
 class _Claim:
+    id: int
     channel: str
     incident: dict[str, Any]
     contact: dict[str, Any]
     key: str
     attempts: int
-    lease: datetime
 
 
-def _claim(delivery_id: int, lease: str | None, replay: bool, now: datetime) -> _Claim | str:
-    """Take the record for one attempt, or say why not (a string)."""
+def _claim_many(items: Sequence[tuple[int, str | None]], replay: bool, now: datetime) -> tuple[list[_Claim],
+                                                                                               dict[int, str]]:
+    """Take each record for one attempt (one transaction, rows locked in id order), or say why not."""
+    leases = dict(items)
+    table: Any = NotificationDelivery
+    claims: list[_Claim] = []
+    skipped: dict[int, str] = {}
     with unit_of_work() as session:
-        row = session.get(NotificationDelivery, delivery_id, with_for_update=True)
-        if row is None:
-            return "missing"
-        if replay and row.status == "failed":  # `deadletters replay`: the operator asks for one more try
-            row.status, row.attempts, row.next_attempt_at = "pending", 0, now
-        if row.status != "pending":
-            return row.status
-        held = row.next_attempt_at
-        if held is not None and held > now and (lease is None or _iso(held) != lease):
-            return "held"  # another attempt holds a live lease (a duplicate or stale task message)
-        incident = session.get(Incident, row.incident_id)
-        if incident is None or incident.escalation_token != row.escalation_token:
-            row.status, row.updated_at = "stale", now
-            row.last_error = "not sent: the incident was acknowledged, paused, resolved or moved to another step"
-            metrics.NOTIFICATIONS_SENT.labels(channel=row.channel, outcome="stale").inc()
-            return "stale"
-        row.attempts += 1
-        row.next_attempt_at = now + timedelta(seconds=lease_secs())
-        row.updated_at = now
-        user = session.get(User, row.recipient)
-        contact = dict(user.contact or {}) if user is not None else {}
-        if user is not None and user.email:
-            contact.setdefault("email", user.email)
-        return _Claim(row.channel, incident_to_dict(incident), contact, row.idempotency_key, row.attempts,
-                      row.next_attempt_at)
+        rows = {r.id: r for r in session.scalars(select(table).where(table.id.in_(list(leases)))
+                                                 .order_by(table.id).with_for_update())}
+        incidents = {i.id: i for i in session.scalars(select(Incident).where(
+            Incident.id.in_({r.incident_id for r in rows.values()})))}
+        users = {u.name: u for u in session.scalars(select(User).where(
+            User.name.in_({r.recipient for r in rows.values()})))}
+        snapshots: dict[str, dict[str, Any]] = {}
+        for delivery_id in leases:
+            row = rows.get(delivery_id)
+            if row is None:
+                skipped[delivery_id] = "missing"
+                continue
+            if replay and row.status == "failed":  # `deadletters replay`: the operator asks for one more round
+                row.status, row.attempts, row.next_attempt_at = "pending", 0, now
+            if row.status != "pending":
+                skipped[delivery_id] = row.status
+                continue
+            lease, held = leases[delivery_id], row.next_attempt_at
+            if held is not None and held > now and (lease is None or _iso(held) != lease):
+                skipped[delivery_id] = "held"  # another attempt holds a live lease (a duplicate or stale message)
+                continue
+            incident = incidents.get(row.incident_id)
+            if incident is None or incident.escalation_token != row.escalation_token:
+                row.status, row.updated_at = "stale", now
+                row.last_error = "not sent: the incident was acknowledged, paused, resolved or moved to another step"
+                metrics.NOTIFICATIONS_SENT.labels(channel=row.channel, outcome="stale").inc()
+                skipped[delivery_id] = "stale"
+                continue
+            row.attempts += 1
+            row.next_attempt_at = now + timedelta(seconds=lease_secs())
+            row.updated_at = now
+            user = users.get(row.recipient)
+            contact = dict(user.contact or {}) if user is not None else {}
+            if user is not None and user.email:
+                contact.setdefault("email", user.email)
+            if incident.id not in snapshots:
+                snapshots[incident.id] = incident_to_dict(incident)
+            claims.append(_Claim(row.id, row.channel, snapshots[incident.id], contact, row.idempotency_key,
+                                 row.attempts))
+    return claims, skipped
 
 
 def _send(claim: _Claim, outbound: OutboundSettings) -> Sent:
@@ -131,63 +161,87 @@ def _send(claim: _Claim, outbound: OutboundSettings) -> Sent:
                         kind="not_configured")
 
 
+def _attempt(claim: _Claim, outbound: OutboundSettings) -> Sent | DeliveryError:
+    try:
+        return _send(claim, outbound)
+    except DeliveryError as exc:
+        return exc
+
+
 def _retry_at(exc: DeliveryError, attempts: int, now: datetime) -> datetime:
     # full jitter over 5 s * 2^(n-1), capped at 10 min; an open breaker's or a receiver's wait is a floor
     delay = random.uniform(0, min(600.0, 5.0 * 2 ** (attempts - 1)))
     return now + timedelta(seconds=max(delay, exc.retry_after_secs or 0.0))
 
 
-def deliver(delivery_id: int, lease: str | None = None, replay: bool = False) -> dict[str, Any]:
-    """Send one delivery record (see the module docstring); returns what happened."""
+def deliver_many(items: Sequence[tuple[int, str | None]], replay: bool = False) -> dict[int, dict[str, Any]]:
+    """Send delivery records given as (id, lease) (see the module docstring): claimed in one
+    transaction, sent concurrently (SEND_THREADS at a time, so one slow target holds one thread, not
+    the batch), outcomes recorded in one transaction. Returns what happened to each."""
     now = datetime.now(timezone.utc)
-    claim = _claim(delivery_id, lease, replay, now)
-    if isinstance(claim, str):
-        return {"id": delivery_id, "status": claim}
+    claims, skipped = _claim_many(items, replay, now)
+    results: dict[int, dict[str, Any]] = {i: {"id": i, "status": why} for i, why in skipped.items()}
+    if not claims:
+        return results
     outbound = get_outbound_settings()
-    try:
-        sent = _send(claim, outbound)
-    except DeliveryError as exc:
-        return _failed(delivery_id, claim, exc)
+    if len(claims) == 1:
+        outcomes = [_attempt(claims[0], outbound)]
+    else:
+        with ThreadPoolExecutor(max_workers=min(SEND_THREADS, len(claims))) as pool:
+            outcomes = list(pool.map(lambda c: _attempt(c, outbound), claims))
+    dead: list[tuple[_Claim, DeliveryError]] = []
+    done = datetime.now(timezone.utc)
+    table: Any = NotificationDelivery
     with unit_of_work() as session:
-        row = session.get(NotificationDelivery, delivery_id, with_for_update=True)
-        if row is not None and row.status == "pending":
-            row.status, row.last_error, row.updated_at = "sent", None, datetime.now(timezone.utc)
-            row.reason = {**(row.reason or {}), "delivery": {
-                "response_code": sent.status_code, "reference": dict(sent.reference), "target": sent.target,
-                "attempts": row.attempts, "sent_at": _iso(row.updated_at)}}
-    log.info("notification sent", extra={"delivery_id": delivery_id, "channel": claim.channel,
-                                         "incident_id": claim.incident["id"], "attempt": claim.attempts})
-    return {"id": delivery_id, "status": "sent", "response_code": sent.status_code}
+        rows = {r.id: r for r in session.scalars(select(table).where(table.id.in_([c.id for c in claims]))
+                                                 .order_by(table.id).with_for_update())}
+        for claim, outcome in zip(claims, outcomes, strict=True):
+            row = rows.get(claim.id)
+            if row is None or row.status != "pending":
+                results[claim.id] = {"id": claim.id, "status": row.status if row else "missing"}
+            elif isinstance(outcome, DeliveryError):
+                results[claim.id] = _failed(row, claim, outcome, done)
+                if results[claim.id]["status"] == "failed":
+                    dead.append((claim, outcome))
+            else:
+                row.status, row.last_error, row.updated_at = "sent", None, done
+                row.reason = {**(row.reason or {}), "delivery": {
+                    "response_code": outcome.status_code, "reference": dict(outcome.reference),
+                    "target": outcome.target, "attempts": row.attempts, "sent_at": _iso(done)}}
+                results[claim.id] = {"id": claim.id, "status": "sent", "response_code": outcome.status_code}
+    for claim, exc in dead:
+        record_dead_letter(TASK_NAME, "notifications", [claim.id], {"replay": True}, exc, None, claim.attempts)
+        metrics.DEAD_LETTERS.labels(task=TASK_NAME).inc()
+        log.error("notification failed for good; dead-lettered", extra={
+            "delivery_id": claim.id, "channel": claim.channel, "error": str(exc)[:300]})
+    sent = sum(1 for r in results.values() if r["status"] == "sent")
+    if sent:
+        log.info("notifications sent", extra={"sent": sent, "records": len(items)})
+    return results
 
 
-def _failed(delivery_id: int, claim: _Claim, exc: DeliveryError) -> dict[str, Any]:
-    now = datetime.now(timezone.utc)
+def deliver(delivery_id: int, lease: str | None = None, replay: bool = False) -> dict[str, Any]:
+    """Send one delivery record (a batch of one)."""
+    return deliver_many([(delivery_id, lease)], replay)[delivery_id]
+
+
+def _failed(row: Any, claim: _Claim, exc: DeliveryError, now: datetime) -> dict[str, Any]:
     # an open breaker or a reached rate limit tried nothing: wait for it without spending an attempt
     untried = exc.kind in ("circuit_open", "rate_limited")
     final = not untried and (not exc.retryable or claim.attempts >= max_attempts())
-    with unit_of_work() as session:
-        row = session.get(NotificationDelivery, delivery_id, with_for_update=True)
-        if row is None or row.status != "pending":
-            return {"id": delivery_id, "status": row.status if row else "missing"}
-        if untried:
-            row.attempts = max(0, row.attempts - 1)
-        row.last_error = str(exc)[:2000]
-        row.updated_at = now
-        row.reason = {**(row.reason or {}), "delivery": {"response_code": exc.status, "error_kind": exc.kind,
-                                                         "attempts": row.attempts, "failed_at": _iso(now)}}
-        if final:
-            row.status = "failed"
-        else:
-            row.next_attempt_at = _retry_at(exc, claim.attempts, now)
+    if untried:
+        row.attempts = max(0, row.attempts - 1)
+    row.last_error = str(exc)[:2000]
+    row.updated_at = now
+    row.reason = {**(row.reason or {}), "delivery": {"response_code": exc.status, "error_kind": exc.kind,
+                                                     "attempts": row.attempts, "failed_at": _iso(now)}}
     if final:
-        record_dead_letter(TASK_NAME, "notifications", [delivery_id], {"replay": True}, exc, None, claim.attempts)
-        metrics.DEAD_LETTERS.labels(task=TASK_NAME).inc()
-        log.error("notification failed for good; dead-lettered", extra={
-            "delivery_id": delivery_id, "channel": claim.channel, "error": str(exc)[:300]})
-        return {"id": delivery_id, "status": "failed", "error": str(exc)}
+        row.status = "failed"
+        return {"id": claim.id, "status": "failed", "error": str(exc)}
+    row.next_attempt_at = _retry_at(exc, claim.attempts, now)
     log.warning("notification attempt failed; will retry", extra={
-        "delivery_id": delivery_id, "channel": claim.channel, "attempt": claim.attempts, "error": str(exc)[:300]})
-    return {"id": delivery_id, "status": "retrying", "error": str(exc)}
+        "delivery_id": claim.id, "channel": claim.channel, "attempt": claim.attempts, "error": str(exc)[:300]})
+    return {"id": claim.id, "status": "retrying", "error": str(exc)}
 
 
 def incident_notifications(incident_id: str) -> dict[str, Any]:
