@@ -8,20 +8,15 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from api.auth import require
-from api.openapi import Operation, operation
+from api.openapi import doc
 from app.services.notifications import incident_notifications
 
 bp = Blueprint("notifications", __name__)
 
-operation(Operation("/api/v1/incidents/{incident_id}/notifications", "get",
-                    "The incident's notification delivery records (status, attempts, last error, response)",
-                    "incident:read", responses=((200, "{incident_id, items, next_cursor}"), (401, ""), (403, ""),
-                                                (404, "")),
-                    parameters=({"name": "incident_id", "in": "path", "required": True,
-                                 "schema": {"type": "string"}},)))
-
 
 @bp.get("/api/v1/incidents/<incident_id>/notifications")
 @require("incident:read")
+@doc("The incident's notification delivery records (status, attempts, last error, response)",
+     responses={200: "{incident_id, items, next_cursor}", 404: ""})
 def notifications(incident_id: str) -> Any:
     return jsonify(incident_notifications(incident_id))
