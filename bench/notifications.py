@@ -136,6 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=16, help="threads per worker process")
+    parser.add_argument("--log-level", default="WARNING", help="the workers' log level")
     args = parser.parse_args()
 
     environment = make_environment()
@@ -155,7 +156,7 @@ def main() -> None:
         "circuit_breakers": {"slow-hook": {"failure_threshold": 1000, "volume_threshold": 100_000}},
     }))
     env = {**environment.env, "CONFIG_FILE": str(config), "NOTIFICATIONS_DISPATCH_SECS": "0.5",
-           "NOTIFICATION_MAX_ATTEMPTS": "1"}
+           "NOTIFICATION_MAX_ATTEMPTS": "1", "LOG_LEVEL": args.log_level}
     os.environ.update(env)
     workers: list[subprocess.Popen[bytes]] = []
     results: dict[str, Any] = {"load_before": _uptime()}
@@ -183,7 +184,7 @@ def main() -> None:
 
         _seed(args.records, "fast-hook", "t")
         command = [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker", "-Q", "notifications",
-                   "--pool", "threads", "--concurrency", str(args.threads), "--loglevel", "WARNING",
+                   "--pool", "threads", "--concurrency", str(args.threads), "--loglevel", args.log_level,
                    "--without-gossip", "--without-mingle"]
         log = open(Path(environment.env["DATA_DIR"]) / "workers.log", "w")
         for i in range(2):
