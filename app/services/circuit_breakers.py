@@ -261,6 +261,14 @@ def _forget(name: str) -> None:
     _open_seen.pop(name, None)
 
 
+def forget_local_state() -> None:
+    """Drop what this process remembers about breakers (after the shared state was cleared)."""
+    with _local_lock:
+        _open_seen.clear()
+        _rejections.clear()
+    _local.states.clear()
+
+
 def _flush_rejections(store: _RedisStore | _LocalStore, name: str) -> None:
     with _local_lock:
         pending = _rejections.pop(name, 0)
