@@ -18,6 +18,8 @@ import logging
 from typing import Any, Callable
 
 from celery import chain
+from celery.signals import worker_process_init
+from threadpoolctl import threadpool_limits
 
 from app.adapters.redis_client import get_redis
 from app.config import get_settings
@@ -27,6 +29,13 @@ from tasks.celery_app import app
 from tasks.dispatch import DRAIN_FLAG_KEY, DRAIN_FLAG_TTL_MS, PENDING_KEY, send_drain
 
 log = logging.getLogger(__name__)
+
+
+@worker_process_init.connect
+def _one_blas_thread(**_kwargs: Any) -> None:
+    """One BLAS thread per pool process: the pool already runs a process per core, and on a busy
+    box OpenBLAS's spinning threads tripled the CPU of a similarity product (docs/pipeline.md)."""
+    threadpool_limits(1)
 
 
 # Later stages go first (Redis priority 0 is served before 3, 6, 9): batches in flight finish

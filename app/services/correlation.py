@@ -1,5 +1,7 @@
-"""Correlation reads: the related incidents of an incident, correlation groups listed and shown.
-(Groups are formed by the pipeline's correlate stage, app.services.pipeline.correlation.)"""
+"""Correlation reads: the related incidents of an incident, correlation groups listed and shown,
+and an incident's neighbours scored on demand (gRPC's AnalyzeCorrelations). Groups are formed by
+the pipeline's correlate stage (app.services.pipeline.correlation); both score a pair with the one
+scorer, app.services.pipeline.grouping.score_matrix (docs/pipeline.md, "Correlation")."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from app.adapters.db import read_session
 from app.adapters.models import Incident
 from app.adapters.pipeline_models import CorrelationGroup, CorrelationMember
 from app.config import Settings, get_settings
-from app.domain.incident import IncidentNotFound
 from app.services.incidents import _resolve_merges, decode_cursor, encode_cursor
+from app.services.pipeline.enrichment import Cache, catalog_entries
+from app.services.pipeline.grouping import Item, make_item, score_matrix
 
 
 class GroupNotFound(LookupError):
@@ -123,62 +126,49 @@ class Correlations:
     analyzed_at: datetime
 
 
-# Weights of the reasons two incidents outside one correlation group are related.
-_REASON_WEIGHTS = {"fingerprint": 0.6, "service": 0.4, "event_type": 0.2, "source": 0.15, "tags": 0.15}
-
-
 def analyze_correlations(incident_id: str, time_window_secs: int = 0, limit: int = 0,
                          settings: Settings | None = None) -> Correlations:
-    """Incidents related to `incident_id`: first the members of its correlation group, with the
-    scores and reasons the pipeline's correlation stage gave them (`related_incidents`); then
-    incidents within ±window sharing its fingerprint, service or source (the pipeline may not have
-    run yet, or grouped them), scored by the reasons they share. Raises IncidentNotFound."""
+    """The incidents related to one incident (gRPC's AnalyzeCorrelations; follows merges, raises
+    IncidentNotFound), each scored against it by the pipeline's own scorer
+    (`grouping.score_matrix`), so a pair scores the same here as in the correlate stage: the
+    members of its correlation group first (reason `group`), then the incidents created within
+    ±window that share its fingerprint, source or service (the pipeline may not have grouped them:
+    not run yet, below the threshold, or a full group). Best score first, at most `limit`
+    (default `correlation.max_group_size`)."""
     settings = settings or get_settings()
-    window = time_window_secs or settings.correlation.time_window_secs
-    limit = limit or settings.correlation.max_group_size
-    grouped = related_incidents(incident_id)  # follows merges; IncidentNotFound for an unknown id
-    group = grouped.get("correlation_group") or {}
-    related: list[RelatedIncident] = [
-        RelatedIncident(str(m["id"]), round(float(m.get("score") or 0.0), 3),
-                        ("group", *(str(r) for r in (m.get("reasons") or []))), str(m.get("title") or ""),
-                        str(m.get("severity") or ""), str(m.get("status") or ""),
-                        datetime.fromisoformat(str(m["created_at"]).replace("Z", "+00:00")))
-        for m in grouped.get("related") or [] if m.get("created_at")
-    ]
-    seen = {r.incident_id for r in related}
+    config = settings.correlation
+    window = time_window_secs or config.time_window_secs
+    limit = limit or config.max_group_size
     with read_session() as session:
-        incident = session.get(Incident, grouped["incident_id"])
-        if incident is None:
-            raise IncidentNotFound(incident_id)
-        low = incident.created_at - timedelta(seconds=window)
-        high = incident.created_at + timedelta(seconds=window)
+        incident = _resolve_merges(session, incident_id)
+        member = session.get(CorrelationMember, incident.id)
+        grouped: dict[str, Incident] = {}
+        if member is not None:
+            grouped = {i.id: i for i in session.scalars(
+                select(Incident).join(CorrelationMember, CorrelationMember.incident_id == Incident.id)
+                .where(CorrelationMember.group_id == member.group_id, Incident.id != incident.id))}
         shared = [Incident.fingerprint == incident.fingerprint, Incident.source == incident.source]
         if incident.service:
             shared.append(Incident.service == incident.service)
-        candidates = list(session.scalars(
+        nearby = list(session.scalars(
             select(Incident).where(Incident.id != incident.id, Incident.merged_into.is_(None),
-                                   Incident.created_at >= low, Incident.created_at <= high, or_(*shared))
-            .order_by(Incident.created_at.desc()).limit(max(limit * 4, 200))
-        ))
-    nearby = []
-    for other in candidates:
-        if other.id in seen:
-            continue
-        reasons = []
-        if other.fingerprint == incident.fingerprint:
-            reasons.append("fingerprint")
-        if incident.service and other.service == incident.service:
-            reasons.append("service")
-        if incident.event_type and other.event_type == incident.event_type:
-            reasons.append("event_type")
-        if other.source == incident.source:
-            reasons.append("source")
-        mine, theirs = incident.tags or {}, other.tags or {}
-        if any(k in theirs and theirs[k] == v for k, v in mine.items()):
-            reasons.append("tags")
-        score = min(1.0, sum(_REASON_WEIGHTS[r] for r in reasons))
-        nearby.append(RelatedIncident(other.id, round(score, 3), tuple(reasons), other.title, other.severity,
-                                      other.status, other.created_at))
-    nearby.sort(key=lambda r: (-r.score, -r.created_at.timestamp()))
-    related.sort(key=lambda r: (-r.score, -r.created_at.timestamp()))
-    return Correlations(incident.id, group.get("id"), (related + nearby)[:limit], window, datetime.now(timezone.utc))
+                                   Incident.created_at >= incident.created_at - timedelta(seconds=window),
+                                   Incident.created_at <= incident.created_at + timedelta(seconds=window), or_(*shared))
+            .order_by(Incident.created_at.desc()).limit(max(limit * 4, 200))))
+    others = list(grouped.values()) + [i for i in nearby if i.id not in grouped]
+    catalog = catalog_entries({i.service for i in [incident, *others] if i.service},
+                              Cache(settings.enrichment.cache_ttl_secs)) if config.enable_service else {}
+
+    def item(i: Incident) -> Item:
+        return make_item(i.id, i.source, i.event_type, i.service, i.tags, i.created_at, i.title, i.description,
+                         catalog)
+
+    scores = score_matrix([item(incident)], [item(i) for i in others], config)
+    related = [RelatedIncident(other.id, round(scores.score(0, j), 3),
+                               (*(("group",) if other.id in grouped else ()),
+                                *(r["strategy"] for r in scores.reasons(0, j))),
+                               other.title, other.severity, other.status, other.created_at)
+               for j, other in enumerate(others)]
+    related.sort(key=lambda r: (r.incident_id not in grouped, -r.score, -r.created_at.timestamp()))
+    return Correlations(incident.id, member.group_id if member else None, related[:limit], window,
+                        datetime.now(timezone.utc))

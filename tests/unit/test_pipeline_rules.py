@@ -3,59 +3,112 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from app.config import ConfigError, CorrelationSettings, IntegrationSettings, RoutingRule, load_settings
-from app.services.pipeline.correlation import Item, score_matrix, strategy_scores, weighted_score
+from app.services.pipeline.grouping import Item, plan_groups, score_matrix, score_pair
 from app.services.pipeline.routing import decide_route, rule_matches
 
 NOW = datetime(2026, 11, 23, tzinfo=timezone.utc)
 
 
 def _item(i: str, source: str = "llm-sentinel", etype: str | None = "anomaly", service: str | None = "chat",
-          tags: dict[str, str] | None = None, deps: frozenset[str] = frozenset()) -> Item:
-    return Item(i, source, etype, service, frozenset(f"{k}={v}" for k, v in (tags or {}).items()), NOW, None, deps)
+          tags: dict[str, str] | None = None, deps: frozenset[str] = frozenset(), text: str = "",
+          at: int = 0) -> Item:
+    return Item(i, source, etype, service, frozenset(f"{k}={v}" for k, v in (tags or {}).items()),
+                NOW + timedelta(seconds=at), None, deps, text)
 
 
-def test_strategy_scores():
-    a = _item("a", tags={"env": "prod", "region": "eu"}, deps=frozenset({"db"}))
-    b = _item("b", tags={"env": "prod"})
-    assert strategy_scores(a, b, 0.8) == {"source": 1.0, "type": 1.0, "similarity": 0.8, "tags": 0.5, "service": 1.0}
-    c = _item("c", source="llm-shield", etype=None, service="db")
-    assert strategy_scores(a, c, -0.1) == {"source": 0.0, "type": 0.0, "similarity": 0.0, "tags": 0.0, "service": 0.5}
-
-
-def test_weighted_score_normalises_over_enabled_strategies():
+def test_strategy_matches_and_reasons():
     config = CorrelationSettings()
-    scores = {"source": 1.0, "type": 1.0, "similarity": 0.0, "tags": 0.0, "service": 0.0}
-    score, reasons = weighted_score(scores, config)
-    assert score == pytest.approx(0.35)
-    assert [r["strategy"] for r in reasons] == ["source", "type"]
+    a = _item("a", tags={"env": "prod", "region": "eu"}, deps=frozenset({"db"}), text="GPU pool exhausted")
+    b = _item("b", tags={"env": "prod"}, text="GPU pool exhausted")
+    scores = score_matrix([a], [b], config)
+    assert {name: round(float(part[0, 0]), 4) for name, part in scores.parts.items()} == {
+        "source": 1.0, "type": 1.0, "similarity": 1.0, "tags": 0.5, "service": 1.0}
+    assert scores.score(0, 0) == pytest.approx((0.15 + 0.2 + 0.3 + 0.15 * 0.5 + 0.2) / 1.0)
+    c = _item("c", source="llm-shield", etype=None, service="db", text="prompt injection")
+    score, reasons = score_pair(a, c, config)
+    assert reasons == [{"strategy": "service", "match": 0.5, "weight": 0.2}]  # c is a's dependency
+    assert score == pytest.approx(0.1)
+    assert score_pair(c, a, config) == (score, reasons)  # symmetric: a pair has one score
+
+
+def test_score_is_normalised_over_enabled_strategies():
+    config = CorrelationSettings()
+    a, b = _item("a", text="one"), _item("b", service="other", text="two")
+    assert score_pair(a, b, config)[0] == pytest.approx(0.35)
     only_source = dataclasses.replace(config, enable_type=False, enable_similarity=False, enable_tags=False,
                                       enable_service=False)
-    assert weighted_score(scores, only_source)[0] == 1.0
+    assert score_pair(a, b, only_source) == (1.0, [{"strategy": "source", "match": 1.0, "weight": 0.15}])
     nothing = dataclasses.replace(only_source, enable_source=False)
-    assert weighted_score(scores, nothing) == (0.0, [])
+    assert score_pair(a, b, nothing) == (0.0, [])
 
 
-def test_score_matrix_matches_the_pairwise_score():
+def test_score_matrix_equals_the_score_of_each_pair():
     config = CorrelationSettings()
-    old = [_item("o1", tags={"env": "prod"}), _item("o2", source="llm-shield", service="db", deps=frozenset({"chat"}))]
-    new = [_item("n1", tags={"env": "prod", "x": "1"}, deps=frozenset({"db"})),
-           _item("n2", etype="drift", service=None)]
-    texts = ["GPU pool exhausted", "prompt injection", "GPU pool exhausted again", "model drift"]
-    matrix = score_matrix(new, old + new, texts, config)
+    old = [_item("o1", tags={"env": "prod"}, text="GPU pool exhausted"),
+           _item("o2", source="llm-shield", service="db", deps=frozenset({"chat"}), text="prompt injection")]
+    new = [_item("n1", tags={"env": "prod", "x": "1"}, deps=frozenset({"db"}), text="GPU pool exhausted again"),
+           _item("n2", etype="drift", service=None, text="model drift")]
+    matrix = score_matrix(new, old + new, config)
     assert matrix.shape == (2, 4)
     for i, item in enumerate(new):
         for j, other in enumerate(old + new):
-            expected, _ = weighted_score(strategy_scores(item, other, float(matrix.similarity[i, j])), config)
-            assert matrix[i, j] == pytest.approx(expected, abs=1e-3), (item.id, other.id)
-    assert matrix.similarity[0, 0] > 0.5 and matrix.similarity[0, 1] == 0.0
-    assert np.all(matrix <= 1.0 + 1e-9)
+            assert (matrix.score(i, j), matrix.reasons(i, j)) == score_pair(item, other, config), (item.id, other.id)
+    assert matrix.parts["similarity"][0, 0] > 0.5 and matrix.parts["similarity"][0, 1] == 0.0
+    assert np.all(matrix.total <= 1.0 + 1e-9)
+
+
+def _ids() -> Any:
+    counter = iter(range(1, 100))
+    return lambda: f"CG-{next(counter)}"
+
+
+def test_grouping_joins_the_best_candidates_group_or_opens_one_rooted_at_it():
+    config = CorrelationSettings()
+    old = [_item("old-grouped", text="GPU pool exhausted on node"), _item("old-free", text="disk full on db")]
+    old[0].group_id = "CG-existing"
+    new = [_item("n1", text="GPU pool exhausted on node", at=1), _item("n2", text="disk full on db", at=2),
+           _item("n3", source="x", etype=None, service=None, text="unrelated words here", at=3)]
+    plan = plan_groups(new, old, score_matrix(new, old + new, config), {"CG-existing": 4}, {}, config, _ids())
+    assert plan.decisions["n1"]["group_id"] == "CG-existing" and plan.decisions["n1"]["related_to"] == "old-grouped"
+    assert plan.decisions["n2"]["group_id"] == "CG-1" and plan.decisions["n2"]["related_to"] == "old-free"
+    assert plan.new_groups == {"CG-1": {"root": "old-free", "score": plan.decisions["n2"]["score"],
+                                        "reasons": plan.decisions["n2"]["reasons"]}}
+    assert "n3" not in plan.decisions  # below the threshold with everything
+
+
+def test_grouping_in_creation_order_within_the_batch():
+    config = CorrelationSettings()
+    new = [_item("late", text="GPU pool exhausted", at=5), _item("early", text="GPU pool exhausted", at=1)]
+    plan = plan_groups(new, [], score_matrix(new, new, config), {}, {}, config, _ids())
+    # the earlier incident is the root (score 1, reason root); the later one joins it
+    assert plan.decisions["early"] == {"group_id": "CG-1", "score": 1.0, "reasons": [{"strategy": "root"}]}
+    assert plan.decisions["late"]["related_to"] == "early" and plan.new_groups["CG-1"]["root"] == "early"
+
+
+def test_grouping_respects_max_group_size_and_earlier_runs():
+    config = dataclasses.replace(CorrelationSettings(), max_group_size=3)
+    old = [_item("full-member", text="GPU pool exhausted")]
+    old[0].group_id = "CG-full"
+    new = [_item(f"n{i}", text="GPU pool exhausted", at=i) for i in range(5)]
+    already = {"n0": {"group_id": "CG-before", "score": 0.9, "reasons": [{"strategy": "type"}]}}
+    plan = plan_groups(new, old, score_matrix(new, old + new, config), {"CG-full": 3, "CG-before": 1}, already, config,
+                       _ids())
+    assert plan.decisions["n0"] == {**already["n0"], "existing": True}
+    groups: dict[str, int] = {}
+    for decision in plan.decisions.values():
+        groups[decision["group_id"]] = groups.get(decision["group_id"], 0) + 1
+    assert "CG-full" not in groups  # full: no candidate
+    assert all(size <= 3 for size in groups.values())
+    one = dataclasses.replace(config, max_group_size=1)
+    assert plan_groups(new, [], score_matrix(new, new, one), {}, {}, one, _ids()).decisions == {}
 
 
 SETTINGS = load_settings({"DATA_DIR": "/tmp/im-unit-settings", "API_KEY_SECRET": "k" * 32, "JWT_SECRET": "j" * 40})

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -19,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import httpx
 import numpy as np
+import orjson
 from sqlalchemy import select
 
 from app import metrics
@@ -41,6 +41,15 @@ class EnrichmentTimeout(TimeoutError):
     pass
 
 
+# SET key value EX ttl for every key: KEYS are the keys, ARGV[1] the TTL, ARGV[2..] the values.
+_SET_MANY = """
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1])
+end
+return #KEYS
+"""
+
+
 class Cache:
     """A JSON cache in Redis with a TTL; a no-op without Redis (embedded default)."""
 
@@ -58,7 +67,7 @@ class Cache:
             log.warning("enrichment cache read failed", exc_info=True, extra={"kind": kind})
             record_cache(kind, 0, len(keys))
             return {}
-        found = {k: json.loads(v) for k, v in zip(keys, values, strict=True) if v is not None}
+        found = {k: orjson.loads(v) for k, v in zip(keys, values, strict=True) if v is not None}
         record_cache(kind, len(found), len(keys) - len(found))
         return found
 
@@ -66,10 +75,10 @@ class Cache:
         if self.client is None or not values or self.ttl <= 0:
             return
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for key, value in values.items():
-                pipe.set(f"{CACHE_PREFIX}{kind}:{key}", json.dumps(value, default=str), ex=self.ttl)
-            pipe.execute()
+            # One command for the batch (a pipeline of 1,000 SETs cost ~50 ms of client CPU in replies)
+            keys = [f"{CACHE_PREFIX}{kind}:{key}" for key in values]
+            encoded = [orjson.dumps(value, default=str) for value in values.values()]
+            self.client.eval(_SET_MANY, len(keys), *keys, self.ttl, *encoded)
         except Exception:
             log.warning("enrichment cache write failed", exc_info=True, extra={"kind": kind})
 

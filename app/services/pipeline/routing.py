@@ -4,19 +4,21 @@ Routing precedence: a team given explicitly by the event (manual incidents) > th
 `routing.rules` entry that matches (severity, category, source, service, tags) > the service
 catalog's owner team > the integration's `routing.default_team`.
 
-Then, in one transaction, each new incident row is written once (classification, enrichment,
+The stage first decides (`decide`: route, severity, SLA deadlines per incident, no database), then,
+in one transaction, each new incident row is written once (classification, enrichment,
 correlation group, team, processed_at), one timeline row per incident, the batch's events are
 marked processed and its outbox rows done. Incidents already processed by another run are left
 alone, so a redelivered or replayed batch changes nothing twice."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping, cast
+from typing import Any, Callable, Mapping, Sequence, cast
 
+import orjson
 from sqlalchemy import Table, bindparam, insert, select, text, update
 
 from app import metrics
@@ -69,15 +71,56 @@ def decide_route(snap: Snapshot, classification: Mapping[str, Any], enrichment: 
             "reason": f"default:{snap['source']}" if integration.default_team else "none"}
 
 
-# Postgres: one UPDATE ... FROM jsonb_to_recordset(one JSON document) for the whole batch (a
-# statement per row costs 3x; arrays of JSON strings cost more in escaping than the update itself).
-_RECORD_COLUMNS = (
-    ("b_id", "text"), ("severity", "text"), ("category", "text"), ("predicted_severity", "text"),
-    ("predicted_category", "text"), ("confidence", "float8"), ("model_version", "text"), ("enrichment", "jsonb"),
-    ("severity_reason", "jsonb"),
-    ("correlation_group_id", "text"), ("team", "text"), ("escalation_policy", "text"),
-    ("sla_acknowledge_by", "timestamptz"), ("sla_resolve_by", "timestamptz"), ("processed_at", "timestamptz"),
-    ("updated_at", "timestamptz"),
+@dataclass(frozen=True)
+class Decided:
+    """Everything the batch decided about one new incident, before its row is written once."""
+
+    id: str
+    old_severity: str
+    old_category: str | None
+    status: str
+    classification: Mapping[str, Any]
+    enrichment: Mapping[str, Any] | None
+    correlation: Mapping[str, Any]
+    route: Mapping[str, Any]
+    severity: str
+    severity_reason: Mapping[str, Any] | None
+    deadlines: sla.SlaDeadlines
+    now: datetime
+
+
+def decide(current: Any, snap: Snapshot, batch: Batch, settings: Settings, now: datetime) -> Decided:
+    """Route one incident and gather the other stages' results for it (no database)."""
+    cls = batch["classification"].get(current.id) or {}
+    enrichment = batch["enrichment"].get(current.id)
+    route = decide_route(snap, cls, enrichment or {}, _explicit_team(snap, settings), settings)
+    severity = cls.get("severity") or current.severity
+    reason = cls.get("severity_reason") or current.severity_reason
+    if (current.severity_reason or {}).get("decided_by") in HUMAN_DECIDERS:  # a person decided first
+        severity, reason = current.severity, current.severity_reason
+    return Decided(current.id, current.severity, current.category, current.status, cls, enrichment,
+                   batch["correlation"].get(current.id) or {}, route, severity, reason,
+                   sla.deadlines(severity, current.created_at), now)
+
+
+# The incident columns the route stage writes, once per incident and batch: (column, Postgres
+# type, value). The one list both the statement and its rows are made from.
+INCIDENT_COLUMNS: tuple[tuple[str, str, Callable[[Decided], Any]], ...] = (
+    ("severity", "text", lambda d: d.severity),
+    ("category", "text", lambda d: d.classification.get("category", d.old_category)),
+    ("predicted_severity", "text", lambda d: d.classification.get("predicted_severity")),
+    ("predicted_category", "text", lambda d: d.classification.get("predicted_category")),
+    ("confidence", "float8", lambda d: d.classification.get("confidence")),
+    ("model_version", "text", lambda d: d.classification.get("model_version")),
+    ("severity_reason", "jsonb", lambda d: d.severity_reason),
+    ("enrichment", "jsonb", lambda d: d.enrichment),
+    ("correlation_group_id", "text", lambda d: d.correlation.get("group_id")),
+    ("team", "text", lambda d: d.route["team"]),
+    ("escalation_policy", "text", lambda d: d.route["escalation_policy"]),
+    ("sla_acknowledge_by", "timestamptz", lambda d: d.deadlines.acknowledge_by),
+    ("sla_resolve_by", "timestamptz", lambda d: d.deadlines.resolve_by),
+    ("processed_at", "timestamptz", lambda d: d.now),
+    ("updated_at", "timestamptz", lambda d: d.now),
 )
 _TIMELINE_COLUMNS = (
     ("incident_id", "text"), ("at", "timestamptz"), ("actor", "text"), ("kind", "text"), ("field", "text"),
@@ -85,14 +128,38 @@ _TIMELINE_COLUMNS = (
 )
 
 
-def _recordset(columns: tuple[tuple[str, str], ...]) -> str:
+def incident_row(d: Decided) -> dict[str, Any]:
+    return {"b_id": d.id, **{name: value(d) for name, _, value in INCIDENT_COLUMNS}}
+
+
+def timeline_row(d: Decided) -> dict[str, Any]:
+    """The `classified` timeline entry: old -> new severity and every stage's summary."""
+    group, enrichment = d.correlation, d.enrichment
+    return {
+        "incident_id": d.id, "at": d.now, "actor": "pipeline", "kind": "classified", "field": "severity",
+        "old_value": d.old_severity, "new_value": d.severity,
+        "details": {
+            "classification": d.classification, "severity_reason": d.severity_reason, "routing": d.route,
+            "correlation": {k: group.get(k) for k in ("group_id", "root_incident_id", "score", "related_to")}
+            if group else None,
+            "enrichment": {"partial": enrichment.get("partial"), "errors": enrichment.get("errors"),
+                           "similar": len(enrichment.get("similar_incidents") or [])}
+            if enrichment is not None else None,
+        },
+    }
+
+
+def _recordset(columns: Sequence[tuple[str, str]]) -> str:
     """`jsonb_to_recordset(:rows) AS v(<typed columns>)`: a whole batch of rows as one parameter."""
     return "jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(" + ", ".join(f"{n} {kind}" for n, kind in columns) + ")"
 
 
+# Postgres: one UPDATE ... FROM jsonb_to_recordset(one JSON document) for the whole batch (a
+# statement per row costs 3x; arrays of JSON strings cost more in escaping than the update itself).
 _RECORDSET_UPDATE = text(
-    "UPDATE incidents AS i SET " + ", ".join(f"{name} = v.{name}" for name, _ in _RECORD_COLUMNS if name != "b_id")
-    + " FROM " + _recordset(_RECORD_COLUMNS) + " WHERE i.id = v.b_id AND i.processed_at IS NULL"
+    "UPDATE incidents AS i SET " + ", ".join(f"{name} = v.{name}" for name, _, _ in INCIDENT_COLUMNS)
+    + " FROM " + _recordset([("b_id", "text"), *((n, kind) for n, kind, _ in INCIDENT_COLUMNS)])
+    + " WHERE i.id = v.b_id AND i.processed_at IS NULL"
 )
 # One INSERT ... SELECT for the batch's timeline rows (an executemany is one statement per row).
 _RECORDSET_TIMELINE = text(
@@ -101,24 +168,27 @@ _RECORDSET_TIMELINE = text(
 )
 
 
-def _write_incidents(session: Any, rows: list[dict[str, Any]], timeline: list[dict[str, Any]]) -> None:
+def _json(rows: list[dict[str, Any]]) -> str:
+    """orjson: ~6x json's speed on a batch's rows (datetimes as RFC 3339, which Postgres reads)."""
+    return orjson.dumps(rows, default=str).decode()
+
+
+def _write_incidents(session: Any, decided: Sequence[Decided]) -> None:
     """Each incident row written once, and its timeline row: one statement each on Postgres
     (executemany elsewhere)."""
+    rows = [incident_row(d) for d in decided]
+    timeline = [timeline_row(d) for d in decided]
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(_RECORDSET_UPDATE, {"rows": json.dumps(rows, default=_json_default)})
-        session.execute(_RECORDSET_TIMELINE, {"rows": json.dumps(timeline, default=_json_default)})
+        session.execute(_RECORDSET_UPDATE, {"rows": _json(rows)})
+        session.execute(_RECORDSET_TIMELINE, {"rows": _json(timeline)})
         return
     table = cast(Table, Incident.__table__)
     session.execute(
         update(table).where(table.c.id == bindparam("b_id"), table.c.processed_at.is_(None))
-        .values({k: bindparam(k) for k in rows[0] if k != "b_id"}),
+        .values({name: bindparam(name) for name, _, _ in INCIDENT_COLUMNS}),
         rows,
     )
     session.execute(insert(TimelineEntry), timeline)
-
-
-def _json_default(value: Any) -> str:
-    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 def _explicit_team(snap: Snapshot, settings: Settings) -> bool:
@@ -126,66 +196,37 @@ def _explicit_team(snap: Snapshot, settings: Settings) -> bool:
     return bool(snap["team"]) and snap["team"] != settings.integration(snap["source"]).default_team
 
 
+def _published(d: Decided) -> dict[str, Any]:
+    """The incident change announced after commit (and handed to escalation)."""
+    return {"id": d.id, "severity": d.severity, "category": d.classification.get("category", d.old_category),
+            "team": d.route["team"], "status": d.status, "correlation_group_id": d.correlation.get("group_id")}
+
+
 def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
-    """Write the batch's results (each incident row once). Returns the number of events it finished."""
+    """Decide every new incident's route, then write the batch's results in one short transaction
+    (each incident row once). Returns the number of events it finished."""
     settings = settings or get_settings()
     started = time.perf_counter()
     snaps: dict[str, Snapshot] = {s["id"]: s for s in batch["incidents"]}
     now = datetime.now(timezone.utc)
-    published: list[dict[str, Any]] = []
     with unit_of_work() as session:
+        # Locked in id order; rows another run already processed are left alone (idempotent).
         fresh = list(session.execute(
             select(Incident.id, Incident.severity, Incident.created_at, Incident.status, Incident.category,
                    Incident.severity_reason)
             .where(one_of(Incident.id, sorted(snaps)), Incident.processed_at.is_(None))
             .order_by(Incident.id).with_for_update()
         ).all()) if snaps else []
-        rows: list[dict[str, Any]] = []
-        timeline: list[dict[str, Any]] = []
-        for current in fresh:
-            snap = snaps[current.id]
-            cls = batch["classification"].get(current.id) or {}
-            enrichment = batch["enrichment"].get(current.id)
-            group = batch["correlation"].get(current.id) or {}
-            route = decide_route(snap, cls, enrichment or {}, _explicit_team(snap, settings), settings)
-            batch["routing"][current.id] = route
-            severity = cls.get("severity") or current.severity
-            reason = cls.get("severity_reason") or current.severity_reason
-            if (current.severity_reason or {}).get("decided_by") in HUMAN_DECIDERS:  # a person decided first
-                severity, reason = current.severity, current.severity_reason
-            deadlines = sla.deadlines(severity, current.created_at)
-            rows.append({
-                "b_id": current.id, "severity": severity, "category": cls.get("category", current.category),
-                "predicted_severity": cls.get("predicted_severity"),
-                "predicted_category": cls.get("predicted_category"),
-                "confidence": cls.get("confidence"), "model_version": cls.get("model_version"),
-                "severity_reason": reason, "enrichment": enrichment, "correlation_group_id": group.get("group_id"),
-                "team": route["team"], "escalation_policy": route["escalation_policy"],
-                "sla_acknowledge_by": deadlines.acknowledge_by, "sla_resolve_by": deadlines.resolve_by,
-                "processed_at": now, "updated_at": now,
-            })
-            timeline.append({
-                "incident_id": current.id, "at": now, "actor": "pipeline", "kind": "classified", "field": "severity",
-                "old_value": current.severity, "new_value": severity,
-                "details": {
-                    "classification": cls, "severity_reason": reason, "routing": route,
-                    "correlation": {k: group.get(k) for k in ("group_id", "root_incident_id", "score", "related_to")}
-                    if group else None,
-                    "enrichment": {"partial": (enrichment or {}).get("partial"),
-                                   "errors": (enrichment or {}).get("errors"),
-                                   "similar": len((enrichment or {}).get("similar_incidents") or [])}
-                    if enrichment is not None else None,
-                },
-            })
-            published.append({"id": current.id, "severity": severity, "category": rows[-1]["category"],
-                              "team": route["team"], "status": current.status,
-                              "correlation_group_id": group.get("group_id")})
-        if rows:
-            _write_incidents(session, rows, timeline)
+        decided = [decide(current, snaps[current.id], batch, settings, now) for current in fresh]
+        for d in decided:
+            batch["routing"][d.id] = d.route
+        published = [_published(d) for d in decided]
+        if decided:
+            _write_incidents(session, decided)
             # Escalation starts in the same transaction: the policy's snapshot, due now (docs/escalation.md).
-            escalation.start(session, [{**p, "escalation_policy": r["escalation_policy"],
-                                        "service": snaps[p["id"]]["service"]}
-                                       for p, r in zip(published, rows, strict=True)], now)
+            escalation.start(session, [{**p, "escalation_policy": d.route["escalation_policy"],
+                                        "service": snaps[d.id]["service"]}
+                                       for p, d in zip(published, decided, strict=True)], now)
         roots = batch.get("correlation_roots") or {}
         if roots:  # earlier incidents that became the root of a group this batch opened: one executemany
             table = cast(Table, Incident.__table__)
@@ -207,7 +248,6 @@ def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
     if published or touched:
         changes.publish_many("incident_updated", published + touched)
     metrics.PROCESSING_DURATION.labels(stage="route").observe(time.perf_counter() - started)
-    log.info("pipeline batch done", extra={"events": len(finished), "incidents": len(rows),
+    log.info("pipeline batch done", extra={"events": len(finished), "incidents": len(decided),
                                            "outbox_ids": batch["outbox_ids"][:20]})
     return len(finished)
-
