@@ -187,3 +187,18 @@ enrichment:
 def test_bad_pipeline_config_names_the_key(tmp_path, body, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         _load(tmp_path, body)
+
+
+def test_similarity_matrix_equals_the_sparse_dot_product():
+    from app.services.pipeline import text
+
+    words = ["latency", "spike", "gpu", "memory", "token", "budget", "drift", "injection"]
+    texts = [text.incident_text(f"{words[i % 8]} {words[(i * 3) % 8]} alert-{i}", "p95 latency exceeded threshold")
+             for i in range(400)]
+    vectors = text.vectors(texts)
+    left, right = vectors[:150], vectors[100:]  # overlapping rows: each shares its own words too
+    expected = np.asarray((left @ right.T).todense())
+    got = text.similarity_matrix(left, right)
+    assert got.shape == (150, 300) and np.abs(got - expected).max() < 1e-5
+    assert got[100, 0] == pytest.approx(1.0, abs=1e-5)  # the same row on both sides
+    assert text.similarity_matrix(left[:0], right).shape == (0, 300)

@@ -177,9 +177,9 @@ def _similar(incidents: Sequence[Snapshot], results: dict[str, dict[str, Any]], 
                                           [text.incident_text(s["title"], s["description"]) for s in misses])
                 right = text.vectors_by_id(ids, [_HISTORY[i][0] for i in ids])
                 scores = text.similarity_matrix(left, right)
+                top = np.argsort(-scores, axis=1, kind="stable")[:, :config.similar_limit]  # one call per batch
                 for row, snap in enumerate(misses):
-                    order = np.argsort(-scores[row])[:config.similar_limit]
-                    chosen[snap["id"]] = [(ids[j], float(scores[row, j])) for j in order
+                    chosen[snap["id"]] = [(ids[j], float(scores[row, j])) for j in top[row]
                                           if scores[row, j] >= config.similarity_threshold]
             # Status and resolution as they are now, for the chosen ones only.
             picked = {i for pairs in chosen.values() for i, _ in pairs}

@@ -105,16 +105,16 @@ def score_matrix(rows: Sequence[Item], columns: Sequence[Item], config: Correlat
     `vectors`: the text vectors of the rows and of the columns, when the caller has them cached."""
     n, m = len(rows), len(columns)
     weight = weights(config)
-    parts = {name: np.zeros((n, m)) for name in STRATEGIES}
-    total = weight.sum()
-    if n == 0 or m == 0 or total <= 0:
-        return Scores(np.zeros((n, m)), parts, weight)
+    # float32 throughout: five n x m matrices per batch, and scores only need 4 decimals
+    parts = {name: np.zeros((n, m), dtype=np.float32) for name in STRATEGIES}
+    if n == 0 or m == 0 or weight.sum() <= 0:
+        return Scores(np.zeros((n, m), dtype=np.float32), parts, weight)
     both = list(rows) + list(columns)
 
     def pairwise_equal(values: list[Any]) -> np.ndarray:
         codes = _codes(values)
         left, right = codes[:n][:, None], codes[n:][None, :]
-        return ((left == right) & (left >= 0)).astype(float)
+        return ((left == right) & (left >= 0)).astype(np.float32)
 
     if weight[0]:
         parts["source"] = pairwise_equal([c.source for c in both])
@@ -122,7 +122,7 @@ def score_matrix(rows: Sequence[Item], columns: Sequence[Item], config: Correlat
         parts["type"] = pairwise_equal([c.event_type for c in both])
     if weight[2]:
         left, right = vectors or (textsim.vectors([c.text for c in rows]), textsim.vectors([c.text for c in columns]))
-        parts["similarity"] = np.clip(textsim.similarity_matrix(left, right), 0.0, 1.0)
+        parts["similarity"] = np.clip(textsim.similarity_matrix(left, right), 0.0, 1.0).astype(np.float32)
     if weight[3]:
         vocab: dict[str, int] = {}
         rows_idx, cols_idx = [], []
@@ -131,9 +131,10 @@ def score_matrix(rows: Sequence[Item], columns: Sequence[Item], config: Correlat
                 rows_idx.append(i)
                 cols_idx.append(vocab.setdefault(tag, len(vocab)))
         if vocab:
-            mat = sparse.csr_matrix((np.ones(len(rows_idx)), (rows_idx, cols_idx)), shape=(n + m, len(vocab)))
-            inter = np.asarray((mat[:n] @ mat[n:].T).todense())
-            sizes = np.asarray(mat.sum(axis=1)).ravel()
+            mat = sparse.csr_matrix((np.ones(len(rows_idx), dtype=np.float32), (rows_idx, cols_idx)),
+                                    shape=(n + m, len(vocab)))
+            inter = textsim.similarity_matrix(mat[:n], mat[n:]).astype(np.float32)  # shared tags
+            sizes = np.asarray(mat.sum(axis=1), dtype=np.float32).ravel()
             union = sizes[:n][:, None] + sizes[n:][None, :] - inter
             parts["tags"] = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     if weight[4]:
@@ -155,8 +156,11 @@ def score_matrix(rows: Sequence[Item], columns: Sequence[Item], config: Correlat
                 for i in row_of_service.get(dep, []):
                     service[i, j] = max(service[i, j], 0.5)
         parts["service"] = service
-    combined = sum(weight[k] * parts[name] for k, name in enumerate(STRATEGIES)) / total
-    return Scores(np.asarray(combined), parts, weight)
+    total = np.zeros((n, m), dtype=np.float32)
+    for k, name in enumerate(STRATEGIES):
+        if weight[k]:
+            total += np.float32(weight[k] / weight.sum()) * parts[name]
+    return Scores(total, parts, weight)
 
 
 def score_pair(a: Item, b: Item, config: CorrelationSettings) -> tuple[float, list[dict[str, Any]]]:

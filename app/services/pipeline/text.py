@@ -26,27 +26,40 @@ def vectors(texts: Sequence[str]) -> sparse.csr_matrix:
     return _VECTORIZER.transform(list(texts))
 
 
-# Above this many features shared by both sides, the sparse product is the cheaper one.
+# A feature is "wide" when it pairs this many (left row, right row) pairs or more; at most this many
+# wide features go to the dense product.
+_WIDE_PAIRS = 64
 _DENSE_MAX_FEATURES = 2048
 
 
 def similarity_matrix(left: sparse.csr_matrix, right: sparse.csr_matrix) -> np.ndarray:
-    """Cosine similarity of every left row with every right row (dense, len(left) x len(right)).
+    """Cosine similarity of every left row with every right row (dense float32, len(left) x
+    len(right)); the dot products of any two sparse matrices' rows.
 
-    Only features present on both sides contribute, and alerts share few of them (their
-    boilerplate words) but share them widely: a sparse product then walks every pair of rows per
-    shared word (~110 ms for 1,000 x 1,500 rows), while a dense product over just those columns is
-    a few ms of BLAS. The result is the same either way."""
+    Alerts share few features (their boilerplate words) but share them widely: a sparse product
+    walks every pair of rows per shared feature (~110 ms for 1,000 x 1,500 rows, mostly on the
+    boilerplate). So the widely shared features go through a dense BLAS product over just those
+    columns (a few ms) and the rest (words of one alert or a few) through the sparse product, which
+    is cheap for them. The sum is the same dot product."""
+    result = np.zeros((left.shape[0], right.shape[0]), dtype=np.float32)
     if left.shape[0] == 0 or right.shape[0] == 0:
-        return np.zeros((left.shape[0], right.shape[0]))
-    shared = np.intersect1d(left.indices, right.indices)
-    if len(shared) > _DENSE_MAX_FEATURES:
-        return np.asarray((left @ right.T).todense())
+        return result
+    left_features, left_rows = np.unique(left.indices, return_counts=True)
+    right_features, right_rows = np.unique(right.indices, return_counts=True)
+    shared, li, ri = np.intersect1d(left_features, right_features, assume_unique=True, return_indices=True)
     if len(shared) == 0:
-        return np.zeros((left.shape[0], right.shape[0]))
-    a = left[:, shared].toarray().astype(np.float32)
-    b = right[:, shared].toarray().astype(np.float32)
-    return (a @ b.T).astype(np.float64)  # type: ignore[no-any-return]
+        return result
+    pairs = left_rows[li].astype(np.int64) * right_rows[ri]
+    wide = shared[pairs >= _WIDE_PAIRS]
+    if len(wide) > _DENSE_MAX_FEATURES:
+        wide = shared[np.argsort(-pairs, kind="stable")[:_DENSE_MAX_FEATURES]]
+    narrow = np.setdiff1d(shared, wide, assume_unique=True)
+    if len(wide):
+        result += left[:, wide].toarray().astype(np.float32) @ right[:, wide].toarray().astype(np.float32).T
+    if len(narrow):
+        rest = (left[:, narrow] @ right[:, narrow].T).tocoo()
+        result[rest.row, rest.col] += rest.data.astype(np.float32)
+    return result
 
 
 _CACHE_SIZE = 20_000
