@@ -160,6 +160,7 @@ def score_matrix(rows: Sequence[Item], columns: Sequence[Item], config: Correlat
     for k, name in enumerate(STRATEGIES):
         if weight[k]:
             total += np.float32(weight[k] / weight.sum()) * parts[name]
+    np.clip(total, 0.0, 1.0, out=total)  # float32 sums may exceed 1 in the 7th digit
     return Scores(total, parts, weight)
 
 
