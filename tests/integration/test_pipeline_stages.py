@@ -255,3 +255,40 @@ def test_a_group_filled_by_another_worker_meanwhile_takes_no_member_over_its_siz
     with read_session() as session:
         assert session.get(CorrelationGroup, full.id).member_count == 3
         assert session.get(CorrelationMember, late.id) is None
+
+
+def test_the_pipeline_and_analyze_correlations_score_a_pair_alike(db):
+    """One scorer: the score the correlate stage gave a member equals the score AnalyzeCorrelations
+    computes for the same pair now, reasons included; a neighbour outside the group is scored the same way."""
+    from app.services.integrations import analyze_correlations
+    from app.services.pipeline.grouping import make_item, score_pair
+
+    service_catalog.create_service({"name": "chat-api", "dependencies": ["vector-db"]})
+    outbox = _ingest(_new(1, title="GPU pool exhausted on node 1", service="chat-api", tags={"env": "prod", "az": "a"}),
+                     _new(2, title="GPU pool exhausted on node 2", service="chat-api", tags={"env": "prod"}),
+                     _new(3, title="Index rebuild slow", service="vector-db", tags={"env": "dev"}, event_type="drift",
+                          description="rebuild queue"))
+    pipeline.process_outbox(outbox)
+    by_title = {i.title: i for i in _all_incidents()}
+    first, second = by_title["GPU pool exhausted on node 1"], by_title["GPU pool exhausted on node 2"]
+    third = by_title["Index rebuild slow"]
+    with read_session() as session:
+        member = session.get(CorrelationMember, second.id)
+    assert member is not None and member.group_id == first.correlation_group_id
+
+    found = analyze_correlations(first.id)
+    scored = {r.incident_id: r for r in found.related}
+    assert found.group_id == member.group_id
+    assert scored[second.id].score == pytest.approx(member.score, abs=1e-3)
+    assert scored[second.id].reasons == ("group", *(r["strategy"] for r in member.reasons))
+    # outside the group (below the threshold), scored by the same function: the service dependency counts
+    assert third.id in scored and "group" not in scored[third.id].reasons
+    catalog = {"chat-api": {"dependencies": ["vector-db"]}}
+
+    def item(i: Incident) -> Any:
+        return make_item(i.id, i.source, i.event_type, i.service, i.tags, i.created_at, i.title, i.description,
+                         catalog)
+
+    assert scored[third.id].score == pytest.approx(score_pair(item(first), item(third), get_settings().correlation)[0],
+                                                   abs=1e-3)
+    assert "service" in scored[third.id].reasons
