@@ -11,10 +11,15 @@ with similar-incident search, correlation scoring, routing, one incident row wri
 (b) latency: 500 events/s (10 per request) for --latency-duration s; p50/p95/p99 of
     processed_at - received_at (accept -> incident processed) over those events;
 (c) baseline, same run: one event per request and PIPELINE_BATCH_SIZE=1 (a chain per event: the
-    "task per event" design ARCHITECTURE.md measured at ~135 events/s) -> ratio (a) / (c);
-worker RSS (main process + pool children) before and after. Phases (a) and (b) also report the
+    "task per event" design docs/pipeline.md measured at ~135 events/s), offered --baseline-rate so
+    that it drains -> ratio (a) / (c);
+(m) --memory-minutes N: --memory-rate events/s (10 per request) for N minutes, worker RSS sampled
+    every 30 s (issue 11: RSS stays flat; the caches are bounded, docs/pipeline.md "Memory").
+Worker RSS (main process + pool children) before and after. Phases (a) and (b) also report the
 batches the drain cut (events per route write: count, mean, median, max), which tell whether the
-drain let batches grow with the load.
+drain let batches grow with the load. `end_to_end_per_s` of (a): every accepted event processed,
+over the load's duration plus the time its backlog took to drain. `uptime` is printed with every
+figure: the box is shared.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ from bench.common import ROOT, Server, make_environment, run_load
 SENTINEL = json.loads((ROOT / "tests" / "fixtures" / "sentinel-event.json").read_text())
 TITLES = ["Latency Spike Detected", "GPU memory exhausted", "Token usage over budget", "Prompt injection attempt",
           "Model drift detected", "Error rate above threshold", "Rate limit exceeded", "Toxicity score spike"]
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def factory(tag: str, size: int, per_incident: int = 1):  # type: ignore[no-untyped-def]
@@ -141,7 +150,8 @@ def sustained(env: dict[str, str], port: int, headers: dict[str, str], rate: flo
                                  (f"% {tag}-%",)).fetchone()
     return {"offered_events_per_s": rate, "accepted": accepted, "accepted_per_s": accepted / window,
             "processed_per_s": processed_in_window / window, "backlog_at_end": accepted - processed_in_window,
-            "drain_secs": drain, "batches": batches, "http": load.summary(),
+            "drain_secs": drain, "end_to_end_per_s": accepted / (window + drain), "uptime": uptime(),
+            "batches": batches, "http": load.summary(),
             "incidents": dict(zip(("rows", "processed", "grouped", "enriched", "events"), incidents, strict=True))}
 
 
@@ -159,9 +169,27 @@ def latency(env: dict[str, str], port: int, headers: dict[str, str], rate: float
             "max(extract(epoch FROM processed_at - received_at)) FROM events WHERE event_id LIKE %s",
             (f"{tag}-%",)).fetchone()
         batches = _batch_sizes(conn, tag)
-    return {"events": row[0], "p50_ms": round(float(row[1]) * 1000, 1), "p95_ms": round(float(row[2]) * 1000, 1),
+    return {"events": row[0], "uptime": uptime(), "p50_ms": round(float(row[1]) * 1000, 1),
+            "p95_ms": round(float(row[2]) * 1000, 1),
             "p99_ms": round(float(row[3]) * 1000, 1), "max_ms": round(float(row[4]) * 1000, 1), "batches": batches,
             "http": load.summary()}
+
+
+def memory(env: dict[str, str], port: int, headers: dict[str, str], workers: "Workers", rate: float,
+           minutes: float, per_incident: int) -> dict[str, Any]:
+    """Worker RSS every 30 s while --memory-rate events/s flow for --memory-minutes."""
+    samples: list[tuple[int, float]] = [(0, round(workers.rss_mb(), 1))]
+    started = time.monotonic()
+    stop = started + minutes * 60
+    step = 0
+    while time.monotonic() < stop:
+        step += 1
+        run_load(port, "/api/v1/events", headers, factory(f"mem{step}", 10, per_incident),
+                 duration=min(30.0, stop - time.monotonic()), processes=1, threads=4, rate=rate / 10,
+                 count_items=True)
+        samples.append((round(time.monotonic() - started), round(workers.rss_mb(), 1)))
+        print(f"memory: {samples[-1][0]} s, worker RSS {samples[-1][1]} MB ({uptime()})", flush=True)
+    return {"rate": rate, "minutes": minutes, "rss_mb": samples, "uptime": uptime()}
 
 
 def _batch_sizes(conn: psycopg.Connection, tag: str) -> dict[str, Any]:
@@ -184,9 +212,13 @@ def main() -> None:
                         help="1: every event opens an incident (worst case); 10: nine of ten dedup")
     parser.add_argument("--latency-rate", type=float, default=500.0)
     parser.add_argument("--latency-duration", type=float, default=30.0)
-    parser.add_argument("--baseline-duration", type=float, default=20.0)
+    parser.add_argument("--baseline-duration", type=float, default=10.0)
+    parser.add_argument("--baseline-rate", type=float, default=10.0, help="events/s offered to the baseline")
+    parser.add_argument("--memory-minutes", type=float, default=0.0, help="run phase (m) for this long")
+    parser.add_argument("--memory-rate", type=float, default=1000.0)
     parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
     parser.add_argument("--skip", choices=["sustained", "latency", "baseline"], action="append", default=[])
+    parser.add_argument("--label", default="", help="printed with the results (e.g. the commit measured)")
     args = parser.parse_args()
 
     environment = make_environment()
@@ -200,7 +232,7 @@ def main() -> None:
     web = Server("api.wsgi:app", env, config="python:api.gunicorn_conf", log=log)
     workers = Workers(env, args.concurrency, log)
     print(f"database {environment.db_name}, redis db {environment.redis_db}, web :{web.port}, "
-          f"{args.concurrency} worker processes; logs {log}", flush=True)
+          f"{args.concurrency} worker processes; logs {log}; {args.label} {uptime()}", flush=True)
     results: dict[str, Any] = {}
     try:
         time.sleep(5)
@@ -216,6 +248,10 @@ def main() -> None:
             results["latency"] = latency(env, web.port, headers, args.latency_rate, 10, args.latency_duration, "lat",
                                          args.events_per_incident)
             print(f"RESULT latency at {args.latency_rate:.0f} events/s: {json.dumps(results['latency'])}", flush=True)
+        if args.memory_minutes:
+            results["memory"] = memory(env, web.port, headers, workers, args.memory_rate, args.memory_minutes,
+                                       args.events_per_incident)
+            print(f"RESULT memory: {json.dumps(results['memory'])}", flush=True)
         results["rss_after_mb"] = round(workers.rss_mb(), 1)
         print(f"worker RSS after load: {results['rss_after_mb']} MB", flush=True)
         workers.stop()
@@ -224,7 +260,7 @@ def main() -> None:
             try:
                 time.sleep(5)
                 load = run_load(web.port, "/api/v1/events", headers, factory("base", 1),
-                                duration=args.baseline_duration, processes=1, threads=8)
+                                duration=args.baseline_duration, processes=1, threads=2, rate=args.baseline_rate)
                 _wait_drained(env, "base", 120)
                 with _db(env) as conn:
                     # events processed per second from the first accept to the last incident written
@@ -237,8 +273,8 @@ def main() -> None:
             finally:
                 baseline_workers.stop()
         if "sustained" in results and "baseline" in results and results["baseline"]["processed_per_s"]:
-            ratio = results["sustained"]["processed_per_s"] / results["baseline"]["processed_per_s"]
-            print(f"RESULT ratio sustained / per-event baseline: {ratio:.1f}x", flush=True)
+            ratio = results["sustained"]["end_to_end_per_s"] / results["baseline"]["processed_per_s"]
+            print(f"RESULT ratio end to end / per-event baseline: {ratio:.1f}x", flush=True)
         print("SUMMARY " + json.dumps(results, default=str), flush=True)
     finally:
         workers.stop()
