@@ -260,7 +260,7 @@ def test_a_group_filled_by_another_worker_meanwhile_takes_no_member_over_its_siz
 def test_the_pipeline_and_analyze_correlations_score_a_pair_alike(db):
     """One scorer: the score the correlate stage gave a member equals the score AnalyzeCorrelations
     computes for the same pair now, reasons included; a neighbour outside the group is scored the same way."""
-    from app.services.integrations import analyze_correlations
+    from app.services.correlation import analyze_correlations
     from app.services.pipeline.grouping import make_item, score_pair
 
     service_catalog.create_service({"name": "chat-api", "dependencies": ["vector-db"]})
