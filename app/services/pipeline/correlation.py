@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 # catalog dependencies (both read per batch): each batch asks the database only for the ids of the
 # newest ones (a short index scan) and for the details of those it has not seen.
 _CANDIDATES: "OrderedDict[str, Item]" = OrderedDict()
-_CANDIDATE_CACHE_SIZE = 20_000
+# A batch needs the newest max_candidates + batch size (1,500 by default); an Item holds up to ~4 KB
+# of text, so this bounds the cache near 20 MB per process.
+_CANDIDATE_CACHE_SIZE = 5_000
 
 
 def _recent_candidates(session: Session, since: datetime, limit: int) -> list[Item]:
