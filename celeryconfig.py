@@ -16,6 +16,9 @@ _settings = get_settings()
 
 broker_url = _settings.broker_url
 if broker_url.startswith("filesystem://"):
+    # kombu warns "No hostname was supplied" at every connection (20 lines at start) without one;
+    # the filesystem transport ignores it.
+    broker_url = "filesystem://localhost//"
     _folder = str(_settings.data_dir / "broker")
     # kombu's filesystem transport does not create its folders; a worker or web started on its
     # own (not through `incident-manager run`) would otherwise fail to send or receive.
@@ -26,7 +29,11 @@ if broker_url.startswith("filesystem://"):
         "data_folder_out": _folder,
         "control_folder": str(_settings.data_dir / "broker-control"),
         "store_processed": False,
+        # A consumer finding every queue empty sleeps this long before it looks again (kombu's
+        # default is 1 s, a second per pipeline stage); docs/operations.md has the measurements.
+        "polling_interval": float(os.environ.get("FILESYSTEM_BROKER_POLL_SECS", "0.05")),
     }
+    worker_consumer = "tasks.embedded_broker:QuickStopConsumer"  # stops in < 0.5 s, not 4-7 s
 else:
     broker_transport_options = {
         # Redis: a message a worker took and never acked is redelivered after this long.

@@ -18,6 +18,12 @@ timeout = 60
 graceful_timeout = 20
 keepalive = 5
 accesslog = None  # the app logs requests as JSON itself
+# gunicorn >= 25 opens a control socket, by default one per user ($HOME/.gunicorn/gunicorn.ctl) that
+# every gunicorn of that user shares: ours is under the data directory (off when the path is too
+# long for a Unix socket).
+_control_socket = _settings.data_dir.resolve() / "gunicorn.ctl"
+control_socket = str(_control_socket)
+control_socket_disable = len(control_socket) > 100
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]

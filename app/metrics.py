@@ -61,11 +61,12 @@ PROCESSING_DURATION = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 QUEUE_DEPTH = Gauge(
-    "incident_manager_queue_depth", "Messages waiting per Celery queue", ["queue"], multiprocess_mode="livemax"
+    "incident_manager_queue_depth", "Messages waiting per Celery queue", ["queue"],
+    multiprocess_mode="livemostrecent",  # the latest reading wins: the web's scrape or beat's task
 )
 QUEUE_OLDEST_AGE = Gauge(
     "incident_manager_queue_oldest_age_seconds", "Age of the oldest unprocessed work per queue", ["queue"],
-    multiprocess_mode="livemax",
+    multiprocess_mode="livemostrecent",
 )
 OUTBOX_RELAYED = Counter("incident_manager_outbox_relayed_total", "Outbox messages re-sent by the relay")
 DEAD_LETTERS = Counter("incident_manager_dead_letters_total", "Tasks that ran out of retries", ["task"])

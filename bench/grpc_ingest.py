@@ -163,7 +163,7 @@ def main() -> None:
         ceiling = group_commit_ceiling(args.seconds / 2, args.concurrency, args.new_incidents)
         port = free_port()
         log = open(Path(env["DATA_DIR"]) / "grpc.log", "w")
-        server = subprocess.Popen([sys.executable, "-m", "app.cli", "grpc", "serve", "--address", f"127.0.0.1:{port}"],
+        server = subprocess.Popen([sys.executable, "-m", "cli", "grpc", "serve", "--address", f"127.0.0.1:{port}"],
                                   env={**os.environ, "GRPC_MAX_WORKERS": "16"}, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
         try:

@@ -165,7 +165,7 @@ def main() -> None:
     environment = make_environment()
     env = environment.env
     created = subprocess.run(
-        [sys.executable, "-m", "app.cli", "apikey", "create", "--name", "bench", "--permission", "event:create",
+        [sys.executable, "-m", "cli", "apikey", "create", "--name", "bench", "--permission", "event:create",
          "--rate-limit", "0"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
     key = created.stdout.strip().splitlines()[-1]
     headers = {"Content-Type": "application/json", "X-API-Key": key}

@@ -225,7 +225,7 @@ def main() -> None:
     env = dict(environment.env)
     log = Path(env["DATA_DIR"]) / "bench.log"
     created = subprocess.run(
-        [sys.executable, "-m", "app.cli", "apikey", "create", "--name", "bench", "--permission", "event:create",
+        [sys.executable, "-m", "cli", "apikey", "create", "--name", "bench", "--permission", "event:create",
          "--rate-limit", "0"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
     key = created.stdout.strip().splitlines()[-1]
     headers = {"Content-Type": "application/json", "X-API-Key": key}

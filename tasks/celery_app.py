@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -58,6 +59,13 @@ def _setup_logging(**_: Any) -> None:
     configure_logging()
 
 
+@signals.before_task_publish.connect
+def _stamp_published_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    # the oldest waiting message's age (/health, /metrics) is read from this header (tasks.queue)
+    if headers is not None:
+        headers["published_at"] = time.time()
+
+
 @signals.task_prerun.connect
 def _task_started(task_id: str | None = None, **_: Any) -> None:
     if task_id:
@@ -74,6 +82,40 @@ def _task_finished(task_id: str | None = None, task: Any = None, **_: Any) -> No
 @signals.worker_process_shutdown.connect
 def _worker_process_gone(pid: int | None = None, **_: Any) -> None:
     metrics.mark_process_dead(pid or os.getpid())
+
+
+def _mark_ready() -> None:
+    # `incident-manager run` waits for this file to say the process is ready (cli/run.py)
+    path = os.environ.get("IM_READY_FILE")
+    if path:
+        with open(path, "w") as ready:
+            ready.write(str(os.getpid()))
+
+
+@signals.worker_init.connect
+def _load_model_before_fork(**_: Any) -> None:
+    # Load the active model in the main process, before the pool forks: every pool process starts
+    # with it, so the first batch does not wait seconds for joblib (the embedded default's < 1 s).
+    from ml.interface import get_classifier
+
+    try:
+        get_classifier()
+    except Exception:  # the classify stage loads it again (and falls back to rules) if this fails
+        log.warning("model not preloaded; the first batch will load it", exc_info=True)
+    # What is loaded now lives as long as the process: out of the collector's reach, it is shared
+    # copy-on-write by the pool and not walked again at exit (an idle worker's SIGTERM took seconds
+    # of "Garbage-collecting" at interpreter exit).
+    gc.freeze()
+
+
+@signals.worker_ready.connect
+def _worker_ready(**_: Any) -> None:
+    _mark_ready()
+
+
+@signals.beat_init.connect
+def _beat_ready(**_: Any) -> None:
+    _mark_ready()
 
 
 @signals.worker_ready.connect

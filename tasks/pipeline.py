@@ -8,7 +8,8 @@ queued stage task while ids pile up in Redis, so batches grow with the load (bac
     pipeline.dedup -> pipeline.classify -> pipeline.enrich -> pipeline.correlate -> pipeline.route
 
 Each stage passes the batch (ids and small per-event results) to the next in its arguments.
-`pipeline.process(outbox_ids)` starts the same chain (the path without Redis, and the relay's).
+`pipeline.process(outbox_ids)` is the path without Redis (the embedded default, and its relay): it
+runs the five stages in one task, since each hop on the filesystem broker costs a polling interval.
 A stage whose retries run out on a batch of several outbox rows restarts each row as its own
 chain, so one poison event dead-letters alone and the rest of its batch goes through."""
 
@@ -76,9 +77,15 @@ def drain() -> int:
     return taken
 
 
-@app.task(name="pipeline.process")
-def process(outbox_ids: list[int]) -> int:
-    start_chain(sorted(set(int(i) for i in outbox_ids)))
+@app.task(name="pipeline.process", bind=True)
+def process(self: Any, outbox_ids: list[int]) -> Any:
+    ids = sorted(set(int(i) for i in outbox_ids))
+    if get_redis() is None:
+        # The embedded broker costs a polling interval and a file per hop: without Redis one task
+        # runs the whole batch, same failure rules (docs/operations.md). With Redis every stage is
+        # its own task, visible in Flower.
+        return _stage(self, ids, service.process_outbox)
+    start_chain(ids)
     return len(outbox_ids)
 
 
@@ -104,7 +111,7 @@ def _stage(task: Any, batch_or_ids: Any, run: Callable[[Any], Any]) -> Any:
                 return None
             outbox.mark_done(outbox_ids)
         raise
-    position = STAGE_ORDER.index(task.name)
+    position = STAGE_ORDER.index(task.name) if task.name in STAGE_ORDER else len(STAGE_ORDER)
     if not task.request.chain and position + 1 < len(STAGE_ORDER):
         names = STAGE_ORDER[position + 1:]
         chain(_signature(names[0], result), *[_signature(n) for n in names[1:]]).apply_async()

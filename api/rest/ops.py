@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
@@ -12,9 +13,11 @@ from flask import Blueprint, Response, current_app, jsonify
 from api.auth import current_principal
 from api.openapi import doc
 from app import metrics
-from app.services.health import check_database, full_health
+from app.services.health import check_database, full_health, record_queue_stats
+from tasks.queue import celery_task_queue
 
 bp = Blueprint("ops", __name__)
+log = logging.getLogger(__name__)
 
 
 @bp.get("/health/live")
@@ -37,7 +40,7 @@ def ready() -> Any:
      responses={200: "Healthy or degraded", 503: "Not ready"})
 def health() -> Any:
     current_principal()
-    ready_ok, body = full_health()
+    ready_ok, body = full_health(celery_task_queue())
     return jsonify(body), 200 if ready_ok else 503
 
 
@@ -45,6 +48,10 @@ def health() -> Any:
 @doc("Prometheus exposition", permission="any", responses={200: "text/plain; version=0.0.4"})
 def prometheus_metrics() -> Any:
     current_principal()
+    try:
+        record_queue_stats(celery_task_queue())  # fresh at each scrape; beat's task covers worker hosts
+    except Exception:
+        log.warning("queue gauges not refreshed: broker unreachable", exc_info=True)
     payload, content_type = metrics.render()
     return Response(payload, content_type=content_type)
 

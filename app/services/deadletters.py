@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from app.adapters.db import read_session, unit_of_work
 from app.adapters.models import DeadLetter
+from app.services.task_queue import TaskQueue
 
 
 def record_dead_letter(task_name: str, queue: str | None, args: list[Any], kwargs: dict[str, Any],
@@ -33,17 +34,15 @@ def list_dead_letters(include_replayed: bool = False, limit: int = 100) -> list[
         return list(session.scalars(query))
 
 
-def replay_dead_letters(ids: list[int] | None = None) -> list[int]:
-    """Send dead-lettered calls again (all unreplayed ones when `ids` is empty)."""
-    from tasks.celery_app import app
-
+def replay_dead_letters(queue: TaskQueue, ids: list[int] | None = None) -> list[int]:
+    """Send dead-lettered calls again through `queue` (all unreplayed ones when `ids` is empty)."""
     replayed: list[int] = []
     with unit_of_work() as session:
         query = select(DeadLetter).where(DeadLetter.replayed_at.is_(None)).with_for_update()
         if ids:
             query = query.where(DeadLetter.id.in_(ids))
         for row in session.scalars(query):
-            app.send_task(row.task_name, args=row.args, kwargs=row.kwargs)
+            queue.send(row.task_name, list(row.args), dict(row.kwargs))
             row.replayed_at = datetime.now(timezone.utc)
             replayed.append(row.id)
     return replayed

@@ -1,4 +1,7 @@
-"""Health of the dependencies: database, broker, workers, beat."""
+"""Health of the dependencies: database, broker, workers, beat, and the depth of every queue.
+
+The broker and the workers are reached through a `TaskQueue` the caller passes in (the web passes
+the Celery one), so this module knows no Celery."""
 
 from __future__ import annotations
 
@@ -7,11 +10,12 @@ from typing import Any
 
 from sqlalchemy import text
 
+from app import metrics
 from app.adapters.db import get_engine
 from app.adapters.redis_client import get_redis
 from app.config import get_settings
+from app.services.task_queue import QueueStats, TaskQueue
 
-QUEUES = ("ingest", "pipeline", "notifications", "escalation", "playbooks", "ml")
 BEAT_HEARTBEAT_KEY = "im:beat:heartbeat"
 _workers_cache: tuple[float, dict[str, Any]] | None = None
 
@@ -26,34 +30,21 @@ def check_database() -> dict[str, Any]:
         return {"status": "down", "error": type(exc).__name__}
 
 
-def check_broker() -> dict[str, Any]:
-    settings = get_settings()
-    if settings.broker_url.startswith("filesystem://"):
-        folder = settings.data_dir / "broker"
-        return {"status": "up" if folder.exists() else "down", "transport": "filesystem"}
-    from tasks.celery_app import app
-
-    started = time.perf_counter()
+def check_broker(queue: TaskQueue) -> dict[str, Any]:
     try:
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-        return {"status": "up", "transport": settings.broker_url.split(":")[0],
-                "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
-    except Exception as exc:
+        return queue.broker_status()
+    except Exception as exc:  # a broker that cannot even be asked is down; the type says why
         return {"status": "down", "error": type(exc).__name__}
 
 
-def check_workers(timeout: float = 1.0) -> dict[str, Any]:
+def check_workers(queue: TaskQueue, timeout: float = 1.0) -> dict[str, Any]:
     """Ping the workers (cached 10 s: a ping costs up to `timeout`)."""
     global _workers_cache
     now = time.monotonic()
     if _workers_cache and _workers_cache[0] > now:
         return _workers_cache[1]
-    from tasks.celery_app import app
-
     try:
-        replies = app.control.ping(timeout=timeout) or []
-        names = sorted(name for reply in replies for name in reply)
+        names = queue.ping_workers(timeout)
         result: dict[str, Any] = {"status": "up" if names else "down", "count": len(names), "workers": names}
     except Exception as exc:
         result = {"status": "down", "error": type(exc).__name__}
@@ -95,31 +86,31 @@ def record_beat_heartbeat() -> None:
         tmp.replace(path)
 
 
-def queue_depths() -> dict[str, int]:
-    client = get_redis()
-    settings = get_settings()
-    if client is None or not settings.broker_url.startswith(("redis://", "rediss://")):
-        return {}
-    depths: dict[str, int] = {}
-    pipe = client.pipeline(transaction=False)
-    for queue in QUEUES:
-        pipe.llen(queue)
-        for priority in (3, 6, 9):
-            pipe.llen(f"{queue}\x06\x16{priority}")
-    values = pipe.execute()
-    for i, queue in enumerate(QUEUES):
-        depths[queue] = int(sum(values[i * 4:(i + 1) * 4]))
-    return depths
+def record_queue_stats(queue: TaskQueue) -> dict[str, QueueStats]:
+    """Read every queue's depth and oldest waiting message, and set the Prometheus gauges
+    (`incident_manager_queue_depth{queue}`, `incident_manager_queue_oldest_age_seconds{queue}`)."""
+    stats = queue.queue_stats()
+    for name, entry in stats.items():
+        metrics.QUEUE_DEPTH.labels(queue=name).set(entry["depth"])
+        metrics.QUEUE_OLDEST_AGE.labels(queue=name).set(entry["oldest_age_seconds"] or 0.0)
+    return stats
 
 
-def full_health() -> tuple[bool, dict[str, Any]]:
+def full_health(queue: TaskQueue) -> tuple[bool, dict[str, Any]]:
+    """(ready, body) for /health: each dependency's check, and every queue's depth and oldest age."""
     checks = {
         "database": check_database(),
-        "broker": check_broker(),
-        "workers": check_workers(),
+        "broker": check_broker(queue),
+        "workers": check_workers(queue),
         "beat": check_beat(),
     }
     ready = checks["database"]["status"] == "up" and checks["broker"]["status"] == "up"
     status = "healthy" if all(c["status"] in ("up", "unknown") for c in checks.values()) else (
         "degraded" if ready else "unhealthy")
-    return ready, {"status": status, "checks": checks, "queues": queue_depths()}
+    body: dict[str, Any] = {"status": status, "checks": checks, "queues": {}}
+    if checks["broker"]["status"] == "up":
+        try:
+            body["queues"] = record_queue_stats(queue)
+        except Exception as exc:  # the broker went away between the two calls: say so, stay up
+            body["queues_error"] = type(exc).__name__
+    return ready, body

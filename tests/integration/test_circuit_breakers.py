@@ -248,7 +248,7 @@ def test_cli_list_open_close_reset(outbound_config):
     outbound_config({})
 
     def cli(*args: str) -> str:
-        result = subprocess.run([sys.executable, "-m", "app.cli", "breakers", *args], cwd=ROOT,
+        result = subprocess.run([sys.executable, "-m", "cli", "breakers", *args], cwd=ROOT,
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr[-2000:]
         return result.stdout
@@ -260,6 +260,6 @@ def test_cli_list_open_close_reset(outbound_config):
     cb.record(cb.acquire("jira"), True)
     assert '"total_requests": 1' in cli("show", "jira")
     assert "requests 0 " in cli("reset", "jira")
-    failed = subprocess.run([sys.executable, "-m", "app.cli", "breakers", "open", "nope"], cwd=ROOT,
+    failed = subprocess.run([sys.executable, "-m", "cli", "breakers", "open", "nope"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert failed.returncode == 1 and "no circuit breaker named 'nope'" in failed.stderr

@@ -19,7 +19,7 @@ from tests.conftest import PG_ADMIN_URL, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SENTINEL = json.loads((Path(__file__).parent.parent / "fixtures" / "sentinel-event.json").read_text())
-CLI = [sys.executable, "-m", "app.cli"]
+CLI = [sys.executable, "-m", "cli"]
 
 
 def cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -572,7 +572,7 @@ def test_the_procfile_grpc_process_serves_and_stops_on_sigterm(test_env):
     from tests.integration.test_ws import free_port
 
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "grpc", "serve", "--address", f"127.0.0.1:{port}"],
+    process = subprocess.Popen([sys.executable, "-m", "cli", "grpc", "serve", "--address", f"127.0.0.1:{port}"],
                                cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:

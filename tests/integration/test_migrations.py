@@ -77,7 +77,7 @@ def embedded_env(tmp_path):  # type: ignore[no-untyped-def]
 @pytest.mark.slow
 def test_embedded_default_without_postgres_or_redis(embedded_env, tmp_path):
     def cli(*args: str) -> str:
-        result = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=embedded_env,
+        result = subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, env=embedded_env,
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stdout

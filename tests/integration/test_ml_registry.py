@@ -69,7 +69,7 @@ def test_activate_list_and_rollback(ml_db: None) -> None:
     with read_session() as session:
         assert session.scalar(select(func.count()).where(ModelVersion.active.is_(True))) == 1
 
-    from app.cli import main
+    from cli import main
 
     runner = CliRunner()
     listed = runner.invoke(main, ["ml", "list"])
@@ -98,7 +98,7 @@ def test_corrupted_model_file_is_refused_and_the_previous_version_keeps_serving(
     assert registry.active_version_row().version == "good"
     assert serving() == "good"
 
-    from app.cli import main
+    from cli import main
 
     refused = CliRunner().invoke(main, ["ml", "activate", "bad"])
     assert refused.exit_code == 1 and "corrupted" in refused.output
@@ -126,7 +126,7 @@ def test_corrupted_model_file_is_refused_and_the_previous_version_keeps_serving(
 
 
 def test_bootstrap_trains_the_first_model_and_the_gate_refuses_a_worse_one(ml_db: None) -> None:
-    from app.cli import main
+    from cli import main
 
     runner = CliRunner()
     first = runner.invoke(main, ["ml", "bootstrap"])

@@ -192,10 +192,10 @@ def test_poison_event_is_dead_lettered_alone_and_replayed(app, make_key, start_w
         session.add(Incident(id="INC-20990101-99999", title="poison", source="llm-sentinel", severity="P3",
                              status="NEW", fingerprint="x" * 64, first_seen=now, last_seen=now, tags={}))
     env = {**os.environ, **test_env}
-    listed = subprocess.run([sys.executable, "-m", "app.cli", "deadletters", "list"], cwd=ROOT, env=env,
+    listed = subprocess.run([sys.executable, "-m", "cli", "deadletters", "list"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0 and "pipeline.dedup" in listed.stdout, listed.stderr
-    replayed = subprocess.run([sys.executable, "-m", "app.cli", "deadletters", "replay", str(letter.id)], cwd=ROOT,
+    replayed = subprocess.run([sys.executable, "-m", "cli", "deadletters", "replay", str(letter.id)], cwd=ROOT,
                               env=env, capture_output=True, text=True, timeout=60)
     assert replayed.returncode == 0, replayed.stderr
 

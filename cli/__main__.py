@@ -1,0 +1,5 @@
+"""`python -m cli …` is `incident-manager …`."""
+
+from cli import main
+
+main()
