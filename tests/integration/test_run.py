@@ -132,7 +132,8 @@ def test_first_start_processes_the_guides_event_within_a_second_and_stops_on_ctr
     run.wait_ready(FIRST_START_SECS)
     # a line for each start-up step, then one per process when it is ready
     for step in (r"^database \| migrating sqlite:", r"^database \| at the latest revision",
-                 r"^model +\| looking for a trained model", r"^model +\| .*\(\d+\.\d s\)$", r"^key +\| admin API key \(shown once, saved in .*first-api-key\)"):
+                 r"^model +\| looking for a trained model", r"^model +\| .*\(\d+\.\d s\)$",
+                 r"^key +\| admin API key \(shown once, saved in .*first-api-key\)"):
         assert run.line(step), (step, run.lines[:30])
     for name in PROCESSES:
         assert run.line(rf"^run +\| {name} ready"), name
