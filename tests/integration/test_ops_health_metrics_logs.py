@@ -75,6 +75,31 @@ def test_health_reports_database_broker_workers_and_beat(client, make_key, start
     assert client.get("/api/v1/health", headers={"X-API-Key": key}).status_code == 200
 
 
+def test_health_and_metrics_show_a_queues_depth_and_oldest_age_on_redis(client, make_key, test_env):
+    """A message nobody consumes: /health and /metrics count it and age it (no worker runs here)."""
+    import redis
+
+    from tasks.celery_app import app as celery
+
+    key = make_key("incident:read")
+    before = client.get("/health", headers={"X-API-Key": key}).get_json()["queues"]["playbooks"]
+    assert before == {"depth": 0, "oldest_age_seconds": None}
+    sent_at = time.time()
+    celery.send_task("playbooks.health_probe", args=[])
+    try:
+        body = client.get("/health", headers={"X-API-Key": key}).get_json()
+        playbooks = body["queues"]["playbooks"]
+        assert playbooks["depth"] == 1
+        assert 0 <= playbooks["oldest_age_seconds"] <= time.time() - sent_at + 0.01
+        assert body["queues"]["pipeline"]["depth"] == 0
+        text = client.get("/metrics", headers={"X-API-Key": key}).get_data(as_text=True)
+        assert _metric(text, "incident_manager_queue_depth", '{queue="playbooks"}') == 1
+        assert _metric(text, "incident_manager_queue_oldest_age_seconds", '{queue="playbooks"}') >= 0
+    finally:
+        broker = redis.Redis.from_url(test_env["REDIS_URL"])
+        broker.delete(*[f"playbooks{suffix}" for suffix in ("", "\x06\x163", "\x06\x166", "\x06\x169")])
+
+
 def _health_when(client, key, predicate):  # type: ignore[no-untyped-def]
     from app.services import health
 
