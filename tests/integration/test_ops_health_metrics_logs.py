@@ -85,7 +85,7 @@ def test_health_and_metrics_show_a_queues_depth_and_oldest_age_on_redis(client, 
     before = client.get("/health", headers={"X-API-Key": key}).get_json()["queues"]["playbooks"]
     assert before == {"depth": 0, "oldest_age_seconds": None}
     sent_at = time.time()
-    celery.send_task("playbooks.health_probe", args=[])
+    celery.send_task("ops.health_probe", args=[], queue="playbooks")  # a queue no test worker has here
     try:
         body = client.get("/health", headers={"X-API-Key": key}).get_json()
         playbooks = body["queues"]["playbooks"]
