@@ -82,6 +82,9 @@ def test_health_and_metrics_show_a_queues_depth_and_oldest_age_on_redis(client, 
     from tasks.celery_app import app as celery
 
     key = make_key("incident:read")
+    broker = redis.Redis.from_url(test_env["REDIS_URL"])
+    lists = [f"playbooks{suffix}" for suffix in ("", "\x06\x163", "\x06\x166", "\x06\x169")]
+    broker.delete(*lists)  # whatever an earlier test of this session left there
     before = client.get("/health", headers={"X-API-Key": key}).get_json()["queues"]["playbooks"]
     assert before == {"depth": 0, "oldest_age_seconds": None}
     sent_at = time.time()
@@ -96,8 +99,7 @@ def test_health_and_metrics_show_a_queues_depth_and_oldest_age_on_redis(client, 
         assert _metric(text, "incident_manager_queue_depth", '{queue="playbooks"}') == 1
         assert _metric(text, "incident_manager_queue_oldest_age_seconds", '{queue="playbooks"}') >= 0
     finally:
-        broker = redis.Redis.from_url(test_env["REDIS_URL"])
-        broker.delete(*[f"playbooks{suffix}" for suffix in ("", "\x06\x163", "\x06\x166", "\x06\x169")])
+        broker.delete(*lists)
 
 
 def _health_when(client, key, predicate):  # type: ignore[no-untyped-def]
