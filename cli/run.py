@@ -66,7 +66,7 @@ def run_command(processes: str) -> None:
     _step("database", f"at the latest revision ({_seconds(since)})")
 
     since = time.monotonic()
-    _step("model", "looking for a trained model (the first start trains one from ml/data: a minute or more)")
+    _step("model", "looking for a trained model (the first start trains one from ml/data: minutes on a busy machine)")
     # In a child process: the training's memory goes back to the system when it is done.
     training = subprocess.run([sys.executable, "-m", "cli", "ml", "bootstrap"], cwd=ROOT,
                               capture_output=True, text=True)
