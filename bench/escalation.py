@@ -36,8 +36,8 @@ SELECT 'INC-20270101-' || lpad(g::text, 7, '0'), 'incident ' || g, '', (ARRAY['s
   CASE WHEN g <= :due THEN :now - make_interval(secs => (g % 5000) / 1000.0)
        WHEN g % 2 = 0 THEN :now + interval '1 hour' END,
   (ARRAY['performance','security','availability', NULL])[1 + g % 4], (ARRAY['ml','platform','data'])[1 + g % 3],
-  CASE WHEN s.status <> 'NEW' THEN c.created + make_interval(secs => 5 + (g * 7919) % 900) END,
-  CASE WHEN s.status IN ('RESOLVED','CLOSED') THEN c.created + make_interval(secs => 900 + (g * 104729) % 20000) END
+  CASE WHEN s.status <> 'NEW' THEN c.created + make_interval(secs => 5 + (g::bigint * 7919) % 900) END,
+  CASE WHEN s.status IN ('RESOLVED','CLOSED') THEN c.created + make_interval(secs => 900 + (g::bigint * 104729) % 20000) END
 FROM generate_series(1, :count) AS g,
   LATERAL (SELECT CASE WHEN :open_only OR g <= :due THEN 'NEW'
                        ELSE (ARRAY['NEW','ACKNOWLEDGED','RESOLVED','CLOSED'])[1 + g % 4] END AS status) AS s,
@@ -84,12 +84,15 @@ def sweep_bench(engine: Any, open_count: int, due: int) -> dict[str, Any]:
                           " WHERE next_escalation_at <= now() ORDER BY id FOR UPDATE SKIP LOCKED)"))
         baseline = time.perf_counter() - started
         conn.rollback()
+    with engine.begin() as conn:  # the due times, to measure each page's lag after its due time
+        conn.execute(text("CREATE TABLE bench_due AS SELECT id, next_escalation_at AS due FROM incidents"
+                          " WHERE next_escalation_at <= now()"))
     load = _uptime()
     result = escalation.sweep()
     with engine.connect() as conn:
         lag = [float(r[0]) for r in conn.execute(text(
-            "SELECT EXTRACT(EPOCH FROM t.at - (i.next_escalation_at - interval '300 seconds'))"
-            " FROM incident_timeline t JOIN incidents i ON i.id = t.incident_id WHERE t.kind = 'escalated'"))]
+            "SELECT EXTRACT(EPOCH FROM t.at - d.due) FROM incident_timeline t JOIN bench_due d"
+            " ON d.id = t.incident_id WHERE t.kind = 'escalated'"))]
         deliveries = conn.scalar(text("SELECT count(*) FROM notification_deliveries"))
     again = escalation.sweep()
     return {"open": open_count, "due": due, "load_secs": round(load_secs, 1), "sweep_secs": round(result.seconds, 3),

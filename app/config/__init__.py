@@ -46,9 +46,10 @@ __all__ = [
     "get_settings", "load_settings", "reset_settings_cache",
 ]
 
-# config.yaml's top-level keys: the reference README's, plus `routing` (docs/pipeline.md).
+# config.yaml's top-level keys: the reference README's, plus `routing` (docs/pipeline.md) and `sla`
+# (docs/escalation.md).
 SECTIONS = ("instance_id", "storage", "rate_limit", "ml", "enrichment", "correlation", "escalation",
-            "deduplication", "integrations", "routing", "notifications", "circuit_breakers")
+            "deduplication", "integrations", "routing", "notifications", "circuit_breakers", "sla")
 
 
 def _read_config_file(env: Mapping[str, str]) -> Mapping[str, Any]:

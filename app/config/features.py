@@ -1,5 +1,5 @@
 """config.yaml sections of the features: `rate_limit`, `ml`, `enrichment`, `correlation`,
-`escalation`, `deduplication`, and the ENABLE_* flags that switch them. Each dataclass is the one
+`escalation`, `deduplication`, `sla`, and the ENABLE_* flags that switch them. Each dataclass is the one
 declaration of its keys; the schema that validates the section is generated from it."""
 
 from __future__ import annotations
@@ -7,9 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from marshmallow import Schema, validate
+from marshmallow import RAISE, Schema, fields, post_load, validate
 
 from app.config.schema import Bool, Int, always, load, section_schema
+from app.domain import sla
+from app.domain.severity import SEVERITIES
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,23 @@ class DeduplicationSettings:
     fingerprint_fields: tuple[str, ...] = ("source", "event_type", "title", "resource_ids")
 
 
+class _SlaSchema(Schema):
+    """`sla: {acknowledge_secs: {P0: 300, ...}, resolve_secs: {P0: 900, ...}}`: any severity given
+    replaces its default target (app/domain/sla.py; docs/escalation.md)."""
+
+    class Meta:
+        unknown = RAISE
+
+    acknowledge_secs = fields.Dict(keys=fields.String(validate=validate.OneOf(SEVERITIES)),
+                                   values=Int(validate=validate.Range(min=1)))
+    resolve_secs = fields.Dict(keys=fields.String(validate=validate.OneOf(SEVERITIES)),
+                               values=Int(validate=validate.Range(min=1)))
+
+    @post_load
+    def _build(self, data: dict[str, Any], **_: Any) -> sla.SlaTargets:
+        return sla.targets(data.get("acknowledge_secs"), data.get("resolve_secs"))
+
+
 # Keys of the reference README's config.yaml that this system has no setting for: the value that
 # describes what the system always does is accepted, any other is an error rather than silently
 # ignored (why, per key: docs/foundation.md, "Configuration").
@@ -91,6 +110,7 @@ SECTIONS = {
     "escalation": section_schema(EscalationSettings),
     "deduplication": section_schema(DeduplicationSettings, accepted={"fingerprint_enabled": Bool(validate=always(
         True, "ingest always joins an event to the active incident with its fingerprint"))}),
+    "sla": _SlaSchema(),
 }
 
 # ENABLE_* environment flag -> the section whose `enabled` it overrides.

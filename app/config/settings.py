@@ -16,6 +16,7 @@ from app.config.features import (
 )
 from app.config.integrations import IntegrationSettings, RoutingRule, default_integration
 from app.config.outbound import OutboundSettings
+from app.domain.sla import SlaTargets
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Settings:
     correlation: CorrelationSettings
     escalation: EscalationSettings
     deduplication: DeduplicationSettings
+    sla: SlaTargets
     # integrations.py
     integrations: Mapping[str, IntegrationSettings]
     routing_rules: tuple[RoutingRule, ...] = ()

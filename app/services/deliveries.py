@@ -16,9 +16,9 @@ from datetime import datetime
 from typing import Any, Sequence
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.adapters.bulk import insert_rows
 from app.adapters.escalation_models import NotificationDelivery
 
 DELIVERY_STATUSES = ("pending", "sent", "failed", "stale")
@@ -38,14 +38,6 @@ def idempotency_key(incident_id: str, step: str, recipient: str, channel: str) -
     return f"{incident_id}:{step}:{recipient}:{channel}"[:200]
 
 
-def record_pages(session: Session, incident_id: str, token: str, step: str, level: int,
-                 pages: Sequence[Page], channels: Sequence[str], reason: dict[str, Any], now: datetime) -> int:
-    """Write the pending delivery rows of one step (in the caller's transaction). Returns the rows
-    written: a repeated step writes none."""
-    rows = delivery_rows(incident_id, token, step, level, pages, channels, reason, now)
-    return insert_deliveries(session, rows)
-
-
 def delivery_rows(incident_id: str, token: str, step: str, level: int, pages: Sequence[Page],
                   channels: Sequence[str], reason: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
     return [{
@@ -58,13 +50,10 @@ def delivery_rows(incident_id: str, token: str, step: str, level: int, pages: Se
 
 
 def insert_deliveries(session: Session, rows: list[dict[str, Any]]) -> int:
-    """Insert delivery rows, skipping any whose idempotency key exists. Returns the rows written."""
-    if not rows:
-        return 0
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(NotificationDelivery).on_conflict_do_nothing(index_elements=["idempotency_key"])
-    written = session.execute(stmt.returning(NotificationDelivery.id), rows).all()
-    return len(written)
+    """Insert delivery rows in one statement, skipping any whose idempotency key exists. Returns the
+    rows written."""
+    table: Any = NotificationDelivery.__table__
+    return len(insert_rows(session, table, rows, conflict_key="idempotency_key", returning="id"))
 
 
 def deliveries_of(session: Session, incident_id: str) -> list[dict[str, Any]]:

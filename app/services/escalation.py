@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
 from app import metrics
+from app.adapters.bulk import insert_rows, update_rows
 from app.adapters.db import read_session, unit_of_work
 from app.adapters.escalation_models import EscalationPolicy, IncidentEscalation, Schedule, Team, User
 from app.adapters.models import Incident, TimelineEntry
@@ -32,6 +32,10 @@ from app.services import changes
 from app.services.deliveries import Page, delivery_rows, insert_deliveries
 
 log = logging.getLogger(__name__)
+
+_INCIDENTS: Table = Incident.__table__  # type: ignore[assignment]
+_RUNS: Table = IncidentEscalation.__table__  # type: ignore[assignment]
+_TIMELINE: Table = TimelineEntry.__table__  # type: ignore[assignment]
 
 # Statuses in which an incident is still paged: nobody has acknowledged it.
 PAGEABLE = (Status.NEW.value, Status.ESCALATED.value)
@@ -158,11 +162,6 @@ class Directory:
 
 # ------------------------------------------------------------------------------------------ start
 
-def _insert_ignore(session: Session, model: Any) -> Any:
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    return dialect.insert(model)
-
-
 def start(session: Session, routed: Sequence[Mapping[str, Any]], now: datetime) -> list[dict[str, Any]]:
     """Start escalation for routed incidents (in the route stage's transaction, rows already locked):
     `routed` items carry id, escalation_policy, severity, category, service, status. Each incident
@@ -186,7 +185,7 @@ def start(session: Session, routed: Sequence[Mapping[str, Any]], now: datetime) 
     policies = {p.name: p for p in session.scalars(select(EscalationPolicy).where(EscalationPolicy.name.in_(names)))}
     snapshots: list[dict[str, Any]] = []
     timeline: list[dict[str, Any]] = []
-    started: list[dict[str, Any]] = []
+    started: list[str] = []
     for item in wanted:
         name, why = chosen[item["id"]]
         policy = policies.get(name)
@@ -203,19 +202,16 @@ def start(session: Session, routed: Sequence[Mapping[str, Any]], now: datetime) 
         snapshots.append({"incident_id": item["id"], "policy_name": policy.name, "policy_version": policy.version,
                           "snapshot": {**snapshot_of(policy), "started_because": why}, "cycle": 0,
                           "started_at": now, "updated_at": now})
-        started.append({"b_id": item["id"], "b_token": _token()})
+        started.append(item["id"])
         timeline.append(_entry(item["id"], now, "escalation_started", "escalation_policy", policy.name, {
             "policy": policy.name, "policy_version": policy.version, "levels": len(policy.levels or []),
             "reason": why}))
-    if snapshots:
-        session.execute(_insert_ignore(session, IncidentEscalation).on_conflict_do_nothing(
-            index_elements=["incident_id"]), snapshots)
-        table: Any = Incident.__table__
-        session.execute(update(table).where(table.c.id == bindparam("b_id"), table.c.escalation_level == 0)
-                        .values(next_escalation_at=func.coalesce(table.c.next_escalation_at, now),
-                                escalation_token=bindparam("b_token")), started)
-    if timeline:
-        session.execute(insert(TimelineEntry), timeline)
+    insert_rows(session, _RUNS, snapshots, conflict_key="incident_id")
+    if started:  # due now, unless auto-page already made it due (at creation)
+        session.execute(update(_INCIDENTS).where(_INCIDENTS.c.id.in_(started), _INCIDENTS.c.escalation_level == 0)
+                        .values(next_escalation_at=func.coalesce(_INCIDENTS.c.next_escalation_at, now),
+                                escalation_token=_token()))
+    insert_rows(session, _TIMELINE, timeline)
     return timeline
 
 
@@ -277,8 +273,8 @@ def _fire(session: Session, due: Sequence[_Due], now: datetime, reason: str, act
                        f"escalation policy {name!r} does not exist" if policy is None else
                        conditions_match(policy.conditions or {}, item.severity, item.category, item.service))
             if why_not or policy is None:
-                incident_updates.append({"b_id": item.id, "b_level": item.level, "b_next": None, "b_token": None,
-                                         "b_status": item.status})
+                incident_updates.append({"b_key": item.id, "escalation_level": item.level, "next_escalation_at": None,
+                                         "escalation_token": None, "status": item.status})
                 timeline.append(_entry(item.id, now, "escalation_not_started", "next_escalation_at", None,
                                        {"reason": why_not}, actor=actor))
                 result.stopped += 1
@@ -292,9 +288,9 @@ def _fire(session: Session, due: Sequence[_Due], now: datetime, reason: str, act
             if cycle < int(snap.get("repeat") or 0):
                 cycle, level = cycle + 1, 1
             else:
-                incident_updates.append({"b_id": item.id, "b_level": item.level, "b_next": None, "b_token": None,
-                                         "b_status": item.status})
-                run_updates.append({"b_id": item.id, "b_cycle": cycle, "b_exhausted": now})
+                incident_updates.append({"b_key": item.id, "escalation_level": item.level, "next_escalation_at": None,
+                                         "escalation_token": None, "status": item.status})
+                run_updates.append({"b_key": item.id, "cycle": cycle, "exhausted_at": now})
                 timeline.append(_entry(item.id, now, "escalation_exhausted", "next_escalation_at", None, {
                     "policy": snap.get("name"), "reason": f"all {len(levels)} level(s) paged "
                     f"{cycle + 1} time(s) and nobody acknowledged"}, actor=actor))
@@ -327,28 +323,17 @@ def _fire(session: Session, due: Sequence[_Due], now: datetime, reason: str, act
                                    old=item.status, actor=actor))
         timeline.append(_entry(item.id, now, "escalated", "escalation_level", level, details, old=item.level,
                                actor=actor))
-        incident_updates.append({"b_id": item.id, "b_level": level, "b_next": next_at, "b_token": token,
-                                 "b_status": status})
+        incident_updates.append({"b_key": item.id, "escalation_level": level, "next_escalation_at": next_at,
+                                 "escalation_token": token, "status": status})
         if run is not None or cycle:
-            run_updates.append({"b_id": item.id, "b_cycle": cycle, "b_exhausted": None})
+            run_updates.append({"b_key": item.id, "cycle": cycle, "exhausted_at": None})
         result.fired.append((item.id, level))
-    if new_runs:
-        session.execute(_insert_ignore(session, IncidentEscalation).on_conflict_do_nothing(
-            index_elements=["incident_id"]), new_runs)
-    if run_updates:
-        runs_table: Any = IncidentEscalation.__table__
-        session.execute(update(runs_table).where(runs_table.c.incident_id == bindparam("b_id"))
-                        .values(cycle=bindparam("b_cycle"), exhausted_at=bindparam("b_exhausted"), updated_at=now),
-                        run_updates)
-    if incident_updates:
-        table: Table = Incident.__table__  # type: ignore[assignment]
-        session.execute(update(table).where(table.c.id == bindparam("b_id"))
-                        .values(escalation_level=bindparam("b_level"), next_escalation_at=bindparam("b_next"),
-                                escalation_token=bindparam("b_token"), status=bindparam("b_status"),
-                                updated_at=now), incident_updates)
+    # One statement per table for the whole batch (app/adapters/bulk.py).
+    insert_rows(session, _RUNS, new_runs, conflict_key="incident_id")
+    update_rows(session, _RUNS, "incident_id", run_updates, constant={"updated_at": now})
+    update_rows(session, _INCIDENTS, "id", incident_updates, constant={"updated_at": now})
     result.deliveries = insert_deliveries(session, deliveries)
-    if timeline:
-        session.execute(insert(TimelineEntry), timeline)
+    insert_rows(session, _TIMELINE, timeline)
     return result
 
 
@@ -384,10 +369,11 @@ def sweep(now: datetime | None = None, batch_size: int = 1000, time_budget_secs:
     result = SweepResult()
     if not get_settings().enable_escalation:
         return result
-    now = now or datetime.now(timezone.utc)
-    _clear_stopped(now)
+    fixed = now
+    _clear_stopped(fixed or datetime.now(timezone.utc))
     while True:
         with unit_of_work() as session:
+            now = fixed or datetime.now(timezone.utc)  # each batch pages (and records) at its own time
             due = _lock_due(session, now, batch_size)
             step = _fire(session, due, now, "due")
         _after_commit(step)

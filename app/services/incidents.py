@@ -402,7 +402,8 @@ def patch(incident_id: str, actor: str, fields: Mapping[str, Any]) -> dict[str, 
                                    incident.severity, fields["severity"],
                                    {"severity_reason": incident.severity_reason}))
             incident.severity = fields["severity"]
-            for name, value in sla.deadline_fields(incident.severity, incident.created_at).items():
+            due = sla.deadline_fields(incident.severity, incident.created_at, get_settings().sla)
+            for name, value in due.items():
                 setattr(incident, name, value)
         if "tags" in fields and fields["tags"] != incident.tags:
             changes.append(_record(session, incident, actor, "tags_changed", "tags",

@@ -179,7 +179,7 @@ def _incident_row(ev: NewEvent, fp: str, count: int, first_seen: datetime, last_
     """The incident `ev` opens (every column but `id`), if no active incident has its fingerprint."""
     integration = settings.integration(ev.source)
     severity = ev.severity_override or map_source_severity(ev.severity, integration.severity_mapping)
-    deadlines = sla.deadlines(severity, now)
+    deadlines = sla.deadlines(severity, now, settings.sla)
     resource = dict(ev.resource) if ev.resource else None
     service = ev.service or (ev.tags.get("service") if ev.tags else None)
     if not service and resource and resource.get("type") == "service":

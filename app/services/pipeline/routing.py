@@ -100,7 +100,7 @@ def decide(current: Any, snap: Snapshot, batch: Batch, settings: Settings, now: 
         severity, reason = current.severity, current.severity_reason
     return Decided(current.id, current.severity, current.category, current.status, cls, enrichment,
                    batch["correlation"].get(current.id) or {}, route, severity, reason,
-                   sla.deadlines(severity, current.created_at), now)
+                   sla.deadlines(severity, current.created_at, settings.sla), now)
 
 
 # The incident columns the route stage writes, once per incident and batch: (column, Postgres
