@@ -37,7 +37,8 @@ SELECT 'INC-20270101-' || lpad(g::text, 7, '0'), 'incident ' || g, '', (ARRAY['s
        WHEN g % 2 = 0 THEN :now + interval '1 hour' END,
   (ARRAY['performance','security','availability', NULL])[1 + g % 4], (ARRAY['ml','platform','data'])[1 + g % 3],
   CASE WHEN s.status <> 'NEW' THEN c.created + make_interval(secs => 5 + (g::bigint * 7919) % 900) END,
-  CASE WHEN s.status IN ('RESOLVED','CLOSED') THEN c.created + make_interval(secs => 900 + (g::bigint * 104729) % 20000) END
+  CASE WHEN s.status IN ('RESOLVED','CLOSED')
+       THEN c.created + make_interval(secs => 900 + (g::bigint * 104729) % 20000) END
 FROM generate_series(1, :count) AS g,
   LATERAL (SELECT CASE WHEN :open_only OR g <= :due THEN 'NEW'
                        ELSE (ARRAY['NEW','ACKNOWLEDGED','RESOLVED','CLOSED'])[1 + g % 4] END AS status) AS s,
