@@ -37,7 +37,8 @@ def _recordset(table: Table, columns: tuple[str, ...], key: str | None = None) -
 
 def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]],
                 conflict_key: str | None = None, returning: str | None = None) -> list[Any]:
-    """INSERT the rows (all with the same keys); `conflict_key`: skip rows whose key exists.
+    """INSERT the rows (all with the same keys); `conflict_key` (columns of a unique index, comma
+    separated): skip rows whose key exists.
     Returns the `returning` column of the rows written (empty when not asked)."""
     if not rows:
         return []
@@ -53,7 +54,7 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]],
         return [r[0] for r in result] if returning else []
     stmt: Any = sqlite.insert(table)
     if conflict_key:
-        stmt = stmt.on_conflict_do_nothing(index_elements=[conflict_key])
+        stmt = stmt.on_conflict_do_nothing(index_elements=[c.strip() for c in conflict_key.split(",")])
     if returning:
         return [r[0] for r in session.execute(stmt.returning(table.c[returning]), list(rows))]
     session.execute(stmt, list(rows))

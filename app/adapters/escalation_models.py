@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import Float, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.adapters.models import Base, BigIntPK, Incident, JSONType, UTCDateTime, utcnow
@@ -75,7 +75,7 @@ class IncidentEscalation(Base):
 
     __tablename__ = "incident_escalations"
 
-    incident_id: Mapped[str] = mapped_column(String(32), ForeignKey("incidents.id"), primary_key=True)
+    incident_id: Mapped[str] = mapped_column(String(32), primary_key=True)  # no FK: see migration 0006
     policy_name: Mapped[str] = mapped_column(String(200))
     policy_version: Mapped[int] = mapped_column(Integer)
     snapshot: Mapped[dict[str, Any]] = mapped_column(JSONType)
@@ -94,7 +94,7 @@ class NotificationDelivery(Base):
     __tablename__ = "notification_deliveries"
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
-    incident_id: Mapped[str] = mapped_column(String(32), ForeignKey("incidents.id"))
+    incident_id: Mapped[str] = mapped_column(String(32))
     escalation_token: Mapped[str] = mapped_column(String(64))
     step: Mapped[str] = mapped_column(String(40))  # "c<cycle>.l<level>"
     level: Mapped[int] = mapped_column(Integer)
@@ -105,14 +105,15 @@ class NotificationDelivery(Base):
     status: Mapped[str] = mapped_column(String(20), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
-    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200))  # incident:step:recipient:channel
     reason: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     next_attempt_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
-        Index("ix_notification_deliveries_incident", "incident_id", "id"),
+        # One page per step, recipient and channel; also the index of an incident's deliveries.
+        Index("uq_notification_deliveries_step", "incident_id", "step", "recipient", "channel", unique=True),
         Index("ix_notification_deliveries_pending", "next_attempt_at",
               postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'")),
     )

@@ -6,8 +6,9 @@ this record with status `pending` plus the escalation's timeline entry; the send
 pending rows (`ix_notification_deliveries_pending`), check that the record's `escalation_token`
 still equals the incident's (an acknowledged or paused incident has another or none, so a stale
 page is never sent), and fill `status`, `attempts`, `last_error`, `next_attempt_at`.
-`idempotency_key` makes one step page each recipient on each channel at most once, whatever
-replays or races happen. See docs/escalation.md."""
+The unique index on (incident, step, recipient, channel) makes one step page each recipient on
+each channel at most once, whatever replays or races happen; `idempotency_key` is those four joined
+(what a channel hands its provider as a dedup key). See docs/escalation.md."""
 
 from __future__ import annotations
 
@@ -50,10 +51,12 @@ def delivery_rows(incident_id: str, token: str, step: str, level: int, pages: Se
 
 
 def insert_deliveries(session: Session, rows: list[dict[str, Any]]) -> int:
-    """Insert delivery rows in one statement, skipping any whose idempotency key exists. Returns the
+    """Insert delivery rows in one statement, skipping any whose step already paged that recipient on
+    that channel. Returns the
     rows written."""
     table: Any = NotificationDelivery.__table__
-    return len(insert_rows(session, table, rows, conflict_key="idempotency_key", returning="id"))
+    return len(insert_rows(session, table, rows, conflict_key="incident_id, step, recipient, channel",
+                           returning="id"))
 
 
 def deliveries_of(session: Session, incident_id: str) -> list[dict[str, Any]]:

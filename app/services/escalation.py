@@ -261,6 +261,7 @@ def _fire(session: Session, due: Sequence[_Due], now: datetime, reason: str, act
     run_updates: list[dict[str, Any]] = []
     timeline: list[dict[str, Any]] = []
     deliveries: list[dict[str, Any]] = []
+    resolved: dict[tuple[Any, Any, int], tuple[list[Page], list[str]]] = {}
     for item in due:
         run = runs.get(item.id)
         if run is not None:
@@ -299,7 +300,10 @@ def _fire(session: Session, due: Sequence[_Due], now: datetime, reason: str, act
         spec = levels[level - 1]
         token = _token()
         step = f"c{cycle}.l{level}"
-        pages, notes = directory.resolve(spec.get("targets") or [], now)
+        key = (snap.get("name"), snap.get("version"), level)
+        if key not in resolved:  # incidents on the same policy level page the same people now
+            resolved[key] = directory.resolve(spec.get("targets") or [], now)
+        pages, notes = resolved[key]
         channels = list(spec.get("channels") or ["email"])
         if reason != "due":
             why = reason
