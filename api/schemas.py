@@ -1,4 +1,5 @@
-"""Marshmallow schemas for the REST doors; the OpenAPI document is generated from them."""
+"""Marshmallow schemas of the doors, and the one event validator (`load_event`, `validate_events`)
+that REST, WebSocket and gRPC share; the OpenAPI document is generated from these schemas."""
 
 from __future__ import annotations
 
