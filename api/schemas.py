@@ -211,7 +211,8 @@ def _string_limits(schema: Schema) -> tuple[tuple[str, int, int, bool], ...]:
     return tuple(limits)
 
 
-_EVENT_STRINGS = _string_limits(EVENT_SCHEMA)
+_REQUIRED_STRINGS = tuple(limit for limit in _string_limits(EVENT_SCHEMA) if limit[3])
+_OPTIONAL_STRINGS = tuple(limit for limit in _string_limits(EVENT_SCHEMA) if not limit[3])
 _RESOURCE_STRINGS = _string_limits(ResourceSchema())
 
 
@@ -219,10 +220,14 @@ def _plainly_valid(body: Mapping[str, Any], nul_free: bool = False) -> dict[str,
     """The loaded event when `body` is plainly valid, else None (marshmallow then answers, with its
     per-field errors). Accepts a subset of what EventSchema accepts and loads it identically; it
     exists because marshmallow costs ~0.5 ms an event, which dominates a 1,000-event batch."""
-    for name, low, high, required in _EVENT_STRINGS:
-        if name in body or required:
-            value = body.get(name)
-            if type(value) is not str or not low <= len(value) <= high or (required and value.isspace()):
+    for name, low, high, _ in _REQUIRED_STRINGS:
+        value = body.get(name)
+        if type(value) is not str or not low <= len(value) <= high or value.isspace():
+            return None
+    for name, low, high, _ in _OPTIONAL_STRINGS:
+        if name in body:
+            value = body[name]
+            if type(value) is not str or not low <= len(value) <= high:
                 return None
     if not nul_free and _has_nul(body):
         return None
