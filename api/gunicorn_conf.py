@@ -30,3 +30,12 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
     from app.metrics import mark_process_dead
 
     mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    # `incident-manager run` calls the web ready when every worker has loaded the app (the port
+    # opens before: a first request then waited seconds for a booting worker)
+    ready = os.environ.get("IM_READY_FILE")
+    if ready:
+        with open(f"{ready}.{worker.pid}", "w") as marker:
+            marker.write(str(worker.pid))

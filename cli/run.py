@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -89,7 +90,8 @@ def run_command(processes: str) -> None:
     host = "localhost"
     flower_port = int(env.get("FLOWER_PORT", "5555"))
     checks = {
-        "web": (port_open(settings.api_port), f"http://{host}:{settings.api_port}"),
+        "web": (_web_ready(settings.api_port, ready_dir, int(env.get("WEB_CONCURRENCY", "2"))),
+                f"http://{host}:{settings.api_port}"),
         "grpc": (port_open(settings.grpc_port), f"{host}:{settings.grpc_port}"),
         "flower": (port_open(flower_port), f"http://{host}:{flower_port}"),
         "worker": (file_exists(ready_dir / "worker"), "consuming every queue"),
@@ -123,6 +125,12 @@ def run_command(processes: str) -> None:
     # Every child is gone and the summary is out; interpreter teardown measured 2-3 s under load
     # (in C, after the last Python frame) and would only delay the shell's prompt.
     os._exit(1 if failed is not None else 0)
+
+
+def _web_ready(port: int, ready_dir: Path, workers: int) -> Callable[[], bool]:
+    """The port accepts, and every gunicorn worker has loaded the app (api/gunicorn_conf.py)."""
+    accepts = port_open(port)
+    return lambda: len(list(ready_dir.glob("web.*"))) >= workers and accepts()
 
 
 def _shown(path: Path) -> str:

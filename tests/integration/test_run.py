@@ -161,10 +161,9 @@ def test_first_start_processes_the_guides_event_within_a_second_and_stops_on_ctr
     accepted = time.monotonic()
     assert response.status_code == 202, response.text
     wait_for(processed, 10, 0.01, "the pipeline to process the event")
-    took = time.monotonic() - accepted
-    # From the 202 (the event is committed) to the processed incident: the pipeline's part, which
-    # the broker's polling made ~6 s. The answer's own time is reported beside it.
-    assert took < 1.0, f"accepted to processed took {took:.2f} s (the answer took {accepted - sent:.2f} s)"
+    took = time.monotonic() - sent
+    assert took < 1.0, (f"event to processed incident took {took:.2f} s "
+                        f"(the answer {accepted - sent:.2f} s, the pipeline {took - (accepted - sent):.2f} s)")
 
     # /health and /metrics show every queue of the embedded broker, with depth and oldest age
     body = httpx.get(f"{run.url}/health", headers={"X-API-Key": key}, timeout=10).json()
