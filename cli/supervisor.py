@@ -28,7 +28,7 @@ import click
 # A stop request gets this long before the stragglers are SIGKILLed: an idle process stops in well
 # under a second; a longer wait would only hide a process that hangs (work a kill interrupts is not
 # lost: it was committed and the outbox relay re-sends it).
-STOP_GRACE_SECS = 2.5
+STOP_GRACE_SECS = 2.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -173,8 +173,10 @@ class Supervisor:
                 child.process.wait()
         for child in self.children:
             self._kill(child)  # anything a child left behind in its session (a pool process, a greenlet's helper)
+        lines_until = time.monotonic() + 0.3  # the last lines of output; Ctrl-C must end within 3 s
+        for child in self.children:
             if child.reader is not None:
-                child.reader.join(1.0)
+                child.reader.join(max(0.0, lines_until - time.monotonic()))
         return time.monotonic() - started, killed
 
     @staticmethod
