@@ -16,7 +16,7 @@ from werkzeug import Request, Response
 from app.adapters.db import read_session, unit_of_work
 from app.adapters.escalation_models import NotificationDelivery, User
 from app.adapters.models import DeadLetter, Incident
-from app.services.deliveries import Page, record_pages
+from app.services.deliveries import Page, delivery_rows, insert_deliveries
 from app.services.notifications import deliver, dispatch_due
 from tests.conftest import wait_for
 
@@ -38,8 +38,9 @@ def setup(outbound_config, httpserver: HTTPServer, client, make_key, monkeypatch
     with unit_of_work() as session:
         session.add(User(name="alice", email="alice@example.com", contact={"webhook": "pager-hook"}))
         session.execute(update(Incident).where(Incident.id == incident_id).values(escalation_token="tok-1"))
-        record_pages(session, incident_id, "tok-1", "c0.l1", 1, [Page("alice", "user", "alice", "direct")],
-                     ["webhook"], {"policy": "p"}, now)
+        insert_deliveries(session, delivery_rows(incident_id, "tok-1", "c0.l1", 1,
+                                                 [Page("alice", "user", "alice", "direct")], ["webhook"],
+                                                 {"policy": "p"}, now))
     with read_session() as session:
         delivery_id = session.scalars(select(NotificationDelivery.id)).one()
     return incident_id, delivery_id
