@@ -16,11 +16,13 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.adapters.db import read_session
+from app.domain.incident import TERMINAL_STATUSES, status_in_sql
+from app.domain.times import iso
 
 GROUP_BY = ("severity", "category", "team", "source")
 PERCENTILES = (0.5, 0.9)
 DEFAULT_RANGE = timedelta(days=30)
-_TERMINAL = "status IN ('RESOLVED','CLOSED')"
+_TERMINAL = status_in_sql(TERMINAL_STATUSES)
 
 
 class InvalidQuery(ValueError):
@@ -111,10 +113,6 @@ def _metrics(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _iso(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def incident_metrics(start: datetime | None, end: datetime | None, group_by: str | None = None,
                      session: Session | None = None) -> dict[str, Any]:
     """Metrics of the incidents created in [start, end) (default: the 30 days before now), not merged.
@@ -146,7 +144,7 @@ def incident_metrics(start: datetime | None, end: datetime | None, group_by: str
              **{f"{m}_p{int(p * 100)}": None for m in ("mtta", "mttr") for p in PERCENTILES},
              "ack_breached": 0, "resolve_breached": 0, "any_breached": 0}
     return {
-        "from": _iso(start), "to": _iso(end), "group_by": group_by,
+        "from": iso(start), "to": iso(end), "group_by": group_by,
         "totals": _metrics(totals or (groups[0] if groups and not group_by else empty)),
         "groups": [{"key": r["grp"], **_metrics(r)} for r in groups] if group_by else [],
     }

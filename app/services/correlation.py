@@ -15,6 +15,7 @@ from app.adapters.db import read_session
 from app.adapters.models import Incident
 from app.adapters.pipeline_models import CorrelationGroup, CorrelationMember
 from app.config import Settings, get_settings
+from app.domain.times import iso
 from app.services.incidents import _resolve_merges, decode_cursor, encode_cursor
 from app.services.pipeline.enrichment import Cache, catalog_entries
 from app.services.pipeline.grouping import Item, make_item, score_matrix
@@ -26,25 +27,21 @@ class GroupNotFound(LookupError):
         self.group_id = group_id
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
-
-
 def _summary(incident: Incident) -> dict[str, Any]:
     return {"id": incident.id, "title": incident.title, "status": incident.status, "severity": incident.severity,
             "source": incident.source, "event_type": incident.event_type, "service": incident.service,
-            "created_at": _iso(incident.created_at)}
+            "created_at": iso(incident.created_at)}
 
 
 def group_to_dict(group: CorrelationGroup, members: list[CorrelationMember] | None = None,
                   incidents: dict[str, Incident] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": group.id, "root_incident_id": group.root_incident_id, "score": group.score, "reasons": group.reasons,
-        "member_count": group.member_count, "created_at": _iso(group.created_at), "updated_at": _iso(group.updated_at),
+        "member_count": group.member_count, "created_at": iso(group.created_at), "updated_at": iso(group.updated_at),
     }
     if members is not None:
         body["members"] = [
-            {"incident_id": m.incident_id, "score": m.score, "reasons": m.reasons, "added_at": _iso(m.added_at),
+            {"incident_id": m.incident_id, "score": m.score, "reasons": m.reasons, "added_at": iso(m.added_at),
              "root": m.incident_id == group.root_incident_id,
              "incident": _summary(incidents[m.incident_id]) if incidents and m.incident_id in incidents else None}
             for m in members

@@ -35,6 +35,7 @@ from app.adapters.escalation_models import NotificationDelivery, User
 from app.adapters.http_client import DeliveryError
 from app.adapters.models import Incident
 from app.config.outbound import OutboundSettings, get_outbound_settings
+from app.domain.times import iso
 from app.services.deadletters import record_dead_letter
 from app.services.incidents import incident_to_dict
 
@@ -59,10 +60,6 @@ def max_attempts() -> int:
     return int(os.environ.get("NOTIFICATION_MAX_ATTEMPTS", "5"))
 
 
-def _iso(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat()
-
-
 def dispatch_due(limit: int = 500, now: datetime | None = None) -> list[tuple[int, str]]:
     """Claim up to `limit` due pending records; returns (id, lease) pairs to enqueue."""
     now = now or datetime.now(timezone.utc)
@@ -74,7 +71,7 @@ def dispatch_due(limit: int = 500, now: datetime | None = None) -> list[tuple[in
         ids = list(session.scalars(due))
         if ids:
             session.execute(update(table).where(table.id.in_(ids)).values(next_attempt_at=lease, updated_at=now))
-    return [(i, _iso(lease)) for i in ids]
+    return [(i, iso(lease)) for i in ids]
 
 
 @dataclass(frozen=True)
@@ -113,7 +110,7 @@ def _claim_many(items: Sequence[tuple[int, str | None]], replay: bool, now: date
                 skipped[delivery_id] = row.status
                 continue
             lease, held = leases[delivery_id], row.next_attempt_at
-            if held is not None and held > now and (lease is None or _iso(held) != lease):
+            if held is not None and held > now and (lease is None or iso(held) != lease):
                 skipped[delivery_id] = "held"  # another attempt holds a live lease (a duplicate or stale message)
                 continue
             incident = incidents.get(row.incident_id)
@@ -207,7 +204,7 @@ def deliver_many(items: Sequence[tuple[int, str | None]], replay: bool = False) 
                 row.status, row.last_error, row.updated_at = "sent", None, done
                 row.reason = {**(row.reason or {}), "delivery": {
                     "response_code": outcome.status_code, "reference": dict(outcome.reference),
-                    "target": outcome.target, "attempts": row.attempts, "sent_at": _iso(done)}}
+                    "target": outcome.target, "attempts": row.attempts, "sent_at": iso(done)}}
                 results[claim.id] = {"id": claim.id, "status": "sent", "response_code": outcome.status_code}
     for claim, exc in dead:
         record_dead_letter(TASK_NAME, "notifications", [claim.id], {"replay": True}, exc, None, claim.attempts)
@@ -234,7 +231,7 @@ def _failed(row: Any, claim: _Claim, exc: DeliveryError, now: datetime) -> dict[
     row.last_error = str(exc)[:2000]
     row.updated_at = now
     row.reason = {**(row.reason or {}), "delivery": {"response_code": exc.status, "error_kind": exc.kind,
-                                                     "attempts": row.attempts, "failed_at": _iso(now)}}
+                                                     "attempts": row.attempts, "failed_at": iso(now)}}
     if final:
         row.status = "failed"
         return {"id": claim.id, "status": "failed", "error": str(exc)}

@@ -26,13 +26,13 @@ from app import metrics
 from app.adapters.db import read_session, unit_of_work
 from app.adapters.models import ACTIVE_STATUS_SQL, Event, Incident, OutboxMessage, TimelineEntry
 from app.config import Settings, get_settings
+from app.domain.incident import follow_merges
+from app.domain.times import iso
 from app.services.pipeline.batch import Batch, Snapshot, empty_batch, one_of
 from app.services.pipeline.instruments import PIPELINE_BATCH_SIZE
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("NEW", "ACKNOWLEDGED", "IN_PROGRESS", "ESCALATED")
-MAX_MERGE_HOPS = 10
 
 
 class BrokenEvent(RuntimeError):
@@ -47,10 +47,6 @@ SNAPSHOT_COLUMNS = (
 )
 
 
-def _iso(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat()
-
-
 def snapshot(incident: Any) -> Snapshot:
     resource = incident.resource or {}
     return Snapshot(
@@ -60,7 +56,7 @@ def snapshot(incident: Any) -> Snapshot:
         resource_type=resource.get("type") if isinstance(resource, dict) else None,
         resource_id=str(resource["id"]) if isinstance(resource, dict) and resource.get("id") else None,
         tags={str(k): v for k, v in (incident.tags or {}).items()}, metrics=dict(incident.metrics or {}),
-        team=incident.team, escalation_policy=incident.escalation_policy, created_at=_iso(incident.created_at),
+        team=incident.team, escalation_policy=incident.escalation_policy, created_at=iso(incident.created_at),
     )
 
 
@@ -143,18 +139,12 @@ def _group(moved: dict[int, str], events: Sequence[Any]) -> dict[str, list[int]]
 
 def _follow_merges(session: Session, incidents: dict[str, Any]) -> dict[str, str]:
     """incident id -> the id of the incident it ends up in (itself when not merged)."""
-    final: dict[str, str] = {}
-    for incident_id, incident in incidents.items():
-        current = incident
-        for _ in range(MAX_MERGE_HOPS):
-            if not current.merged_into:
-                break
-            nxt = incidents.get(current.merged_into) or session.get(Incident, current.merged_into)
-            if nxt is None:
-                break
-            current = nxt
-        final[incident_id] = current.id
-    return final
+    def load(incident_id: str) -> Any:
+        return incidents.get(incident_id) or session.get(Incident, incident_id)
+
+    # A broken chain (a missing hop, or longer than MAX_MERGE_HOPS) leaves the event where it is.
+    return {incident_id: (follow_merges(incident_id, load) or incident).id
+            for incident_id, incident in incidents.items()}
 
 
 def _find_duplicates(session: Session, fingerprints: set[str]) -> list[tuple[list[str], str]]:
