@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from app.adapters.models import Event, Incident
 from app.domain.fingerprint import fingerprint
 from app.services import incidents
 from app.services.ingest import Dispatcher, NewEvent, ingest_events
@@ -15,6 +16,15 @@ from app.services.payloads import InvalidPayload, parse_time, string_map
 
 ALERTMANAGER_SOURCE = "alertmanager"
 TITLE_MAX = 500  # incidents.title
+# Labels that land in length-limited columns, with the column's own limit: a longer one is refused
+# (422 naming the label) instead of reaching Postgres as a 500.
+def _length(column: Any) -> int:
+    return int(column.type.length)
+
+
+_LIMITED_LABELS = (("service", _length(Incident.service)), ("job", _length(Incident.service)),
+                   ("category", _length(Incident.category)), ("severity", _length(Event.severity)))
+_EVENT_ID_MAX = _length(Event.event_id)
 
 
 @dataclass(frozen=True)
@@ -69,12 +79,18 @@ def _alertmanager_alert(alert: Any, common_labels: Mapping[str, str]) -> tuple[N
     alertname = labels.get("alertname")
     if not alertname:
         raise InvalidPayload("labels.alertname is required", {"labels": ["alertname is required"]})
+    too_long = {f"labels.{name}": [f"longer than {limit} characters"]
+                for name, limit in _LIMITED_LABELS if len(labels.get(name) or "") > limit}
+    if too_long:
+        raise InvalidPayload(f"labels too long: {', '.join(sorted(too_long))}", too_long)
     starts_at = parse_time(alert.get("startsAt"), "startsAt")
     alert_fp = alert.get("fingerprint")
     if not isinstance(alert_fp, str) or not alert_fp:
         # Alertmanager always sends one; compute a stable one from the labels for other senders.
         alert_fp = fingerprint({"source": ALERTMANAGER_SOURCE, "title": json.dumps(labels, sort_keys=True)},
                                ("source", "title"))[:16]
+    if len(f"{alert_fp}:{alert.get('startsAt') or ''}") > _EVENT_ID_MAX:
+        raise InvalidPayload("fingerprint too long", {"fingerprint": [f"longer than {_EVENT_ID_MAX - 40} characters"]})
     title = annotations.get("title") or annotations.get("summary") or alertname
     # The title column holds 500 characters: a longer summary is cut there and kept whole below.
     parts = [annotations.get("summary")] if title != annotations.get("summary") or len(title) > TITLE_MAX else []

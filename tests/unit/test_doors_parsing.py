@@ -78,6 +78,12 @@ def test_alertmanager_resolved_alerts_become_resolutions_by_fingerprint():
     (am_payload({**ALERT, "labels": {"severity": "critical"}}), "alerts.0.labels"),
     (am_payload({**ALERT, "startsAt": "yesterday"}), "alerts.0.startsAt"),
     (am_payload({**ALERT, "labels": {"alertname": "X", "n": 1}}), "alerts.0.labels"),
+    # Labels longer than the columns they land in are refused by name, not stored as a 500.
+    (am_payload({**ALERT, "labels": {"alertname": "X", "service": "s" * 201}}), "alerts.0.labels.service"),
+    (am_payload({**ALERT, "labels": {"alertname": "X", "job": "j" * 201}}), "alerts.0.labels.job"),
+    (am_payload({**ALERT, "labels": {"alertname": "X", "category": "c" * 101}}), "alerts.0.labels.category"),
+    (am_payload({**ALERT, "labels": {"alertname": "X", "severity": "v" * 51}}), "alerts.0.labels.severity"),
+    (am_payload({**ALERT, "fingerprint": "f" * 200}), "alerts.0.fingerprint"),
 ])
 def test_alertmanager_bad_payloads_name_the_field(payload, field):
     with pytest.raises(InvalidPayload) as info:
