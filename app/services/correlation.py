@@ -128,7 +128,8 @@ def analyze_correlations(incident_id: str, time_window_secs: int = 0, limit: int
     """The incidents related to one incident (gRPC's AnalyzeCorrelations; follows merges, raises
     IncidentNotFound), each scored against it by the pipeline's own scorer
     (`grouping.score_matrix`), so a pair scores the same here as in the correlate stage: the
-    members of its correlation group first (reason `group`), then the incidents created within
+    members of its correlation group first (reason `group`, with the score and reasons the stage
+    stored: a root's is 1.0, `root`), then the incidents created within
     ±window that share its fingerprint, source or service (the pipeline may not have grouped them:
     not run yet, below the threshold, or a full group). Best score first, at most `limit`
     (default `correlation.max_group_size`)."""
@@ -140,10 +141,15 @@ def analyze_correlations(incident_id: str, time_window_secs: int = 0, limit: int
         incident = _resolve_merges(session, incident_id)
         member = session.get(CorrelationMember, incident.id)
         grouped: dict[str, Incident] = {}
+        stored: dict[str, tuple[float, list[Any]]] = {}
         if member is not None:
-            grouped = {i.id: i for i in session.scalars(
-                select(Incident).join(CorrelationMember, CorrelationMember.incident_id == Incident.id)
-                .where(CorrelationMember.group_id == member.group_id, Incident.id != incident.id))}
+            rows = session.execute(
+                select(Incident, CorrelationMember.score, CorrelationMember.reasons)
+                .join(CorrelationMember, CorrelationMember.incident_id == Incident.id)
+                .where(CorrelationMember.group_id == member.group_id, Incident.id != incident.id)).all()
+            grouped = {r[0].id: r[0] for r in rows}
+            # A member keeps the score the pipeline gave it (a root's is 1.0, reason `root`)
+            stored = {r[0].id: (float(r[1] or 0.0), list(r[2] or [])) for r in rows}
         shared = [Incident.fingerprint == incident.fingerprint, Incident.source == incident.source]
         if incident.service:
             shared.append(Incident.service == incident.service)
@@ -161,10 +167,14 @@ def analyze_correlations(incident_id: str, time_window_secs: int = 0, limit: int
                          catalog)
 
     scores = score_matrix([item(incident)], [item(i) for i in others], config)
-    related = [RelatedIncident(other.id, round(scores.score(0, j), 3),
-                               (*(("group",) if other.id in grouped else ()),
-                                *(r["strategy"] for r in scores.reasons(0, j))),
+    related = [RelatedIncident(other.id, round(stored[other.id][0], 3),
+                               ("group", *(str(r.get("strategy", r)) if isinstance(r, dict) else str(r)
+                                           for r in stored[other.id][1])),
                                other.title, other.severity, other.status, other.created_at)
+               if other.id in stored else
+               RelatedIncident(other.id, round(scores.score(0, j), 3),
+                               tuple(r["strategy"] for r in scores.reasons(0, j)), other.title, other.severity,
+                               other.status, other.created_at)
                for j, other in enumerate(others)]
     related.sort(key=lambda r: (r.incident_id not in grouped, -r.score, -r.created_at.timestamp()))
     return Correlations(incident.id, member.group_id if member else None, related[:limit], window,
