@@ -49,3 +49,18 @@ def outbound_config(test_env: dict[str, str], tmp_path: Path) -> Iterator[Callab
         os.environ["CONFIG_FILE"] = saved
     _reset()
     clear_breakers()
+
+
+# The integration guide's §8 webhook payload template, verbatim.
+GUIDE_TEMPLATE = """{
+  "event_type": "{{event_type}}",
+  "incident": {
+    "id": "{{incident.id}}",
+    "title": "{{incident.title}}",
+    "severity": "{{incident.severity}}",
+    "status": "{{incident.status}}",
+    "url": "https://incidents.example.com/incidents/{{incident.id}}"
+  },
+  "timestamp": "{{timestamp}}"
+}
+"""

@@ -28,6 +28,7 @@ from app.adapters.channels import jira, pagerduty, slack, webhook
 from app.adapters.http_client import DeliveryError
 from app.config.outbound import get_outbound_settings
 from app.services import circuit_breakers as cb
+from tests.outbound import GUIDE_TEMPLATE
 
 GUIDE_INCIDENT: dict[str, Any] = {
     "id": "INC-20251111-00042", "title": "Latency Spike Detected",
@@ -230,18 +231,6 @@ def test_jira_issue_as_the_guide(outbound_config, httpserver: HTTPServer):
 
 # ------------------------------------------------------------------------------- webhooks
 
-GUIDE_TEMPLATE = """{
-  "event_type": "{{event_type}}",
-  "incident": {
-    "id": "{{incident.id}}",
-    "title": "{{incident.title}}",
-    "severity": "{{incident.severity}}",
-    "status": "{{incident.status}}",
-    "url": "https://incidents.example.com/incidents/{{incident.id}}"
-  },
-  "timestamp": "{{timestamp}}"
-}
-"""
 
 
 def hook_config(server: HTTPServer, **extra: Any) -> dict[str, Any]:

@@ -8,19 +8,7 @@ import json
 import pytest
 
 from app.services.templates import TemplateError, compile_template
-
-GUIDE_TEMPLATE = """{
-  "event_type": "{{event_type}}",
-  "incident": {
-    "id": "{{incident.id}}",
-    "title": "{{incident.title}}",
-    "severity": "{{incident.severity}}",
-    "status": "{{incident.status}}",
-    "url": "https://incidents.example.com/incidents/{{incident.id}}"
-  },
-  "timestamp": "{{timestamp}}"
-}
-"""
+from tests.outbound import GUIDE_TEMPLATE
 
 INCIDENT = {"id": "INC-20251111-00042", "title": "Latency Spike Detected", "severity": "P1", "status": "NEW",
             "event_count": 3, "tags": {"env": "prod"}, "assignee": None}
