@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import insert, text
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from app import metrics
+from app.adapters import bulk
 from app.adapters.db import unit_of_work
 from app.adapters.escalation_models import SLA_ACK_OPEN_SQL, SLA_RESOLVE_OPEN_SQL
 from app.adapters.models import ACTIVE_STATUS_SQL, Incident, TimelineEntry
@@ -36,10 +37,10 @@ TARGETS = (
 )
 
 
-def _flag_sql(target: Target) -> Any:
+def _flag_sql(target: Target) -> str:
     # The inner SELECT repeats the partial index's predicate so the planner uses it; SKIP LOCKED lets
     # two checks (or a check and an acknowledge) run at once; the outer `= false` makes it once.
-    return text(
+    return (
         f"UPDATE incidents SET {target.flag} = true WHERE id IN ("
         f" SELECT id FROM incidents WHERE {target.open_sql} AND {target.deadline} < :now AND {ACTIVE_STATUS_SQL}"
         f" AND merged_into IS NULL ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED)"
@@ -62,11 +63,7 @@ def check(now: datetime | None = None, limit: int = 5000) -> dict[str, int]:
         counts[target.name] = 0
         while True:
             with unit_of_work() as session:
-                if session.get_bind().dialect.name == "postgresql":
-                    rows = session.execute(_flag_sql(target), {"now": now, "limit": limit}).all()
-                else:  # SQLite: one writer at a time, no row locks to skip
-                    rows = session.execute(text(_flag_sql(target).text.replace(" FOR UPDATE SKIP LOCKED", "")),
-                                           {"now": now.replace(tzinfo=None), "limit": limit}).all()
+                rows = bulk.claim_rows(session, _flag_sql(target), {"now": now, "limit": limit})
                 breached = [(r[0], r[1], _aware(r[2])) for r in rows]
                 if breached:
                     session.execute(insert(TimelineEntry), [_entry(i, now, target.name, d, s, "sla-check")

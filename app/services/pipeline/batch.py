@@ -14,15 +14,13 @@ Stages add their results per incident; `route` writes each incident row once at 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence, TypedDict
+from typing import Any, Sequence, TypedDict
 
-from sqlalchemy import any_, bindparam, select
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy import select
 
+from app.adapters.bulk import one_of
 from app.adapters.db import read_session
 from app.adapters.models import OutboxMessage
-from app.config import get_settings
 
 
 class Snapshot(TypedDict):
@@ -52,19 +50,6 @@ Batch = dict[str, Any]
 def empty_batch(outbox_ids: Sequence[int]) -> Batch:
     return {"outbox_ids": sorted(set(int(i) for i in outbox_ids)), "event_ids": [], "incidents": [], "touched": [],
             "classification": {}, "enrichment": {}, "correlation": {}, "routing": {}}
-
-
-def one_of(column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
-    """`column IN (values)`, written on Postgres as `column = ANY(<one array parameter>)`.
-
-    Why: an IN list renders one placeholder per value, so every batch size is a new SQL text that
-    SQLAlchemy re-renders and psycopg re-parses and Postgres re-plans (tens of ms per batch of
-    1,000 ids). With one array parameter the text never changes: it is compiled once and, after a
-    few runs, executed as a server-side prepared statement."""
-    values = list(values)
-    if get_settings().is_sqlite:
-        return column.in_(values)  # type: ignore[no-any-return]
-    return column == any_(bindparam(None, values, type_=ARRAY(column.type)))  # type: ignore[no-any-return]
 
 
 def pack_outbox(outbox_ids: Sequence[int], max_events: int) -> list[list[int]]:

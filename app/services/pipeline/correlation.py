@@ -19,26 +19,29 @@ import time
 from collections import OrderedDict
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
-import orjson
-from sqlalchemy import delete, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, delete, select
 from sqlalchemy.orm import Session
 
 from app import metrics
+from app.adapters import bulk
+from app.adapters.bulk import one_of
 from app.adapters.db import read_session, unit_of_work
 from app.adapters.models import Incident
 from app.adapters.pipeline_models import CorrelationGroup, CorrelationMember
 from app.config import Settings, get_settings
 from app.services.pipeline import text as textsim
-from app.services.pipeline.batch import Batch, Snapshot, one_of
+from app.services.pipeline.batch import Batch, Snapshot
 from app.services.pipeline.enrichment import Cache, catalog_entries
 from app.services.pipeline.grouping import Item, dependencies, make_item, plan_groups, score_matrix
 from app.services.pipeline.instruments import CORRELATION_GROUPS_CREATED
 
 log = logging.getLogger(__name__)
+
+_GROUPS = cast(Table, CorrelationGroup.__table__)
+_MEMBERS = cast(Table, CorrelationMember.__table__)
 
 
 # The window's recent incidents, cached in this process by id as Items without their group or
@@ -71,10 +74,6 @@ def _recent_candidates(session: Session, since: datetime, limit: int) -> list[It
     while len(_CANDIDATES) > _CANDIDATE_CACHE_SIZE:
         _CANDIDATES.popitem(last=False)
     return [_CANDIDATES[i] for i in wanted if i in _CANDIDATES]
-
-
-def _insert(session: Session) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def correlate(batch: Batch, settings: Settings | None = None) -> Batch:
@@ -150,12 +149,11 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
     """Write groups and memberships in one short transaction. A root another worker grouped first
     keeps its group: our new group is dropped and its members join that one instead."""
     with unit_of_work() as session:
-        insert = _insert(session)
         remap: dict[str, str] = {}
         if new_groups:
-            session.execute(insert(CorrelationGroup).values([
+            bulk.insert_rows(session, _GROUPS, [
                 {"id": gid, "root_incident_id": g["root"], "score": g["score"], "reasons": g["reasons"],
-                 "member_count": 0, "created_at": now, "updated_at": now} for gid, g in sorted(new_groups.items())]))
+                 "member_count": 0, "created_at": now, "updated_at": now} for gid, g in sorted(new_groups.items())])
             root_rows = [{"incident_id": g["root"], "group_id": gid, "score": 1.0, "reasons": [{"strategy": "root"}],
                           "added_at": now} for gid, g in sorted(new_groups.items(), key=lambda kv: kv[1]["root"])]
             won = {incident_id for incident_id, _ in _insert_members(session, root_rows, now)}
@@ -237,43 +235,20 @@ def _within_capacity(session: Session, members: list[dict[str, Any]], group_ids:
     return kept, over
 
 
-_RECORDSET_COUNTS = text(
-    "UPDATE correlation_groups AS g SET member_count = g.member_count + v.n, updated_at = :now "
-    "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(id text, n int) WHERE g.id = v.id"
-)
-
-
 def _add_member_counts(session: Session, added: dict[str, int], now: datetime) -> None:
     ordered = sorted(added)
     session.execute(select(CorrelationGroup.id).where(one_of(CorrelationGroup.id, ordered))
                     .order_by(CorrelationGroup.id).with_for_update())
-    if session.get_bind().dialect.name == "postgresql":
-        rows = orjson.dumps([{"id": g, "n": added[g]} for g in ordered]).decode()
-        session.execute(_RECORDSET_COUNTS, {"now": now, "rows": rows})
-        return
-    for group_id in ordered:
-        session.execute(update(CorrelationGroup).where(CorrelationGroup.id == group_id).values(
-            member_count=CorrelationGroup.member_count + added[group_id], updated_at=now))
-
-
-_RECORDSET_MEMBERS = text(
-    "INSERT INTO correlation_group_members (incident_id, group_id, score, reasons, added_at) "
-    "SELECT v.incident_id, v.group_id, v.score, v.reasons, :now "
-    "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(incident_id text, group_id text, score float8, reasons jsonb) "
-    "ON CONFLICT (incident_id) DO NOTHING RETURNING incident_id, group_id"
-)
+    bulk.update_rows(session, _GROUPS, "id", [{"b_key": g, "member_count": added[g]} for g in ordered],
+                     {"updated_at": now}, add=("member_count",))
 
 
 def _insert_members(session: Session, members: list[dict[str, Any]], now: datetime) -> list[tuple[str, str]]:
     """Insert memberships, skipping incidents already in a group; (incident_id, group_id) of those inserted."""
-    if session.get_bind().dialect.name == "postgresql":
-        payload = [{k: m[k] for k in ("incident_id", "group_id", "score", "reasons")} for m in members]
-        rows = session.execute(_RECORDSET_MEMBERS, {"now": now, "rows": orjson.dumps(payload).decode()}).all()
-    else:
-        rows = session.execute(
-            _insert(session)(CorrelationMember).values(members).on_conflict_do_nothing(index_elements=["incident_id"])
-            .returning(CorrelationMember.incident_id, CorrelationMember.group_id)).all()
-    return [(r[0], r[1]) for r in rows]
+    rows = [{k: m[k] for k in ("incident_id", "group_id", "score", "reasons")} | {"added_at": now} for m in members]
+    group_of = {m["incident_id"]: m["group_id"] for m in members}
+    inserted = bulk.insert_rows(session, _MEMBERS, rows, conflict_key="incident_id", returning="incident_id")
+    return [(incident_id, group_of[incident_id]) for incident_id in inserted]
 
 
 def related(session: Session, incident_id: str) -> tuple[CorrelationGroup | None, list[CorrelationMember]]:

@@ -23,12 +23,13 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from app import metrics
+from app.adapters.bulk import one_of
 from app.adapters.db import read_session, unit_of_work
 from app.adapters.models import ACTIVE_STATUS_SQL, Event, Incident, OutboxMessage, TimelineEntry
 from app.config import Settings, get_settings
 from app.domain.incident import follow_merges
 from app.domain.times import iso
-from app.services.pipeline.batch import Batch, Snapshot, empty_batch, one_of
+from app.services.pipeline.batch import Batch, Snapshot, empty_batch
 from app.services.pipeline.instruments import PIPELINE_BATCH_SIZE
 
 log = logging.getLogger(__name__)

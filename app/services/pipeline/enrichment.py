@@ -22,13 +22,14 @@ import orjson
 from sqlalchemy import select
 
 from app import metrics
+from app.adapters.bulk import one_of
 from app.adapters.db import read_session
 from app.adapters.models import Incident
 from app.adapters.redis_client import get_redis
 from app.config import Settings, get_settings
 from app.services import service_catalog
 from app.services.pipeline import text
-from app.services.pipeline.batch import Batch, Snapshot, one_of
+from app.services.pipeline.batch import Batch, Snapshot
 from app.services.pipeline.instruments import ENRICHMENT_DURATION, ENRICHMENT_FAILURES, record_cache
 
 log = logging.getLogger(__name__)

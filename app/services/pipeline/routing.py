@@ -18,17 +18,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence, cast
 
-import orjson
-from sqlalchemy import Table, bindparam, insert, select, text, update
+from sqlalchemy import Table, select, update
 
 from app import metrics
+from app.adapters import bulk
+from app.adapters.bulk import one_of
 from app.adapters.db import unit_of_work
 from app.adapters.models import Event, Incident, OutboxMessage, TimelineEntry
 from app.config import RoutingRule, Settings, get_settings
 from app.domain import sla
 from app.domain.severity import HUMAN_DECIDERS
 from app.services import changes, escalation
-from app.services.pipeline.batch import Batch, Snapshot, one_of
+from app.services.pipeline.batch import Batch, Snapshot
 from app.services.pipeline.instruments import EVENT_TO_INCIDENT_LATENCY
 
 log = logging.getLogger(__name__)
@@ -103,33 +104,31 @@ def decide(current: Any, snap: Snapshot, batch: Batch, settings: Settings, now: 
                    sla.deadlines(severity, current.created_at, settings.sla), now)
 
 
-# The incident columns the route stage writes, once per incident and batch: (column, Postgres
-# type, value). The one list both the statement and its rows are made from.
-INCIDENT_COLUMNS: tuple[tuple[str, str, Callable[[Decided], Any]], ...] = (
-    ("severity", "text", lambda d: d.severity),
-    ("category", "text", lambda d: d.classification.get("category", d.old_category)),
-    ("predicted_severity", "text", lambda d: d.classification.get("predicted_severity")),
-    ("predicted_category", "text", lambda d: d.classification.get("predicted_category")),
-    ("confidence", "float8", lambda d: d.classification.get("confidence")),
-    ("model_version", "text", lambda d: d.classification.get("model_version")),
-    ("severity_reason", "jsonb", lambda d: d.severity_reason),
-    ("enrichment", "jsonb", lambda d: d.enrichment),
-    ("correlation_group_id", "text", lambda d: d.correlation.get("group_id")),
-    ("team", "text", lambda d: d.route["team"]),
-    ("escalation_policy", "text", lambda d: d.route["escalation_policy"]),
-    ("sla_acknowledge_by", "timestamptz", lambda d: d.deadlines.acknowledge_by),
-    ("sla_resolve_by", "timestamptz", lambda d: d.deadlines.resolve_by),
-    ("processed_at", "timestamptz", lambda d: d.now),
-    ("updated_at", "timestamptz", lambda d: d.now),
+# The incident columns the route stage writes, once per incident and batch: (column, value). The
+# one list the rows are made from; app/adapters/bulk.py types them from the table.
+INCIDENT_COLUMNS: tuple[tuple[str, Callable[[Decided], Any]], ...] = (
+    ("severity", lambda d: d.severity),
+    ("category", lambda d: d.classification.get("category", d.old_category)),
+    ("predicted_severity", lambda d: d.classification.get("predicted_severity")),
+    ("predicted_category", lambda d: d.classification.get("predicted_category")),
+    ("confidence", lambda d: d.classification.get("confidence")),
+    ("model_version", lambda d: d.classification.get("model_version")),
+    ("severity_reason", lambda d: d.severity_reason),
+    ("enrichment", lambda d: d.enrichment),
+    ("correlation_group_id", lambda d: d.correlation.get("group_id")),
+    ("team", lambda d: d.route["team"]),
+    ("escalation_policy", lambda d: d.route["escalation_policy"]),
+    ("sla_acknowledge_by", lambda d: d.deadlines.acknowledge_by),
+    ("sla_resolve_by", lambda d: d.deadlines.resolve_by),
+    ("processed_at", lambda d: d.now),
+    ("updated_at", lambda d: d.now),
 )
-_TIMELINE_COLUMNS = (
-    ("incident_id", "text"), ("at", "timestamptz"), ("actor", "text"), ("kind", "text"), ("field", "text"),
-    ("old_value", "text"), ("new_value", "text"), ("details", "jsonb"),
-)
+_INCIDENTS = cast(Table, Incident.__table__)
+_TIMELINE = cast(Table, TimelineEntry.__table__)
 
 
 def incident_row(d: Decided) -> dict[str, Any]:
-    return {"b_id": d.id, **{name: value(d) for name, _, value in INCIDENT_COLUMNS}}
+    return {"b_key": d.id, **{name: value(d) for name, value in INCIDENT_COLUMNS}}
 
 
 def timeline_row(d: Decided) -> dict[str, Any]:
@@ -149,46 +148,11 @@ def timeline_row(d: Decided) -> dict[str, Any]:
     }
 
 
-def _recordset(columns: Sequence[tuple[str, str]]) -> str:
-    """`jsonb_to_recordset(:rows) AS v(<typed columns>)`: a whole batch of rows as one parameter."""
-    return "jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(" + ", ".join(f"{n} {kind}" for n, kind in columns) + ")"
-
-
-# Postgres: one UPDATE ... FROM jsonb_to_recordset(one JSON document) for the whole batch (a
-# statement per row costs 3x; arrays of JSON strings cost more in escaping than the update itself).
-_RECORDSET_UPDATE = text(
-    "UPDATE incidents AS i SET " + ", ".join(f"{name} = v.{name}" for name, _, _ in INCIDENT_COLUMNS)
-    + " FROM " + _recordset([("b_id", "text"), *((n, kind) for n, kind, _ in INCIDENT_COLUMNS)])
-    + " WHERE i.id = v.b_id AND i.processed_at IS NULL"
-)
-# One INSERT ... SELECT for the batch's timeline rows (an executemany is one statement per row).
-_RECORDSET_TIMELINE = text(
-    "INSERT INTO incident_timeline (" + ", ".join(n for n, _ in _TIMELINE_COLUMNS) + ") SELECT "
-    + ", ".join(f"v.{n}" for n, _ in _TIMELINE_COLUMNS) + " FROM " + _recordset(_TIMELINE_COLUMNS)
-)
-
-
-def _json(rows: list[dict[str, Any]]) -> str:
-    """orjson: ~6x json's speed on a batch's rows (datetimes as RFC 3339, which Postgres reads)."""
-    return orjson.dumps(rows, default=str).decode()
-
-
 def _write_incidents(session: Any, decided: Sequence[Decided]) -> None:
-    """Each incident row written once, and its timeline row: one statement each on Postgres
-    (executemany elsewhere)."""
-    rows = [incident_row(d) for d in decided]
-    timeline = [timeline_row(d) for d in decided]
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(_RECORDSET_UPDATE, {"rows": _json(rows)})
-        session.execute(_RECORDSET_TIMELINE, {"rows": _json(timeline)})
-        return
-    table = cast(Table, Incident.__table__)
-    session.execute(
-        update(table).where(table.c.id == bindparam("b_id"), table.c.processed_at.is_(None))
-        .values({name: bindparam(name) for name, _, _ in INCIDENT_COLUMNS}),
-        rows,
-    )
-    session.execute(insert(TimelineEntry), timeline)
+    """Each incident row written once (unless another run processed it first), and its timeline
+    row: one statement each (app/adapters/bulk.py: a statement per row costs 3x)."""
+    bulk.update_rows(session, _INCIDENTS, "id", [incident_row(d) for d in decided], where_null=("processed_at",))
+    bulk.insert_rows(session, _TIMELINE, [timeline_row(d) for d in decided])
 
 
 def _explicit_team(snap: Snapshot, settings: Settings) -> bool:
@@ -228,12 +192,10 @@ def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
                                         "service": snaps[d.id]["service"]}
                                        for p, d in zip(published, decided, strict=True)], now)
         roots = batch.get("correlation_roots") or {}
-        if roots:  # earlier incidents that became the root of a group this batch opened: one executemany
-            table = cast(Table, Incident.__table__)
-            session.execute(update(table)
-                            .where(table.c.id == bindparam("b_root"), table.c.correlation_group_id.is_(None))
-                            .values(correlation_group_id=bindparam("b_group")),
-                            [{"b_root": root, "b_group": group} for root, group in sorted(roots.items())])
+        if roots:  # earlier incidents that became the root of a group this batch opened (where still unset)
+            bulk.update_rows(session, _INCIDENTS, "id",
+                             [{"b_key": root, "correlation_group_id": group} for root, group in sorted(roots.items())],
+                             where_null=("correlation_group_id",))
         finished = list(session.execute(
             update(Event).where(one_of(Event.id, batch["event_ids"]), Event.processed_at.is_(None))
             .values(processed_at=now).returning(Event.received_at)
