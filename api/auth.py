@@ -43,6 +43,11 @@ def current_principal() -> Principal:
 def enforce(principal: Principal, permission: str) -> None:
     if not principal.can(permission):
         raise PermissionDenied(f"this credential lacks the '{permission}' permission")
+    throttle(principal)
+
+
+def throttle(principal: Principal) -> None:
+    """Count one request against the credential's rate limit; 429 beyond it."""
     decision = limiter.check(principal.id, principal.requests_per_minute, principal.burst)
     if not decision.allowed:
         metrics.RATE_LIMITED.labels(key=principal.name).inc()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from flask import Blueprint, jsonify, request
@@ -20,7 +19,6 @@ from api.schemas import (
     ResolveSchema,
 )
 from app.services import incidents as service
-from app.services.ingest import NewEvent
 from tasks.dispatch import dispatch_pipeline_in_background as dispatch_pipeline
 
 bp = Blueprint("incidents", __name__)
@@ -69,23 +67,7 @@ def list_incidents() -> Any:
 def create_incident() -> Any:
     body = json_object()
     data = ManualIncidentSchema().load(body)
-    category = data.get("category") or data.get("incident_type")
-    event = NewEvent(
-        source=data["source"],
-        event_id=data.get("event_id") or f"manual-{uuid.uuid4()}",
-        title=data["title"],
-        raw=body,
-        event_type=data.get("incident_type") or "manual",
-        category=category.lower() if category else None,
-        description=data.get("description") or "",
-        severity=data["severity"],
-        resource=data.get("resource"),
-        tags=data.get("tags") or {},
-        service=data.get("service"),
-        team=data.get("team"),
-        assignee=data.get("assignee"),
-        requested_by=_actor(None),
-    )
+    event = service.manual_event(data, body, requested_by=_actor(None))
     incident, created = service.create_manual(event, dispatcher=dispatch_pipeline)
     response = jsonify(incident)
     response.status_code = 201 if created else 200

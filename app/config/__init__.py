@@ -26,6 +26,7 @@ from app.config.features import (
     RateLimitSettings,
     load_features,
 )
+from app.config.graphql import GraphQLSettings, load_graphql
 from app.config.integrations import (
     DEFAULT_SEVERITY_MAPPING,
     IntegrationSettings,
@@ -42,14 +43,16 @@ from app.config.storage import load_storage
 
 __all__ = [
     "DEFAULT_SEVERITY_MAPPING", "ConfigError", "CorrelationSettings", "DeduplicationSettings", "EnrichmentSettings",
-    "EscalationSettings", "IntegrationSettings", "MLSettings", "RateLimitSettings", "RoutingRule", "Settings",
+    "EscalationSettings", "GraphQLSettings", "IntegrationSettings", "MLSettings", "RateLimitSettings", "RoutingRule",
+    "Settings",
     "get_settings", "load_settings", "reset_settings_cache",
 ]
 
-# config.yaml's top-level keys: the reference README's, plus `routing` (docs/pipeline.md) and `sla`
-# (docs/escalation.md).
+# config.yaml's top-level keys: the reference README's, plus `routing` (docs/pipeline.md), `sla`
+# (docs/escalation.md) and `graphql` (docs/graphql.md).
 SECTIONS = ("instance_id", "storage", "rate_limit", "ml", "enrichment", "correlation", "escalation",
-            "deduplication", "integrations", "routing", "notifications", "circuit_breakers", "sla")
+            "deduplication", "integrations", "routing", "notifications", "circuit_breakers", "sla",
+            "graphql")
 
 
 def _read_config_file(env: Mapping[str, str]) -> Mapping[str, Any]:
@@ -86,6 +89,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         **load_features(tree, env),
         integrations=load_integrations(tree),
         routing_rules=load_routing_rules(tree),
+        graphql=load_graphql(tree, env),
         raw=tree,
         outbound=load_outbound(tree, env),
     )

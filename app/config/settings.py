@@ -14,6 +14,7 @@ from app.config.features import (
     MLSettings,
     RateLimitSettings,
 )
+from app.config.graphql import GraphQLSettings
 from app.config.integrations import IntegrationSettings, RoutingRule, default_integration
 from app.config.outbound import OutboundSettings
 from app.domain.sla import SlaTargets
@@ -70,6 +71,8 @@ class Settings:
     # integrations.py
     integrations: Mapping[str, IntegrationSettings]
     routing_rules: tuple[RoutingRule, ...] = ()
+    # graphql.py
+    graphql: GraphQLSettings = field(default_factory=GraphQLSettings)
     # The config.yaml document as read (sections such as `notifications` are read by their owners).
     raw: Mapping[str, Any] = field(default_factory=dict)
     # outbound.py: `notifications`, `circuit_breakers`, `integrations.jira|webhooks|llm-governance-core`

@@ -80,3 +80,29 @@ def subscribe(timeout: float = 1.0) -> Iterator[dict[str, Any] | None]:
                 continue
     finally:
         pubsub.close()
+
+
+def subscribe_batches(timeout: float = 1.0, max_batch: int = 500) -> Iterator[list[dict[str, Any]]]:
+    """Like `subscribe`, but yields every message already waiting at once (up to `max_batch`), so
+    a reader can load what the batch needs in one query; an empty list every `timeout` seconds of
+    silence."""
+    client = get_redis()
+    if client is None:
+        raise RuntimeError("change subscriptions need REDIS_URL")
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(channel())
+    try:
+        while True:
+            message = pubsub.get_message(timeout=timeout)
+            batch: list[dict[str, Any]] = []
+            while message is not None:
+                try:
+                    batch.append(json.loads(message["data"]))
+                except (ValueError, TypeError):
+                    pass
+                if len(batch) >= max_batch:
+                    break
+                message = pubsub.get_message(timeout=0)
+            yield batch
+    finally:
+        pubsub.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
@@ -160,6 +161,7 @@ class IncidentFilter:
     created_after: datetime | None = None
     created_before: datetime | None = None
     q: str | None = None
+    environment: Sequence[str] = ()  # tags.environment, any case (GraphQL's `environment: [PRODUCTION]`)
 
 
 class InvalidCursor(ValueError):
@@ -196,6 +198,8 @@ def filter_clauses(flt: IncidentFilter) -> list[Any]:
         clauses.append(Incident.created_at >= flt.created_after)
     if flt.created_before:
         clauses.append(Incident.created_at <= flt.created_before)
+    if flt.environment:
+        clauses.append(func.lower(Incident.tags["environment"].as_string()).in_([e.lower() for e in flt.environment]))
     if flt.q:
         pattern = f"%{flt.q.lower()}%"
         clauses.append(or_(func.lower(Incident.title).like(pattern), func.lower(Incident.description).like(pattern)))
@@ -203,20 +207,32 @@ def filter_clauses(flt: IncidentFilter) -> list[Any]:
 
 
 def list_incidents(
-    flt: IncidentFilter, limit: int = 50, cursor: str | None = None
+    flt: IncidentFilter, limit: int = 50, cursor: str | None = None, ascending: bool = False, offset: int = 0,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Newest first; keyset pagination on (created_at, id)."""
+    """Newest first (oldest first when `ascending`); keyset pagination on (created_at, id) after
+    `cursor`, or `offset` rows skipped (GraphQL's page/pageSize)."""
     clauses = filter_clauses(flt)
     if cursor:
         created_at, incident_id = decode_cursor(cursor)
-        clauses.append(or_(Incident.created_at < created_at,
-                           and_(Incident.created_at == created_at, Incident.id < incident_id)))
+        if ascending:
+            clauses.append(or_(Incident.created_at > created_at,
+                               and_(Incident.created_at == created_at, Incident.id > incident_id)))
+        else:
+            clauses.append(or_(Incident.created_at < created_at,
+                               and_(Incident.created_at == created_at, Incident.id < incident_id)))
+    order = (Incident.created_at.asc(), Incident.id.asc()) if ascending else (Incident.created_at.desc(),
+                                                                               Incident.id.desc())
     with read_session() as session:
-        rows = list(session.scalars(
-            select(Incident).where(*clauses).order_by(Incident.created_at.desc(), Incident.id.desc()).limit(limit + 1)
-        ))
+        query = select(Incident).where(*clauses).order_by(*order).limit(limit + 1)
+        rows = list(session.scalars(query.offset(offset) if offset else query))
     next_cursor = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
     return [incident_to_dict(r) for r in rows[:limit]], next_cursor
+
+
+def count_incidents(flt: IncidentFilter) -> int:
+    """How many incidents `flt` matches (merged ones excluded, as in the listing)."""
+    with read_session() as session:
+        return int(session.scalar(select(func.count()).select_from(Incident).where(*filter_clauses(flt))) or 0)
 
 
 def incident_timeline(incident_id: str) -> list[dict[str, Any]]:
@@ -245,6 +261,27 @@ def incident_events(
 
 
 # ------------------------------------------------------------------------------------------ manual create
+
+def manual_event(data: Mapping[str, Any], raw: Mapping[str, Any], requested_by: str) -> NewEvent:
+    """The event of a manual incident from a validated ManualIncidentSchema body (REST and GraphQL)."""
+    category = data.get("category") or data.get("incident_type")
+    return NewEvent(
+        source=data["source"],
+        event_id=data.get("event_id") or f"manual-{uuid.uuid4()}",
+        title=data["title"],
+        raw=dict(raw),
+        event_type=data.get("incident_type") or "manual",
+        category=category.lower() if category else None,
+        description=data.get("description") or "",
+        severity=data["severity"],
+        resource=data.get("resource"),
+        tags=data.get("tags") or {},
+        service=data.get("service"),
+        team=data.get("team"),
+        assignee=data.get("assignee"),
+        requested_by=requested_by,
+    )
+
 
 def create_manual(event: NewEvent, dispatcher: Dispatcher | None = None) -> tuple[dict[str, Any], bool]:
     """A manual incident (`POST /api/v1/incidents`): ingest writes the event, the incident it opens or
