@@ -17,6 +17,7 @@ from websockets.sync.client import ClientConnection, connect
 from tests.integration.test_ws import running_web
 
 PROTOCOL = "graphql-transport-ws"
+pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
 
 # reference README, "WebSocket Streaming", verbatim
 CRITICAL = """
