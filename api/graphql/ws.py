@@ -295,6 +295,9 @@ class GraphQLSocket:
                 self.send({"id": op_id, "type": "next", "payload": result})
                 self.send({"id": op_id, "type": "complete"})
                 return
+            if get_settings().redis_url is None:
+                raise Rejected([GraphQLError("subscriptions need the change stream: set REDIS_URL (the embedded "
+                                             "default has no Redis)")], "subscriptions_unavailable")
             if len(self.subscriptions) >= self.settings.max_subscriptions_per_connection:
                 raise Rejected([GraphQLError(
                     f"at most {self.settings.max_subscriptions_per_connection} subscriptions per connection "
