@@ -14,6 +14,7 @@ from cli.breakers import breakers_group
 from cli.config import config_group
 from cli.db import db_group
 from cli.deadletters import deadletters_group
+from cli.flower import flower_command
 from cli.run import run_command
 from cli.token import token_group
 from ml.cli import ml_group
@@ -25,5 +26,5 @@ def main() -> None:
 
 
 for command in (db_group, apikey_group, token_group, deadletters_group, config_group, breakers_group, run_command,
-                grpc_group, ml_group):
+                grpc_group, ml_group, flower_command):
     main.add_command(command)

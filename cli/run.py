@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from cli.common import safe_url, settings_or_exit
+from cli.flower import describe_credentials
 from cli.supervisor import Child, Supervisor, file_exists, port_open
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +81,8 @@ def run_command(processes: str) -> None:
 
     key_file = settings.data_dir / "first-api-key"
     _step("key", _ensure_first_key(key_file))
+    if "flower" in wanted:
+        _step("flower", describe_credentials(settings, _shown))
 
     env = _process_env(settings.data_dir)
     if os.geteuid() == 0 and "worker" in wanted:

@@ -6,7 +6,8 @@ Queue depth and the oldest waiting message are read where the broker keeps them:
   from the `published_at` header every publisher adds (`tasks.celery_app`).
 - the embedded filesystem broker: one file per message, named `<monotonic ms>_<uuid>.<queue>.msg`
   by kombu, so one directory listing gives every queue's depth and oldest age.
-- any other broker (RabbitMQ): the depth from a passive declare; the age is unknown (None).
+- RabbitMQ (`amqp://`): the depth from a passive declare (`_amqp_stats`); the oldest message's age
+  is unknown (None) while a queue holds messages: reading it would mean taking a message.
 """
 
 from __future__ import annotations
@@ -67,14 +68,9 @@ class CeleryTaskQueue:
         if self.transport == "filesystem":
             return _filesystem_stats(self._filesystem_folder(), self.queue_names)
         with self._app.connection_for_read() as conn:
-            channel = conn.default_channel
             if self.transport in ("redis", "rediss"):
-                return _redis_stats(channel.client, self.queue_names)
-            stats: dict[str, QueueStats] = {}
-            for name in self.queue_names:
-                declared = channel.queue_declare(queue=name, passive=True)
-                stats[name] = {"depth": int(declared.message_count), "oldest_age_seconds": None}
-            return stats
+                return _redis_stats(conn.default_channel.client, self.queue_names)
+            return _amqp_stats(conn, self.queue_names)
 
 
 def _filesystem_stats(folder: Path, queues: Iterable[str]) -> dict[str, QueueStats]:
@@ -117,6 +113,30 @@ def _redis_stats(client: Any, queues: list[str]) -> dict[str, QueueStats]:
                 oldest = published
         stats[queue] = {"depth": depth,
                         "oldest_age_seconds": round(max(0.0, now - oldest), 3) if oldest is not None else None}
+    return stats
+
+
+def _amqp_stats(conn: Any, queues: list[str]) -> dict[str, QueueStats]:
+    """RabbitMQ: a passive declare answers a queue's ready-message count without touching a message.
+    A queue nobody declared yet (no worker consumed it, nothing was sent) is empty; the broker
+    answers that with a channel error (404), which closes the channel, so the next queue gets a
+    new one. The oldest message's age would need a message read: unknown (None)."""
+    from amqp.exceptions import NotFound
+
+    stats: dict[str, QueueStats] = {}
+    channel = conn.channel()
+    try:
+        for name in queues:
+            try:
+                declared = channel.queue_declare(queue=name, passive=True)
+            except NotFound:
+                stats[name] = {"depth": 0, "oldest_age_seconds": None}
+                channel = conn.channel()
+                continue
+            depth = int(declared.message_count)
+            stats[name] = {"depth": depth, "oldest_age_seconds": None}
+    finally:
+        channel.close()
     return stats
 
 

@@ -1,7 +1,10 @@
 """Operations: health (live, ready, full), Prometheus metrics, the OpenAPI document.
 
-`/health/live` and `/health/ready` are open (probes; they reveal only up/down); `/health`,
-`/api/v1/health` and `/metrics` need any valid credential (Prometheus sends it as a bearer token)."""
+As the reference README curls them, `/health/live`, `/health/ready`, `/health` and `/metrics` are
+open (CONTRACT decision 13): they show dependency states and counts, never secrets.
+`/api/v1/health` (the same body) checks the caller's key, as the integration guide's
+troubleshooting uses it; `METRICS_REQUIRE_KEY=true` makes `/metrics` ask for any valid key
+(Prometheus sends it as a bearer token)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from api.auth import current_principal
 from api.openapi import doc
 from app import metrics
+from app.config import get_settings
 from app.services.health import check_database, full_health, record_queue_stats
 from tasks.queue import celery_task_queue
 
@@ -34,20 +38,31 @@ def ready() -> Any:
     return jsonify({"status": "ready" if ok else "not_ready"}), 200 if ok else 503
 
 
-@bp.get("/health")
-@bp.get("/api/v1/health")
-@doc("Dependencies: database, broker, workers, beat", permission="any",
-     responses={200: "Healthy or degraded", 503: "Not ready"})
-def health() -> Any:
-    current_principal()
+def _health() -> Any:
     ready_ok, body = full_health(celery_task_queue())
     return jsonify(body), 200 if ready_ok else 503
 
 
-@bp.get("/metrics")
-@doc("Prometheus exposition", permission="any", responses={200: "text/plain; version=0.0.4"})
-def prometheus_metrics() -> Any:
+@bp.get("/health")
+@doc("Dependencies (open): database, broker, workers, beat lag, escalation backlog, each queue's depth",
+     responses={200: "Healthy or degraded", 503: "Not ready"})
+def health() -> Any:
+    return _health()
+
+
+@bp.get("/api/v1/health")
+@doc("The same as /health, for a caller checking its key", permission="any",
+     responses={200: "Healthy or degraded", 503: "Not ready"})
+def health_with_key() -> Any:
     current_principal()
+    return _health()
+
+
+@bp.get("/metrics")
+@doc("Prometheus exposition (open unless METRICS_REQUIRE_KEY)", responses={200: "text/plain; version=0.0.4"})
+def prometheus_metrics() -> Any:
+    if get_settings().metrics_require_key:
+        current_principal()
     try:
         record_queue_stats(celery_task_queue())  # fresh at each scrape; beat's task covers worker hosts
     except Exception:

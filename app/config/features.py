@@ -71,7 +71,8 @@ class CorrelationSettings:
 @dataclass(frozen=True)
 class EscalationSettings:
     enabled: bool = True
-    default_timeout_secs: int = 300
+    # `escalate_after_secs` of a policy level that gives none (app/services/escalation.py snapshot_of)
+    default_timeout_secs: int = field(default=300, metadata={"validate": validate.Range(min=1, max=7 * 86_400)})
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """How the processes run and report: INSTANCE_ID (on every log line), LOG_LEVEL, the worker's
-metrics port, pipeline batch size, outbox relay delay, task retries, PROMETHEUS_URL (enrichment)."""
+metrics port, whether /metrics needs a key, pipeline batch size, outbox relay delay, task retries, PROMETHEUS_URL (enrichment)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from app.config.schema import ConfigError, Int, load
+from app.config.schema import Bool, ConfigError, Int, load
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL")
 
@@ -21,6 +21,8 @@ class _RuntimeEnvSchema(Schema):
                                 validate=validate.OneOf(LOG_LEVELS), load_default="INFO")
     worker_metrics_port = Int(data_key="WORKER_METRICS_PORT", validate=validate.Range(min=1, max=65535),
                               load_default=None)
+    # /metrics answers without credentials (as /health does, CONTRACT); true makes it ask for any key
+    metrics_require_key = Bool(data_key="METRICS_REQUIRE_KEY", load_default=False)
     pipeline_batch_size = Int(data_key="PIPELINE_BATCH_SIZE", validate=validate.Range(min=1, max=10_000),
                               load_default=1000)
     outbox_relay_after_secs = Int(data_key="OUTBOX_RELAY_AFTER_SECS", validate=validate.Range(min=1), load_default=30)

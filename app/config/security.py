@@ -1,5 +1,6 @@
-"""Secrets and token checks: API_KEY_SECRET (API key hashing), JWT_SECRET / JWKS_URL / JWT_ALGORITHMS.
-With none set, the embedded default keeps random secrets in DATA_DIR so they survive restarts."""
+"""Secrets and token checks: API_KEY_SECRET (API key hashing), JWT_SECRET / JWKS_URL / JWT_ALGORITHMS,
+FLOWER_BASIC_AUTH (Flower's `user:password` pairs). With none set, the embedded default keeps random
+secrets in DATA_DIR so they survive restarts (Flower's: `incident-manager flower` makes them, cli/flower.py)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,19 @@ class _SecurityEnvSchema(Schema):
     jwt_secret = fields.String(data_key="JWT_SECRET", validate=validate.Length(min=32), load_default=None)
     jwks_url = fields.String(data_key="JWKS_URL", load_default=None)
     jwt_algorithms = CommaList(data_key="JWT_ALGORITHMS", load_default=("HS256",))
+    flower_basic_auth = CommaList(data_key="FLOWER_BASIC_AUTH", load_default=None)
 
     @validates("jwt_algorithms")
     def _never_none(self, value: tuple[str, ...], **_: Any) -> None:
         if any(algorithm.lower() == "none" for algorithm in value):
             raise ValidationError("'none' is never accepted")
+
+    @validates("flower_basic_auth")
+    def _user_and_password(self, value: tuple[str, ...], **_: Any) -> None:
+        for pair in value or ():
+            user, _sep, password = pair.partition(":")
+            if not user or not password:
+                raise ValidationError("expected user:password pairs, comma-separated (e.g. ops:s3cret)")
 
 
 def _persistent_secret(data_dir: Path, name: str) -> str:

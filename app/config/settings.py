@@ -26,6 +26,7 @@ class Settings:
     instance_id: str
     log_level: str
     worker_metrics_port: int | None
+    metrics_require_key: bool
     pipeline_batch_size: int
     outbox_relay_after_secs: int
     task_max_retries: int
@@ -56,6 +57,7 @@ class Settings:
     jwt_secret: str = field(repr=False)
     jwks_url: str | None
     jwt_algorithms: tuple[str, ...]
+    flower_basic_auth: tuple[str, ...] | None = field(repr=False)  # Flower's user:password pairs
     # features.py
     enable_ml_classification: bool
     enable_enrichment: bool

@@ -55,8 +55,13 @@ def _token() -> str:
 
 
 def snapshot_of(policy: EscalationPolicy) -> dict[str, Any]:
-    """The policy as an incident keeps it."""
-    return {"name": policy.name, "version": policy.version, "levels": list(policy.levels or []),
+    """The policy as an incident keeps it. A level without `escalate_after_secs` takes
+    `escalation.default_timeout_secs` of the configuration now, so a later configuration change
+    does not move an incident's escalation either."""
+    default_after = get_settings().escalation.default_timeout_secs
+    levels = [{**level, "escalate_after_secs": level.get("escalate_after_secs") or default_after}
+              for level in policy.levels or []]
+    return {"name": policy.name, "version": policy.version, "levels": levels,
             "repeat": policy.repeat, "conditions": dict(policy.conditions or {})}
 
 
@@ -409,10 +414,19 @@ def _clear_stopped(now: datetime) -> None:
 
 def due_backlog(now: datetime | None = None) -> int:
     """Incidents due for their next level now (what the sweep has not reached)."""
+    return due_summary(now)[0]
+
+
+def due_summary(now: datetime | None = None) -> tuple[int, float | None]:
+    """(incidents due for their next level now, seconds the longest-waiting one is overdue or None):
+    /health's escalation signal. Reads `ix_incidents_next_escalation` only."""
     now = now or datetime.now(timezone.utc)
     with read_session() as session:
-        return int(session.scalar(select(func.count()).select_from(Incident).where(
-            Incident.next_escalation_at <= now, Incident.status.in_(PAGEABLE))) or 0)
+        count, oldest = session.execute(select(func.count(), func.min(Incident.next_escalation_at)).where(
+            Incident.next_escalation_at <= now, Incident.status.in_(PAGEABLE))).one()
+    if oldest is not None and oldest.tzinfo is None:  # SQLite gives naive UTC
+        oldest = oldest.replace(tzinfo=timezone.utc)
+    return int(count or 0), (round((now - oldest).total_seconds(), 1) if oldest is not None else None)
 
 
 # --------------------------------------------------------------------------- pause/resume/escalate

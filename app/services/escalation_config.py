@@ -118,7 +118,8 @@ class LevelSchema(_Strict):
     targets = fields.List(fields.Nested(TargetSchema), required=True, validate=validate.Length(min=1, max=50))
     channels = fields.List(fields.String(validate=validate.OneOf(CHANNELS)), load_default=["email"],
                            validate=validate.Length(min=1, max=len(CHANNELS)))
-    escalate_after_secs = fields.Integer(required=True, validate=validate.Range(min=1, max=7 * 86_400))
+    # left out: `escalation.default_timeout_secs` of the configuration (taken into the incident's snapshot)
+    escalate_after_secs = fields.Integer(validate=validate.Range(min=1, max=7 * 86_400))
 
 
 class ConditionsSchema(_Strict):

@@ -1,10 +1,12 @@
-"""Health of the dependencies: database, broker, workers, beat, and the depth of every queue.
+"""Health of the dependencies: database, broker, workers, beat, the escalation backlog, and the
+depth of every queue. Nothing in it is secret: /health answers without credentials (CONTRACT).
 
 The broker and the workers are reached through a `TaskQueue` the caller passes in (the web passes
 the Celery one), so this module knows no Celery."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -86,13 +88,35 @@ def record_beat_heartbeat() -> None:
         tmp.replace(path)
 
 
+# An incident due for paging longer than this has been missed by the sweep (beat runs it every few
+# seconds; docs/escalation.md): the escalation check says "down".
+ESCALATION_OVERDUE_SECS = 60.0
+
+
+def check_escalation() -> dict[str, Any]:
+    """Incidents due for their next escalation level and how long the oldest has waited."""
+    if not get_settings().enable_escalation:
+        return {"status": "off"}
+    from app.services.escalation import due_summary
+
+    try:
+        due, overdue = due_summary()
+    except Exception as exc:  # the database check says why
+        return {"status": "down", "error": type(exc).__name__}
+    late = overdue is not None and overdue > ESCALATION_OVERDUE_SECS
+    return {"status": "down" if late else "up", "due": due, "oldest_overdue_seconds": overdue}
+
+
 def record_queue_stats(queue: TaskQueue) -> dict[str, QueueStats]:
     """Read every queue's depth and oldest waiting message, and set the Prometheus gauges
     (`incident_manager_queue_depth{queue}`, `incident_manager_queue_oldest_age_seconds{queue}`)."""
     stats = queue.queue_stats()
     for name, entry in stats.items():
         metrics.QUEUE_DEPTH.labels(queue=name).set(entry["depth"])
-        metrics.QUEUE_OLDEST_AGE.labels(queue=name).set(entry["oldest_age_seconds"] or 0.0)
+        age = entry["oldest_age_seconds"]
+        # unknown while messages wait (RabbitMQ keeps no age we can read): NaN, not a reassuring 0
+        metrics.QUEUE_OLDEST_AGE.labels(queue=name).set(age if age is not None else (
+            0.0 if entry["depth"] == 0 else math.nan))
     return stats
 
 
@@ -103,9 +127,10 @@ def full_health(queue: TaskQueue) -> tuple[bool, dict[str, Any]]:
         "broker": check_broker(queue),
         "workers": check_workers(queue),
         "beat": check_beat(),
+        "escalation": check_escalation(),
     }
     ready = checks["database"]["status"] == "up" and checks["broker"]["status"] == "up"
-    status = "healthy" if all(c["status"] in ("up", "unknown") for c in checks.values()) else (
+    status = "healthy" if all(c["status"] in ("up", "unknown", "off") for c in checks.values()) else (
         "degraded" if ready else "unhealthy")
     body: dict[str, Any] = {"status": status, "checks": checks, "queues": {}}
     if checks["broker"]["status"] == "up":

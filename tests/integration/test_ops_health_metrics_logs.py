@@ -46,9 +46,55 @@ def test_ready_is_503_when_the_database_is_unreachable(app, make_key, database_u
     assert client.get("/health/live").status_code == 200  # alive all the same: don't restart, wait
 
 
-def test_health_needs_a_credential(client):
+def test_health_is_open_and_names_each_dependency_without_secrets(client, test_env):
+    """The reference README's `curl http://localhost:8080/health`: no credential, every dependency
+    by name, and nothing of the configuration's secrets or URLs."""
     response = client.get("/health")
-    assert response.status_code == 401 and response.get_json()["error"]["code"] == "unauthenticated"
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body["checks"]) == {"database", "broker", "workers", "beat", "escalation"}
+    assert body["checks"]["database"]["status"] == "up" and body["checks"]["broker"]["status"] == "up"
+    assert body["checks"]["escalation"] == {"status": "up", "due": 0, "oldest_overdue_seconds": None}
+    text = response.get_data(as_text=True)
+    for secret in (test_env["API_KEY_SECRET"], test_env["JWT_SECRET"], test_env["DATABASE_URL"],
+                   test_env["REDIS_URL"], test_env["DATABASE_URL"].rsplit("/", 1)[1]):
+        assert secret not in text
+
+
+def test_api_v1_health_checks_the_callers_key(client, make_key):
+    """The integration guide's troubleshooting: `/api/v1/health` with the key says whether the key works."""
+    missing = client.get("/api/v1/health")
+    assert missing.status_code == 401 and missing.get_json()["error"]["code"] == "unauthenticated"
+    wrong = client.get("/api/v1/health", headers={"X-API-Key": "im_00000000_not-a-key"})
+    assert wrong.status_code == 401
+    assert client.get("/api/v1/health", headers={"X-API-Key": make_key("event:create")}).status_code == 200
+
+
+def test_health_reports_the_escalation_backlog(client, db):
+    """An incident due for paging that no sweep has reached: counted; overdue past a minute, the
+    escalation check is down and the whole health degraded (no worker or beat runs here)."""
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import text
+
+    from app.adapters.db import unit_of_work
+
+    now = datetime.now(timezone.utc)
+    with unit_of_work() as session:
+        for number, due in ((1, now - timedelta(seconds=5)), (2, now - timedelta(seconds=300)),
+                            (3, now + timedelta(hours=1))):
+            session.execute(text(
+                "INSERT INTO incidents (id, title, description, source, severity, status, fingerprint, event_count,"
+                " first_seen, last_seen, created_at, updated_at, tags, sla_acknowledge_breached,"
+                " sla_resolve_breached, escalation_level, next_escalation_at)"
+                " VALUES (:id, 't', '', 'monitoring', 'P1', 'NEW', :fp, 1, :now, :now, :now, :now, '{}',"
+                " false, false, 0, :due)"), {"id": f"INC-20261206-0000{number}", "fp": f"fp-{number}",
+                                             "now": now, "due": due})
+    body = client.get("/health").get_json()
+    escalation = body["checks"]["escalation"]
+    assert escalation["status"] == "down" and escalation["due"] == 2
+    assert 300 <= escalation["oldest_overdue_seconds"] < 400
+    assert body["status"] in ("degraded", "unhealthy")
 
 
 def test_health_reports_database_broker_workers_and_beat(client, make_key, start_worker):
@@ -143,8 +189,21 @@ def _metric(text: str, name: str, labels: str = "") -> float:
     return sum(float(v) for v in pattern.findall(text))
 
 
-def test_metrics_need_a_credential(client):
-    assert client.get("/metrics").status_code == 401
+def test_metrics_are_open_unless_a_key_is_required(client, make_key, monkeypatch):
+    from app.config import reset_settings_cache
+
+    response = client.get("/metrics")
+    assert response.status_code == 200 and "incident_manager_queue_depth" in response.get_data(as_text=True)
+    monkeypatch.setenv("METRICS_REQUIRE_KEY", "true")
+    reset_settings_cache()
+    try:
+        key = make_key("incident:read")
+        assert client.get("/metrics").status_code == 401
+        bearer = client.get("/metrics", headers={"Authorization": f"Bearer {key}"})  # as Prometheus sends it
+        assert bearer.status_code == 200
+    finally:
+        monkeypatch.delenv("METRICS_REQUIRE_KEY")
+        reset_settings_cache()
 
 
 def test_metrics_include_what_a_worker_process_counted(client, make_key, worker):
