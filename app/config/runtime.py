@@ -1,5 +1,6 @@
 """How the processes run and report: INSTANCE_ID (on every log line), LOG_LEVEL, the worker's
-metrics port, whether /metrics needs a key, pipeline batch size, outbox relay delay, task retries, PROMETHEUS_URL (enrichment)."""
+metrics port, whether /metrics needs a key, pipeline batch size, outbox relay delay, task retries,
+PROMETHEUS_URL (enrichment)."""
 
 from __future__ import annotations
 
