@@ -40,12 +40,13 @@ class Run:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.api_port, grpc_port, flower_port = _free_port(), _free_port(), _free_port()
+        self.api_port, grpc_port, self.flower_port = _free_port(), _free_port(), _free_port()
         env = {k: v for k, v in os.environ.items()
                if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "PROMETHEUS_MULTIPROC_DIR",
-                            "API_KEY_SECRET", "JWT_SECRET", "CONFIG_FILE", "IM_EXTRA_TASK_MODULES", "LOG_LEVEL")}
+                            "API_KEY_SECRET", "JWT_SECRET", "CONFIG_FILE", "IM_EXTRA_TASK_MODULES", "LOG_LEVEL",
+                            "FLOWER_BASIC_AUTH", "METRICS_REQUIRE_KEY")}
         env.update(DATA_DIR=str(data_dir), API_PORT=str(self.api_port), GRPC_PORT=str(grpc_port),
-                   FLOWER_PORT=str(flower_port))
+                   FLOWER_PORT=str(self.flower_port))
         self.lines: list[str] = []
         self.process = subprocess.Popen([str(Path(sys.executable).parent / "incident-manager"), "run"], cwd=ROOT,
                                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -165,12 +166,25 @@ def test_first_start_processes_the_guides_event_within_a_second_and_stops_on_ctr
     assert took < 1.0, (f"event to processed incident took {took:.2f} s "
                         f"(the answer {accepted - sent:.2f} s, the pipeline {took - (accepted - sent):.2f} s)")
 
-    # /health and /metrics show every queue of the embedded broker, with depth and oldest age
-    body = httpx.get(f"{run.url}/health", headers={"X-API-Key": key}, timeout=10).json()
+    # Flower out of the box: the login `run` printed opens its UI and HTTP API, nothing else does
+    login = run.line(r"^flower +\| Flower login \(shown once, saved in .*flower-credentials\): user \S+, password \S+$")
+    assert login is not None, run.lines[:30]
+    user, password = re.findall(r"user (\S+), password (\S+)$", login)[0]
+    assert (run.data_dir / "flower-credentials").read_text().strip() == f"{user}:{password}"
+    assert oct((run.data_dir / "flower-credentials").stat().st_mode & 0o777) == "0o600"
+    flower = f"http://127.0.0.1:{run.flower_port}"
+    assert httpx.get(f"{flower}/api/workers", timeout=30).status_code == 401
+    workers = wait_for(lambda: httpx.get(f"{flower}/api/workers?refresh=1", auth=(user, password), timeout=30).json(),
+                       60, 1.0, "Flower to list the worker")
+    assert any(name.startswith("worker@") for name in workers)
+
+    # /health (no credential: the reference README's curl) and /metrics show every queue of the
+    # embedded broker, with depth and oldest age
+    body = httpx.get(f"{run.url}/health", timeout=10).json()
     assert body["checks"]["broker"] == {"status": "up", "transport": "filesystem"}
     assert set(body["queues"]) == {"ingest", "pipeline", "notifications", "escalation", "playbooks", "ml"}
     assert all(set(q) == {"depth", "oldest_age_seconds"} for q in body["queues"].values())
-    metrics = httpx.get(f"{run.url}/metrics", headers={"X-API-Key": key}, timeout=10).text
+    metrics = httpx.get(f"{run.url}/metrics", timeout=10).text
     assert re.search(r'^incident_manager_queue_depth\{queue="pipeline"\} \d', metrics, re.M)
     assert re.search(r'^incident_manager_queue_oldest_age_seconds\{queue="pipeline"\} \d', metrics, re.M)
     # our gunicorn's control socket is ours, not the one every gunicorn of this user shares
@@ -188,6 +202,9 @@ def test_restart_says_where_the_first_key_is_and_stops_on_ctrl_c(run: Run) -> No
     assert key_line is not None and key_line.endswith("the first admin API key is in "
                                                       f"{run.data_dir / 'first-api-key'}"), key_line
     assert not run.line("apikey list")
+    flower_line = run.line(r"^flower +\| ")
+    assert flower_line is not None and flower_line.endswith(
+        f"Flower's login (user:password) is in {run.data_dir / 'flower-credentials'}"), flower_line
     response = httpx.get(f"{run.url}/api/v1/incidents", headers={"X-API-Key": first_key}, timeout=10)
     assert response.status_code == 200 and response.json()["items"]
     _stopped_cleanly(run)
