@@ -122,8 +122,10 @@ def analytics_bench(engine: Any, count: int) -> dict[str, Any]:
                          {"s": start, "e": end}).scalar()
             timings.append(time.perf_counter() - started)
         baseline = statistics.median(timings)
-        from app.services.analytics import _pg_sql
+        from app.adapters.analytics_sql import _PG_SETTINGS, _pg_sql
 
+        for statement in _PG_SETTINGS:
+            conn.execute(text(statement))
         plan = [r[0] for r in conn.execute(text("EXPLAIN " + _pg_sql("severity")), {"start": start, "end": end})]
     load = _uptime()
     figures: dict[str, Any] = {}

@@ -212,3 +212,47 @@ def test_cli_config_import(db, tmp_path):
     path.write_text(CONFIG_YAML.replace("time_zone: Europe/Berlin", "time_zone: Europe/Nowhere"))
     bad = cli("config", "import", str(path), check=False)
     assert bad.returncode == 1 and "time_zone" in bad.stderr
+
+
+def test_a_level_without_escalate_after_secs_waits_the_configured_default(client, make_key, tmp_path, monkeypatch):
+    """`escalation.default_timeout_secs` of config.yaml: the wait after a level that names none,
+    taken into the incident's snapshot when its escalation starts (a sweep in this process)."""
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import select, text
+
+    from app.adapters.db import read_session, unit_of_work
+    from app.adapters.models import Incident
+    from app.config import reset_settings_cache
+    from app.services import escalation
+
+    config = tmp_path / "config.yaml"
+    config.write_text("escalation:\n  default_timeout_secs: 42\n")
+    monkeypatch.setenv("CONFIG_FILE", str(config))
+    reset_settings_cache()
+    try:
+        headers = {"X-API-Key": make_key("admin")}
+        assert client.post("/api/v1/users", json={"name": "alice"}, headers=headers).status_code == 201
+        policy = {"name": "defaults", "levels": [{"targets": [{"type": "user", "id": "alice"}]},
+                                                 {"targets": [{"type": "user", "id": "alice"}],
+                                                  "escalate_after_secs": 600}]}
+        created = client.post("/api/v1/escalation-policies", json=policy, headers=headers)
+        assert created.status_code == 201, created.get_json()
+        now = datetime.now(timezone.utc)
+        with unit_of_work() as session:
+            session.execute(text(
+                "INSERT INTO incidents (id, title, description, source, severity, status, fingerprint, event_count,"
+                " first_seen, last_seen, created_at, updated_at, tags, sla_acknowledge_breached,"
+                " sla_resolve_breached, escalation_level, escalation_policy, next_escalation_at)"
+                " VALUES ('INC-20261206-00001', 't', '', 'monitoring', 'P0', 'NEW', 'fp', 1, :now, :now, :now,"
+                " :now, '{}', false, false, 0, 'defaults', :due)"), {"now": now, "due": now - timedelta(seconds=1)})
+        before = datetime.now(timezone.utc)
+        assert escalation.sweep().fired == 1
+        with read_session() as session:
+            level, next_at = session.execute(select(Incident.escalation_level, Incident.next_escalation_at)
+                                             .where(Incident.id == "INC-20261206-00001")).one()
+        assert level == 1
+        assert before + timedelta(seconds=42) <= next_at <= datetime.now(timezone.utc) + timedelta(seconds=42)
+    finally:
+        monkeypatch.delenv("CONFIG_FILE")
+        reset_settings_cache()
