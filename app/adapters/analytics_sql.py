@@ -32,6 +32,9 @@ _TERMINAL = status_in_sql(TERMINAL_STATUSES)
 # grouping sort; the default 4 MB spilled every percentile sort to disk).
 _PG_SETTINGS = ("SET LOCAL work_mem = '160MB'", "SET LOCAL jit = off")
 _RANGE = "created_at >= :start AND created_at < :end AND merged_into IS NULL"
+# What the statement reads: the columns of `ix_incidents_analytics` (an index-only scan can serve them)
+_COLUMNS = ("created_at, severity, category, team, source, status, acknowledged_at, resolved_at,"
+            " sla_acknowledge_breached, sla_resolve_breached")
 
 
 def _pg_sql(group_by: str | None) -> str:
@@ -53,7 +56,7 @@ def _pg_sql(group_by: str | None) -> str:
         f" count(*) FILTER (WHERE sla_acknowledge_breached) AS ack_breached,"
         f" count(*) FILTER (WHERE sla_resolve_breached) AS resolve_breached,"
         f" count(*) FILTER (WHERE sla_acknowledge_breached OR sla_resolve_breached) AS any_breached"
-        f" FROM (SELECT * FROM incidents WHERE {_RANGE} OFFSET 0) AS i {grouping}"
+        f" FROM (SELECT {_COLUMNS} FROM incidents WHERE {_RANGE} OFFSET 0) AS i {grouping}"
     )
 
 

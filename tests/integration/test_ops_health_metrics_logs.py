@@ -193,7 +193,7 @@ def test_metrics_are_open_unless_a_key_is_required(client, make_key, monkeypatch
     from app.config import reset_settings_cache
 
     response = client.get("/metrics")
-    assert response.status_code == 200 and "incident_manager_queue_depth" in response.get_data(as_text=True)
+    assert response.status_code == 200 and "incident_manager_alerts_processed_total" in response.get_data(as_text=True)
     monkeypatch.setenv("METRICS_REQUIRE_KEY", "true")
     reset_settings_cache()
     try:
