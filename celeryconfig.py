@@ -75,6 +75,8 @@ task_routes = {
     "escalation.*": {"queue": "escalation", "routing_key": "escalation"},
     "sla.*": {"queue": "escalation", "routing_key": "escalation"},
     "ml.*": {"queue": "ml", "routing_key": "ml"},
+    "playbooks.advance": {"queue": "playbooks", "routing_key": "playbooks"},
+    "playbooks.sweep": {"queue": "playbooks", "routing_key": "playbooks"},
     "ops.*": {"queue": "ingest", "routing_key": "ingest"},
 }
 
@@ -82,6 +84,7 @@ _ESCALATION_SWEEP_SECS = float(os.environ.get("ESCALATION_SWEEP_SECS", "5"))
 _SLA_CHECK_SECS = float(os.environ.get("SLA_CHECK_SECS", "15"))
 _NOTIFICATIONS_DISPATCH_SECS = float(os.environ.get("NOTIFICATIONS_DISPATCH_SECS", "2"))
 _GOVERNANCE_PUSH_SECS = float(os.environ.get("GOVERNANCE_PUSH_SECS", "5"))
+_PLAYBOOK_SWEEP_SECS = float(os.environ.get("PLAYBOOK_SWEEP_SECS", "2"))
 
 beat_schedule = {
     # Retrain when enough feedback arrived (ml.training_batch_size); the check itself is one COUNT.
@@ -100,4 +103,8 @@ beat_schedule = {
     # Governance audit push: sends what is due (a full batch or max_wait_ms old); docs/notifications.md.
     "governance-audit-push": {"task": "notifications.governance_push", "schedule": _GOVERNANCE_PUSH_SECS,
                               "options": {"expires": max(_GOVERNANCE_PUSH_SECS, 1.0)}},
+    # Playbook runs whose message was lost, whose worker died mid-step, or whose wait is over
+    # (docs/playbooks.md, "Execution").
+    "playbooks-sweep": {"task": "playbooks.sweep", "schedule": _PLAYBOOK_SWEEP_SECS,
+                        "options": {"expires": max(_PLAYBOOK_SWEEP_SECS, 1.0)}},
 }

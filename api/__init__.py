@@ -20,7 +20,7 @@ log = logging.getLogger("api.access")
 # Every one is required: a door that fails to import stops start-up instead of vanishing.
 BLUEPRINTS = ["api.rest.events", "api.rest.incidents", "api.rest.ops", "api.rest.ml", "api.rest.integrations",
               "api.rest.services", "api.rest.correlation", "api.rest.circuit_breakers", "api.rest.slack",
-              "api.rest.notifications", "api.rest.escalation", "api.ws", "api.graphql"]
+              "api.rest.notifications", "api.rest.escalation", "api.rest.playbooks", "api.ws", "api.graphql"]
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -15,6 +15,7 @@ from cli.config import config_group
 from cli.db import db_group
 from cli.deadletters import deadletters_group
 from cli.flower import flower_command
+from cli.playbook import playbook_group
 from cli.run import run_command
 from cli.token import token_group
 from ml.cli import ml_group
@@ -26,5 +27,5 @@ def main() -> None:
 
 
 for command in (db_group, apikey_group, token_group, deadletters_group, config_group, breakers_group, run_command,
-                grpc_group, ml_group, flower_command):
+                grpc_group, ml_group, flower_command, playbook_group):
     main.add_command(command)

@@ -16,7 +16,8 @@ from app.logging import configure_logging
 app = Celery("incident_manager")
 app.config_from_object("celeryconfig")
 
-TASK_MODULES = ["tasks.ingest", "tasks.pipeline", "tasks.ops", "tasks.ml", "tasks.escalation", "tasks.notifications"]
+TASK_MODULES = ["tasks.ingest", "tasks.pipeline", "tasks.ops", "tasks.ml", "tasks.escalation", "tasks.notifications",
+                "tasks.playbooks"]
 app.conf.imports = tuple(TASK_MODULES) + tuple(
     m for m in os.environ.get("IM_EXTRA_TASK_MODULES", "").split(",") if m
 )

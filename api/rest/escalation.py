@@ -1,5 +1,5 @@
-"""Escalation over REST: users, teams, schedules and escalation policies (CRUD by name), who is on
-call, an incident's escalation (state, pause, resume, escalate now) and incident analytics."""
+"""Escalation over REST: users, teams, schedules, escalation policies and playbooks (CRUD by name),
+who is on call, an incident's escalation (state, pause, resume, escalate now) and incident analytics."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from app.services import escalation_config as config
 bp = Blueprint("escalation", __name__)
 
 RESOURCES = {"users": config.USER, "teams": config.TEAM, "schedules": config.SCHEDULE,
-             "escalation-policies": config.POLICY}
+             "escalation-policies": config.POLICY, "playbooks": config.PLAYBOOK}
 _BODIES = tuple(kind.schema for kind in RESOURCES.values())  # the body of a collection is one of these
 
 
@@ -42,12 +42,12 @@ def _call(fn: Callable[[], Any]) -> Any:
         raise ApiError(422, "validation_failed", str(exc), exc.details) from None
 
 
-_COLLECTION = "/api/v1/<any(users, teams, schedules, 'escalation-policies'):resource>"
+_COLLECTION = "/api/v1/<any(users, teams, schedules, 'escalation-policies', playbooks):resource>"
 
 
 @bp.get(_COLLECTION)
 @require("incident:read")
-@doc("List users, teams, schedules or escalation policies", query=PageQuerySchema,
+@doc("List users, teams, schedules, escalation policies or playbooks", query=PageQuerySchema,
      responses={200: "{items, next_cursor}"})
 def list_objects(resource: str) -> Any:
     page = PageQuerySchema().load(request.args)  # ValidationError -> 422 with per-field errors
@@ -57,7 +57,7 @@ def list_objects(resource: str) -> Any:
 
 @bp.post(_COLLECTION)
 @require("incident:write")
-@doc("Create a user, team, schedule or escalation policy", body=_BODIES,
+@doc("Create a user, team, schedule, escalation policy or playbook", body=_BODIES,
      responses={201: "Created", 409: "The name is taken", 422: "Invalid field, unknown reference or escalation cycle"})
 def create_object(resource: str) -> Any:
     kind = _kind(resource)
@@ -71,7 +71,7 @@ def create_object(resource: str) -> Any:
 
 @bp.get(_COLLECTION + "/<name>")
 @require("incident:read")
-@doc("One user, team, schedule or escalation policy", responses={200: "Found", 404: ""})
+@doc("One user, team, schedule, escalation policy or playbook", responses={200: "Found", 404: ""})
 def get_object(resource: str, name: str) -> Any:
     kind = _kind(resource)
     return jsonify(_call(lambda: config.get_object(kind, name)))

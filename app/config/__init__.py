@@ -35,6 +35,7 @@ from app.config.integrations import (
     load_routing_rules,
 )
 from app.config.outbound import load_outbound
+from app.config.remediation import load_playbook_tasks, load_remediation
 from app.config.runtime import load_runtime
 from app.config.schema import ConfigError
 from app.config.security import load_security
@@ -92,6 +93,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         graphql=load_graphql(tree, env),
         raw=tree,
         outbound=load_outbound(tree, env),
+        remediation=load_remediation(tree, env),
+        playbook_tasks=load_playbook_tasks(env),
     )
 
 

@@ -14,7 +14,9 @@ from app.config.schema import ConfigError
 from app.domain.severity import SEVERITIES
 
 # Integration clients and channels that always have a breaker (docs/notifications.md, "Circuit breakers").
-BUILTIN_TARGETS = ("sentinel", "shield", "edge-agent", "governance", "slack", "pagerduty", "jira", "email")
+# `playbooks`: http_request steps and remediation calls of integrations without a breaker of their own.
+BUILTIN_TARGETS = ("sentinel", "shield", "edge-agent", "governance", "slack", "pagerduty", "jira", "email",
+                   "playbooks")
 
 
 # ------------------------------------------------------------------------------- parsing helpers

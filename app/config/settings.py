@@ -17,6 +17,7 @@ from app.config.features import (
 from app.config.graphql import GraphQLSettings
 from app.config.integrations import IntegrationSettings, RoutingRule, default_integration
 from app.config.outbound import OutboundSettings
+from app.config.remediation import DEFAULT_PLAYBOOK_TASKS, RemediationSettings
 from app.domain.sla import SlaTargets
 
 
@@ -79,6 +80,9 @@ class Settings:
     raw: Mapping[str, Any] = field(default_factory=dict)
     # outbound.py: `notifications`, `circuit_breakers`, `integrations.jira|webhooks|llm-governance-core`
     outbound: OutboundSettings | None = field(default=None, repr=False)
+    # remediation.py: `integrations.<name>.auto_remediation` and `<NAME>_REMEDIATION_URL`
+    remediation: Mapping[str, RemediationSettings] = field(default_factory=dict, repr=False)
+    playbook_tasks: tuple[str, ...] = DEFAULT_PLAYBOOK_TASKS  # what a `run_task` step may enqueue
 
     @property
     def is_sqlite(self) -> bool:

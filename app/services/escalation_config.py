@@ -1,6 +1,6 @@
-"""Users, teams, on-call schedules and escalation policies: one schema per shape (REST and the YAML
-import both load through it), CRUD keyed by name, reference and cycle checks, and the
-idempotent YAML import. See docs/escalation.md."""
+"""Users, teams, on-call schedules, escalation policies and playbooks: one schema per shape (REST
+and the YAML import both load through it), CRUD keyed by name, reference and cycle checks, and the
+idempotent YAML import. See docs/escalation.md (playbooks: docs/playbooks.md)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from sqlalchemy.orm import Session
 
 from app.adapters.db import read_session, unit_of_work
 from app.adapters.escalation_models import EscalationPolicy, Schedule, Team, User
+from app.adapters.playbook_models import Playbook
 from app.domain import oncall
 from app.domain.severity import SEVERITIES
 from app.domain.times import iso as _iso
+from app.services.playbook_schema import PlaybookSchema
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@+\-]{0,199}$"
 TARGET_TYPES = ("user", "team", "schedule", "policy")
@@ -208,7 +210,9 @@ SCHEDULE = Kind("schedule", Schedule, ScheduleSchema, ("description", "time_zone
                 {"description": str, "overrides": list})
 POLICY = Kind("escalation policy", EscalationPolicy, PolicySchema, ("description", "levels", "repeat", "conditions"),
               {"description": str, "repeat": int, "conditions": dict})
-KINDS = {"users": USER, "teams": TEAM, "schedules": SCHEDULE, "escalation_policies": POLICY}
+PLAYBOOK = Kind("playbook", Playbook, PlaybookSchema, ("description", "enabled", "triggers", "steps"),
+                {"description": str, "enabled": lambda: True, "triggers": dict})
+KINDS = {"users": USER, "teams": TEAM, "schedules": SCHEDULE, "escalation_policies": POLICY, "playbooks": PLAYBOOK}
 
 
 def load(kind: Kind, document: Any, partial: bool = False) -> dict[str, Any]:
@@ -309,6 +313,8 @@ def _check(session: Session, kind: Kind, doc: Mapping[str, Any]) -> None:
 def _referenced_by(session: Session, kind: Kind, name: str) -> list[str]:
     """What still points at this object (deleting it would leave a dangling reference)."""
     users: list[str] = []
+    if kind is PLAYBOOK:
+        return users  # nothing refers to a playbook by name (a run carries its own copy)
     if kind is USER:
         users += [f"team {t.name}" for t in session.scalars(select(Team)) if name in (t.members or [])]
         users += [f"schedule {s.name}" for s in session.scalars(select(Schedule))
@@ -375,7 +381,7 @@ def update_object(kind: Kind, name: str, data: Mapping[str, Any], replace: bool 
         for f in kind.fields:
             if f in data or replace:
                 setattr(row, f, kind.value(f, data))
-        if kind is POLICY:
+        if hasattr(row, "version"):  # a policy's or playbook's runs in flight keep the version they took
             row.version += 1
         row.updated_at = datetime.now(timezone.utc)
         session.flush()
@@ -431,19 +437,19 @@ class ImportResult:
 
 
 # Users first, policies last: each kind may refer to the ones before it (a team's policy is checked
-# after the policies are written, in the same transaction).
-IMPORT_ORDER = ("users", "schedules", "teams", "escalation_policies")
+# after the policies are written, in the same transaction). Playbooks refer to nothing stored.
+IMPORT_ORDER = ("users", "schedules", "teams", "escalation_policies", "playbooks")
 
 
 def import_yaml(text: str) -> ImportResult:
-    """Upsert the users, schedules, teams and escalation policies of a YAML document, by name, in one
+    """Upsert the users, schedules, teams, escalation policies and playbooks of a YAML document, by name, in one
     transaction: all or nothing. Importing the same file twice changes nothing the second time."""
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ImportError_(f"not valid YAML: {exc}", {"_schema": [str(exc)]}) from None
     if not isinstance(document, Mapping):
-        raise ImportError_("expected a mapping with users, teams, schedules and/or escalation_policies",
+        raise ImportError_("expected a mapping with users, teams, schedules, escalation_policies and/or playbooks",
                            {"_schema": ["expected a mapping"]})
     unknown = sorted(set(document) - set(KINDS))
     errors: dict[str, Any] = {key: [f"unknown section; expected one of {', '.join(KINDS)}"] for key in unknown}
@@ -482,7 +488,7 @@ def import_yaml(text: str) -> ImportResult:
                 elif any(getattr(row, f) != v for f, v in values.items()):
                     for f, v in values.items():
                         setattr(row, f, v)
-                    if kind is POLICY:
+                    if hasattr(row, "version"):
                         row.version += 1
                     row.updated_at = now
                     result.updated.setdefault(section, []).append(doc["name"])

@@ -158,6 +158,13 @@ def _send(claim: _Claim, outbound: OutboundSettings) -> Sent:
                         kind="not_configured")
 
 
+def send_now(channel: str, incident: dict[str, Any], contact: dict[str, Any], key: str,
+             outbound: OutboundSettings | None = None) -> Sent:
+    """Send one message through `channel` now, outside the delivery records (a playbook's `notify`
+    step, which keeps its own attempts); raises DeliveryError."""
+    return _send(_Claim(0, channel, incident, contact, key, 1), outbound or get_outbound_settings())
+
+
 def _attempt(claim: _Claim, outbound: OutboundSettings) -> Sent | DeliveryError:
     try:
         return _send(claim, outbound)

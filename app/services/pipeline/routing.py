@@ -28,7 +28,7 @@ from app.adapters.models import Event, Incident, OutboxMessage, TimelineEntry
 from app.config import RoutingRule, Settings, get_settings
 from app.domain import sla
 from app.domain.severity import HUMAN_DECIDERS
-from app.services import changes, escalation
+from app.services import changes, escalation, playbooks
 from app.services.pipeline.batch import Batch, Snapshot
 from app.services.pipeline.instruments import EVENT_TO_INCIDENT_LATENCY
 
@@ -173,6 +173,7 @@ def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
     started = time.perf_counter()
     snaps: dict[str, Snapshot] = {s["id"]: s for s in batch["incidents"]}
     now = datetime.now(timezone.utc)
+    runs: list[int] = []
     with unit_of_work() as session:
         # Locked in id order; rows another run already processed are left alone (idempotent).
         fresh = list(session.execute(
@@ -191,6 +192,8 @@ def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
             escalation.start(session, [{**p, "escalation_policy": d.route["escalation_policy"],
                                         "service": snaps[d.id]["service"]}
                                        for p, d in zip(published, decided, strict=True)], now)
+            # Playbooks whose triggers match start in the same transaction too (docs/playbooks.md).
+            runs = playbooks.auto_start(session, [{**snaps[p["id"]], **p} for p in published], now)
         roots = batch.get("correlation_roots") or {}
         if roots:  # earlier incidents that became the root of a group this batch opened (where still unset)
             bulk.update_rows(session, _INCIDENTS, "id",
@@ -203,6 +206,7 @@ def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
         if batch["outbox_ids"]:
             session.execute(update(OutboxMessage).where(one_of(OutboxMessage.id, batch["outbox_ids"]),
                                                         OutboxMessage.done_at.is_(None)).values(done_at=now))
+    playbooks.send_runs(runs)
     for received in finished:
         EVENT_TO_INCIDENT_LATENCY.observe(max(0.0, (now - received).total_seconds()))
     metrics.ALERTS_PROCESSED.inc(len(finished))
