@@ -78,7 +78,7 @@ class _ConditionsSchema(Schema):
     severity = StrList(validate=validate.ContainsOnly(SEVERITIES))
     event_type = StrList()
     category = StrList()
-    tags = fields.Dict(keys=fields.String(), values=fields.Raw())
+    tags = fields.Dict(keys=fields.String(), values=fields.String())
 
     @pre_load
     def _singletons(self, data: Any, **_: Any) -> Any:

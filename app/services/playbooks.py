@@ -108,10 +108,23 @@ def send_runs(run_ids: Iterable[int], queue: TaskQueue | None = None) -> None:
 
 # ------------------------------------------------------------------------------- definitions
 
+_configured: tuple[Any, list[dict[str, Any]]] | None = None  # (the settings' remediation mapping, its playbooks)
+
+
 def configured_playbooks(settings: Settings | None = None) -> list[dict[str, Any]]:
     """The guide's `integrations.<name>.auto_remediation.actions[]`, each as a one-step playbook named
-    `<integration>.<action>` that triggers on that integration's incidents its conditions match."""
+    `<integration>.<action>` that triggers on that integration's incidents its conditions match.
+    Built once per settings object (the route stage asks at every batch); callers must not change it."""
+    global _configured
     settings = settings or get_settings()
+    if _configured is not None and _configured[0] is settings.remediation:
+        return _configured[1]
+    found = _configured_playbooks(settings)
+    _configured = (settings.remediation, found)
+    return found
+
+
+def _configured_playbooks(settings: Settings) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     seen: set[int] = set()
     for name, remediation in settings.remediation.items():

@@ -270,6 +270,9 @@ def test_bad_definitions_answer_422_naming_the_field(setup, client):
     conflict = client.post("/api/v1/playbooks", headers=setup["write"], json={"name": "ok", "steps": [step]})
     assert conflict.status_code == 409
     assert client.get("/api/v1/playbooks/nope", headers=setup["read"]).status_code == 404
+    partial = client.patch("/api/v1/playbooks/ok", headers=setup["write"], json={"steps": [{"params": {}}]})
+    assert partial.status_code == 422  # a PATCH may leave out fields of the playbook, not of a step
+    assert partial.get_json()["error"]["details"] == {"steps": {"0": {"type": ["Missing data for required field."]}}}
     patched = client.patch("/api/v1/playbooks/ok", headers=setup["write"], json={"enabled": False})
     assert patched.status_code == 200 and patched.get_json()["enabled"] is False and patched.get_json()["version"] == 2
     incident_id = new_incident(client, setup["write"])
