@@ -65,3 +65,18 @@ def test_no_import_statement_under_app_names_api_or_tasks():
             offenders += [f"{path.relative_to(ROOT)}:{node.lineno} imports {name}"
                           for name in names if name.split(".")[0] in BLOCKED]
     assert offenders == []
+
+
+def test_services_and_domain_hold_no_dialect_branch():
+    """Which database runs (Postgres or the embedded SQLite) is the adapters' business
+    (app/adapters/bulk.py, analytics_sql.py, ingest_writers.py): no service or domain module asks."""
+    offenders = []
+    for path in _app_modules():
+        if path.relative_to(ROOT).parts[1] not in ("services", "domain"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr in ("dialect", "is_sqlite"):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} reads .{node.attr}")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sqlalchemy.dialects"):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}")
+    assert offenders == []
