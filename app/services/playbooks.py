@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from app.adapters.db import read_session, retry_on_conflict, unit_of_work
@@ -32,7 +32,7 @@ from app.adapters.models import Event, TimelineEntry
 from app.adapters.playbook_models import Playbook, PlaybookRun, PlaybookStepRun
 from app.config import Settings, get_settings
 from app.domain.incident import IncidentNotFound
-from app.domain.playbook import RUN_TERMINAL, STEP_DONE, IncidentFacts, triggers_match
+from app.domain.playbook import RUN_TERMINAL, STEP_DONE, IncidentFacts, Trigger
 from app.domain.times import iso
 from app.metrics import LATENCY_BUCKETS
 from app.services import changes as changes_bus
@@ -179,22 +179,32 @@ def _timeline(session: Session, incident_id: str, actor: str, kind: str, details
                               old_value=None, new_value=new_value, details=dict(details)))
 
 
-def _new_run(session: Session, playbook: Mapping[str, Any], incident_id: str, trigger: str, actor: str,
-             now: datetime) -> PlaybookRun:
-    run = PlaybookRun(playbook=playbook["name"], playbook_version=int(playbook.get("version") or 0),
-                      definition={"triggers": playbook.get("triggers") or {}, "steps": playbook["steps"]},
-                      incident_id=incident_id, trigger=trigger, actor=actor, status="queued", current_step=0,
-                      next_check_at=now + timedelta(seconds=queue_grace_secs()), created_at=now, updated_at=now)
-    session.add(run)
-    session.flush()
-    session.add_all([PlaybookStepRun(run_id=run.id, position=i, name=step["name"], type=step["type"],
-                                     status="pending", attempts=0, updated_at=now)
-                     for i, step in enumerate(playbook["steps"])])
-    _timeline(session, incident_id, actor, "playbook_started",
-              {"run_id": run.id, "playbook": playbook["name"], "trigger": trigger,
-               "steps": [s["name"] for s in playbook["steps"]]}, now, playbook["name"])
-    RUNS_STARTED.labels(playbook=playbook["name"], trigger=trigger).inc()
-    return run
+def _insert_runs(session: Session, starts: Sequence[tuple[Mapping[str, Any], str]], trigger: str, actor: str,
+                 now: datetime) -> list[int]:
+    """Insert runs of (playbook, incident id), their step rows and their `playbook_started` timeline
+    rows: one statement per table whatever the count (a storm of matching incidents starts them all
+    in the route stage's transaction). Returns the run ids in the order given."""
+    if not starts:
+        return []
+    check_at = now + timedelta(seconds=queue_grace_secs())
+    ids = list(session.scalars(insert(PlaybookRun).returning(PlaybookRun.id, sort_by_parameter_order=True), [{
+        "playbook": p["name"], "playbook_version": int(p.get("version") or 0),
+        "definition": {"triggers": p.get("triggers") or {}, "steps": p["steps"]}, "incident_id": incident_id,
+        "trigger": trigger, "actor": actor, "status": "queued", "current_step": 0, "next_check_at": check_at,
+        "created_at": now, "updated_at": now} for p, incident_id in starts]))
+    session.execute(insert(PlaybookStepRun), [
+        {"run_id": run_id, "position": i, "name": step["name"], "type": step["type"], "status": "pending",
+         "attempts": 0, "updated_at": now}
+        for run_id, (p, _) in zip(ids, starts, strict=True) for i, step in enumerate(p["steps"])])
+    session.execute(insert(TimelineEntry), [
+        {"incident_id": incident_id, "at": now, "actor": actor, "kind": "playbook_started", "field": "playbook",
+         "old_value": None, "new_value": p["name"],
+         "details": {"run_id": run_id, "playbook": p["name"], "trigger": trigger,
+                     "steps": [step["name"] for step in p["steps"]]}}
+        for run_id, (p, incident_id) in zip(ids, starts, strict=True)])
+    for p, _ in starts:
+        RUNS_STARTED.labels(playbook=p["name"], trigger=trigger).inc()
+    return ids
 
 
 def auto_start(session: Session, incidents: Sequence[Mapping[str, Any]], now: datetime) -> list[int]:
@@ -211,17 +221,17 @@ def auto_start(session: Session, incidents: Sequence[Mapping[str, Any]], now: da
     playbooks = [p for p in playbooks if p["triggers"]]
     if not playbooks:
         return []
-    started: list[int] = []
+    triggers = [(p, Trigger.of(p["triggers"])) for p in playbooks]
+    starts: list[tuple[Mapping[str, Any], str]] = []
     for incident in incidents:
         facts = IncidentFacts(severity=str(incident["severity"]), category=incident.get("category"),
                               event_type=incident.get("event_type"), source=str(incident["source"]),
                               title=str(incident.get("title") or ""), tags=incident.get("tags") or {})
-        for playbook in playbooks:
-            if triggers_match(playbook["triggers"], facts):
-                run = _new_run(session, playbook, str(incident["id"]), "auto", "pipeline", now)
-                started.append(run.id)
-                log.info("playbook run started", extra={"incident_id": incident["id"], "playbook": playbook["name"],
-                                                        "run_id": run.id, "trigger": "auto"})
+        starts += [(p, str(incident["id"])) for p, trigger in triggers if trigger.matches(facts)]
+    started = _insert_runs(session, starts, "auto", "pipeline", now)
+    for run_id, (p, incident_id) in zip(started, starts, strict=True):
+        log.info("playbook run started", extra={"incident_id": incident_id, "playbook": p["name"], "run_id": run_id,
+                                                "trigger": "auto"})
     return started
 
 
@@ -236,7 +246,8 @@ def start_run(incident_id: str, playbook_name: str, actor: str, queue: TaskQueue
             playbook = _definition(session, playbook_name)
             if not playbook.get("enabled", True):
                 raise PlaybookUnavailable(f"playbook {playbook_name!r} is disabled")
-            return _new_run(session, playbook, incident["id"], "manual", actor, now).id
+            [run_id] = _insert_runs(session, [(playbook, incident["id"])], "manual", actor, now)
+            return run_id
 
     run_id = retry_on_conflict("playbook start", go)
     log.info("playbook run started", extra={"incident_id": incident["id"], "playbook": playbook_name,
