@@ -1,5 +1,5 @@
 """Operating the system: Flower as the Procfile starts it (basic auth, its HTTP API showing the
-workers and the pipeline's and escalation's tasks by name and queue), and RabbitMQ as the broker
+workers and the pipeline's, escalation's and playbooks' tasks by name and queue), and RabbitMQ as the broker
 (the pipeline end to end through gunicorn and a worker on `amqp://`, /health reading its queues)."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def flower(test_env: dict[str, str]) -> Iterator[tuple[Flower, tuple[str, str]]]
         started.stop()
 
 
-def test_flower_lists_the_workers_and_the_pipeline_and_escalation_tasks_behind_basic_auth(
+def test_flower_lists_the_workers_and_the_pipeline_escalation_and_playbook_tasks_behind_basic_auth(
         flower: tuple[Flower, tuple[str, str]], client: Any, make_key: Any, start_worker: Any) -> None:
     server, auth = flower
     worker = start_worker()
@@ -92,6 +92,12 @@ def test_flower_lists_the_workers_and_the_pipeline_and_escalation_tasks_behind_b
     from tasks.celery_app import app as celery
 
     celery.send_task("escalation.sweep")  # what beat sends every few seconds
+    # a playbook run by hand (an engineer's manual trigger): its step runs as `playbooks.advance`
+    playbook = {"name": "flower-probe", "steps": [{"type": "assign", "params": {"assignee": "oncall-bot"}}]}
+    assert client.post("/api/v1/playbooks", json=playbook, headers={"X-API-Key": key}).status_code == 201
+    run = client.post(f"/api/v1/incidents/{accepted.get_json()['incident_id']}/playbooks/flower-probe/run",
+                      headers={"X-API-Key": key})
+    assert run.status_code in (200, 201, 202), run.get_json()
 
     def workers() -> dict[str, Any] | None:
         response = server.get("/api/workers?refresh=1", auth)
@@ -110,9 +116,10 @@ def test_flower_lists_the_workers_and_the_pipeline_and_escalation_tasks_behind_b
         for task in response.json().values():
             if task.get("state") == "SUCCESS":
                 by_name.setdefault(task["name"], task)
-        return by_name if {"pipeline.route", "escalation.sweep"} <= set(by_name) else None
+        return by_name if {"pipeline.route", "escalation.sweep", "playbooks.advance"} <= set(by_name) else None
 
-    done = wait_for(tasks, 60, 1.0, "Flower's /api/tasks to show the pipeline's last stage and the sweep succeeded")
+    done = wait_for(tasks, 60, 1.0, "Flower's /api/tasks to show the pipeline's last stage, the sweep and the "
+                                    "playbook step succeeded")
     stages = {"pipeline.drain", "pipeline.dedup", "pipeline.classify", "pipeline.enrich", "pipeline.correlate",
               "pipeline.route"}
     assert stages <= set(done), sorted(done)  # each stage by its name, as ops watch them
@@ -121,6 +128,7 @@ def test_flower_lists_the_workers_and_the_pipeline_and_escalation_tasks_behind_b
         if task.get("routing_key") is not None:
             assert task["routing_key"] == expected, (name, task["routing_key"])
     assert done["escalation.sweep"]["routing_key"] == "escalation"
+    assert done["playbooks.advance"]["routing_key"] == "playbooks"
     assert done["pipeline.drain"]["worker"].startswith(worker.name)
 
     # no credential, a wrong one: refused, for the UI and the API alike

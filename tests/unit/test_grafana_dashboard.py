@@ -4,14 +4,20 @@ labels those metrics have. A renamed metric breaks this test, not the ops team's
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import re
 from pathlib import Path
 from typing import Any, Iterator
 
 from prometheus_client import REGISTRY
 
-import app.metrics  # noqa: F401  (registers the metrics)
+import app
+
+# every module of app/ (metrics are registered where they are counted: app.metrics, app.services.*)
+for _module in pkgutil.walk_packages(app.__path__, "app."):
+    importlib.import_module(_module.name)
 
 DASHBOARD = Path(__file__).resolve().parent.parent.parent / "deploy" / "grafana" / "incident-manager.json"
 METRIC = re.compile(r"\bincident_manager_[a-z0-9_]+\b")
