@@ -403,3 +403,34 @@ def test_configuration_objects_and_correlation_groups(client, admin_key):
     assert data["correlationGroups"] == [{"id": "grp-0", "memberCount": 10}]
     assert data["correlationGroup"]["members"][0] == {"incidentId": ids[0], "root": True}
     assert data["team"] is None and data["incident"] is None
+
+
+@pytest.fixture
+def embedded(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The embedded default: a SQLite file, no Redis."""
+    from api import create_app
+    from app.adapters.migrate import upgrade
+    from tests.conftest import _reset_process_state
+
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'im.db'}")
+    monkeypatch.delenv("REDIS_URL")
+    _reset_process_state()
+    upgrade()
+    yield create_app().test_client()
+    monkeypatch.undo()
+    _reset_process_state()
+
+
+def test_the_embedded_default_answers_the_same_queries(test_env, embedded):
+    from app.services.auth import create_api_key
+
+    key = create_api_key("sqlite", ["admin"], 0, None).key
+    ids = seed(20)
+    _nested_rows(ids)
+    data = ok(embedded, key, GOVERNANCE_QUERY)
+    assert data["incidents"]["totalCount"] == len(data["incidents"]["edges"]) > 0
+    assert data["incidentMetrics"]["totalIncidents"] == 20
+    nested = ok(embedded, key, NESTED, {"n": 20})["incidents"]["edges"]
+    assert all(len(e["node"]["events"]) == 3 and len(e["node"]["timeline"]) == 2 for e in nested)
+    environment = ok(embedded, key, '{ incidents(filter: {environment: [PRODUCTION]}) { totalCount } }')
+    assert environment["incidents"]["totalCount"] == 10
