@@ -157,3 +157,13 @@ def get_hub() -> ChangeHub:
         if _hub is None or _hub._pid not in (None, os.getpid()):
             _hub = ChangeHub()
         return _hub
+
+
+def hub_health() -> dict[str, Any]:
+    """This web process's subscriptions for `/health`: `idle` with none, else whether the change
+    stream subscription is up."""
+    hub = _hub
+    count = hub.count() if hub is not None and hub._pid == os.getpid() else 0
+    if not count:
+        return {"status": "idle", "subscriptions": 0}
+    return {"status": "up" if hub is not None and hub.ready.is_set() else "down", "subscriptions": count}

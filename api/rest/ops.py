@@ -39,7 +39,10 @@ def ready() -> Any:
 
 
 def _health() -> Any:
+    from api.graphql.hub import hub_health
+
     ready_ok, body = full_health(celery_task_queue())
+    body["graphql_subscriptions"] = hub_health()  # this web process's change-stream fan-out
     return jsonify(body), 200 if ready_ok else 503
 
 

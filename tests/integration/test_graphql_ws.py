@@ -95,6 +95,8 @@ def test_a_p0_created_through_rest_reaches_subscribers_on_both_web_processes(web
         subscribed(here, "critical", CRITICAL)
         subscribed(there, "critical", CRITICAL)
         subscribed(there, "updates", UPDATED)
+        health = httpx.get(f"{second}/health", headers={"X-API-Key": key}, timeout=30).json()
+        assert health["graphql_subscriptions"] == {"status": "up", "subscriptions": 2}
         low = httpx.post(f"{first}/api/v1/incidents", headers={"X-API-Key": key}, timeout=30,
                          json={"title": "Slow tokenizer", "severity": "P3", "source": "monitoring"})
         assert low.status_code == 201
