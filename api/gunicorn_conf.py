@@ -46,6 +46,10 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
                 queue(connection.default_channel).declare()
     except Exception:  # the broker is down: the web serves anyway, the outbox relay delivers later
         worker.log.warning("broker unreachable at boot; the first hand-off will connect", exc_info=True)
+    # graphene and the GraphQL schema load lazily (api/graphql/__init__.py): here, not in a request
+    from api.graphql import load as load_graphql
+
+    load_graphql()
     ready = os.environ.get("IM_READY_FILE")
     if ready:
         with open(f"{ready}.{worker.pid}", "w") as marker:

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from flask import Flask, Response, jsonify, request, send_from_directory
+from flask import Response, jsonify, request, send_from_directory
 
 from api.auth import current_principal, enforce, throttle
 from api.errors import ApiError
 from api.graphql.execution import Prepared, Rejected, errors_body, formatted, prepare, run
 from api.graphql.loaders import GraphQLContext
-from api.openapi import doc
 from app.config import get_settings
 from app.services.auth import Principal
 
@@ -73,8 +72,6 @@ def _payload_from_query_string() -> dict[str, Any]:
     return {"query": request.args.get("query"), "variables": parsed, "operationName": request.args.get("operationName")}
 
 
-@doc("GraphQL queries and mutations (docs/graphql.md)", permission="any",
-     responses={200: "{data, errors}: a refused document has errors and no data", 400: "", 405: ""})
 def graphql_http() -> Any:
     """Queries need `incident:read`, mutations `incident:write`. GET runs queries only."""
     principal = current_principal()
@@ -169,8 +166,6 @@ def _credential_header() -> dict[str, str]:
     return {"Authorization": f"Bearer {request.args.get('token', '').strip()}"}
 
 
-@doc("GraphiQL, served from this service (no CDN)", permission="any",
-     responses={200: "An HTML page; the credential (header or ?token=) fills its headers editor"})
 def playground() -> Any:
     """The page itself needs a credential, like every operation it sends."""
     token = (request.args.get("token") or "").strip()
@@ -192,16 +187,8 @@ def playground() -> Any:
     return response
 
 
-@doc("The playground's own files (GraphiQL, React; MIT, LICENSES.txt)", responses={200: "", 404: ""})
 def playground_static(name: str) -> Any:
     """Public library code, as shipped in the package; no data."""
     response = send_from_directory(STATIC, name, max_age=86_400)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
-
-
-def register(app: Flask) -> None:
-    app.add_url_rule("/graphql", "graphql_http", graphql_http, methods=["GET", "POST"])
-    app.add_url_rule("/graphql/playground", "graphql_playground", playground, methods=["GET"])
-    app.add_url_rule("/graphql/playground/static/<path:name>", "graphql_playground_static", playground_static,
-                     methods=["GET"])
