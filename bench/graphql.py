@@ -138,12 +138,14 @@ async def _subscribers(url: str, key: str, count: int, creates: int, post: Any) 
 
     readers = [asyncio.create_task(reader(ws)) for ws in sockets]
     sent: dict[str, float] = {}
+    answered: dict[str, float] = {}
     answer_secs = []
     for i in range(creates):
         started = time.perf_counter()
         incident_id = await asyncio.to_thread(post, i)
         answer_secs.append(time.perf_counter() - started)
         sent[incident_id] = started
+        answered[incident_id] = time.perf_counter()
         await asyncio.sleep(0.2)
     deadline = time.monotonic() + 60
     while len(received) < count * creates and time.monotonic() < deadline:
@@ -153,10 +155,18 @@ async def _subscribers(url: str, key: str, count: int, creates: int, post: Any) 
     for ws in sockets:
         await ws.close()
     lags = sorted(at - sent[incident_id] for incident_id, at in received if incident_id in sent)
+    arrivals: dict[str, list[float]] = {}
+    for incident_id, at in received:
+        arrivals.setdefault(incident_id, []).append(at)
+    after_answer = sorted(at - answered[i] for i, times in arrivals.items() if i in answered for at in times)
+    spread = sorted(max(times) - min(times) for times in arrivals.values())
     p95 = lags[int(0.95 * (len(lags) - 1))] if lags else float("nan")
     return {"subscribers": count, "creates": creates, "deliveries": len(lags), "expected": count * creates,
             "delivery_p50_ms": round(statistics.median(lags) * 1000, 1) if lags else None,
             "delivery_p95_ms": round(p95 * 1000, 1), "delivery_max_ms": round(lags[-1] * 1000, 1) if lags else None,
+            "after_post_answer_p95_ms": round(after_answer[int(0.95 * (len(after_answer) - 1))] * 1000, 1)
+            if after_answer else None,
+            "fanout_spread_p95_ms": round(spread[int(0.95 * (len(spread) - 1))] * 1000, 1) if spread else None,
             "rest_post_median_ms": round(statistics.median(answer_secs) * 1000, 1),
             "ratio_p95_vs_post": round(p95 / statistics.median(answer_secs), 2), "target_p95_ms": 1000}
 
@@ -189,6 +199,7 @@ def main() -> None:
     parser.add_argument("--metrics", type=int, default=1_000_000)
     parser.add_argument("--subscribers", type=int, default=500)
     parser.add_argument("--creates", type=int, default=20)
+    parser.add_argument("--only", choices=("governance", "subscriptions", "metrics"))
     args = parser.parse_args()
     environment = make_environment()
     try:
@@ -204,11 +215,13 @@ def main() -> None:
 
         key = create_api_key("bench", ["admin"], 0, None).key
         client = create_app().test_client()
-        print(json.dumps({"governance": governance_bench(engine, client, key, args.incidents)}, indent=2), flush=True)
-        if args.subscribers:
+        if args.only in (None, "governance"):
+            print(json.dumps({"governance": governance_bench(engine, client, key, args.incidents)}, indent=2),
+                  flush=True)
+        if args.subscribers and args.only in (None, "subscriptions"):
             print(json.dumps({"subscriptions": subscription_bench(environment, key, args.subscribers, args.creates)},
                              indent=2), flush=True)
-        if args.metrics:
+        if args.metrics and args.only in (None, "metrics"):
             print(json.dumps({"incident_metrics": metrics_bench(engine, client, key, args.metrics)}, indent=2),
                   flush=True)
         reset_engine()

@@ -120,10 +120,10 @@ class Subscription:
 
     def deliver(self, change: Mapping[str, Any], shared: dict[Any, Any], context: GraphQLContext) -> None:
         payload = shared.get(self.share_key)
-        if payload is None:
-            payload = formatted(run(self.prepared, context, root=change))
+        if payload is None:  # executed and serialised once per change for every identical subscription
+            payload = json.dumps(formatted(run(self.prepared, context, root=change)), default=str)
             shared[self.share_key] = payload
-        self.socket.send({"id": self.op_id, "type": "next", "payload": payload})
+        self.socket.send_text(f'{{"id":{json.dumps(self.op_id)},"type":"next","payload":{payload}}}')
         DELIVERIES.labels(self.filter.field).inc()
 
 
@@ -171,8 +171,11 @@ class GraphQLSocket:
     # -------------------------------------------------------------------------------- sending
     def send(self, message: Mapping[str, Any]) -> None:
         """Queue a message; the writer sends in order (the hub never waits on a slow client)."""
+        self.send_text(json.dumps(message, default=str))
+
+    def send_text(self, text: str) -> None:
         if not self._closed:
-            self._outbox.put(json.dumps(message, default=str))
+            self._outbox.put(text)
 
     def _write(self) -> None:
         while True:
