@@ -190,10 +190,14 @@ def test_the_guides_curl_query_and_the_readme_query_run_verbatim(client, make_ke
     key = make_key("incident:read")
     create_object(USER, {"name": "alice", "full_name": "Alice Doe", "email": "alice@example.com"})
     ids = seed(12, start=datetime.now(timezone.utc) - timedelta(hours=1))
-    response = client.post("/graphql", data=CURL_QUERY, headers={"Authorization": f"Bearer {key}",
-                                                                  "Content-Type": "application/json"})
-    assert response.status_code == 200
-    assert {e["node"]["id"] for e in response.get_json()["data"]["incidents"]["edges"]} == set(ids)
+    from app.services.auth import create_token
+
+    oauth_token = create_token("governance", permissions=["incident:read"])  # the guide sends a JWT
+    for credential in (key, oauth_token):
+        response = client.post("/graphql", data=CURL_QUERY, headers={"Authorization": f"Bearer {credential}",
+                                                                      "Content-Type": "application/json"})
+        assert response.status_code == 200
+        assert {e["node"]["id"] for e in response.get_json()["data"]["incidents"]["edges"]} == set(ids)
     data = ok(client, key, README_QUERY)
     nodes = [e["node"] for e in data["incidents"]["edges"]]
     # P0/P1, NEW/ACKNOWLEDGED, environment tag "production" in any case; newest first
