@@ -875,7 +875,47 @@ class SubmitFeedback(graphene.Mutation):
                                                      notes=data.get("notes")))
 
 
+class PlaybookRun(graphene.ObjectType):
+    """A playbook run, as GET /api/v1/playbook-runs/{id} shows it."""
+
+    id = graphene.ID(resolver=_key("id"))
+    playbook = graphene.String(resolver=_key("playbook"))
+    playbookVersion = graphene.Int(resolver=_key("playbook_version"))
+    incidentId = graphene.ID(resolver=_key("incident_id"))
+    trigger = graphene.String(resolver=_key("trigger"))
+    actor = graphene.String(resolver=_key("actor"))
+    status = graphene.String(resolver=_key("status"))
+    currentStep = graphene.Int(resolver=_key("current_step"))
+    error = graphene.String(resolver=_key("error"))
+    createdAt = DateTime(resolver=_key("created_at"))
+    startedAt = DateTime(resolver=_key("started_at"))
+    finishedAt = DateTime(resolver=_key("finished_at"))
+    steps = GenericScalar(resolver=_key("steps"))
+
+
+class RunPlaybook(graphene.Mutation):
+    """Run a playbook on an incident now (as POST /api/v1/incidents/{id}/playbooks/{name}/run): the
+    run is queued; its steps execute on the `playbooks` queue."""
+
+    class Arguments:
+        incidentId = graphene.ID(required=True)
+        playbook = graphene.String(required=True)
+
+    Output = PlaybookRun
+
+    @staticmethod
+    def mutate(_root: Any, info: Any, incidentId: str, playbook: str) -> Any:  # noqa: N803
+        from app.services import playbooks
+        from tasks.queue import celery_task_queue
+
+        try:
+            return call(lambda: playbooks.start_run(incidentId, playbook, _actor(info), celery_task_queue()))
+        except playbooks.PlaybookUnavailable as exc:
+            raise OperationError("conflict", str(exc), {"playbook": [str(exc)]}) from None
+
+
 class Mutation(graphene.ObjectType):
+    runPlaybook = RunPlaybook.Field()
     createIncident = CreateIncident.Field()
     acknowledgeIncident = AcknowledgeIncident.Field()
     resolveIncident = ResolveIncident.Field()

@@ -438,3 +438,20 @@ def test_the_embedded_default_answers_the_same_queries(test_env, embedded):
     assert all(len(e["node"]["events"]) == 3 and len(e["node"]["timeline"]) == 2 for e in nested)
     environment = ok(embedded, key, '{ incidents(filter: {environment: [PRODUCTION]}) { totalCount } }')
     assert environment["incidents"]["totalCount"] == 10
+
+
+def test_run_playbook_queues_a_run_as_rest_does(client, make_key):
+    writer = make_key("incident:write", "incident:read")
+    headers = {"X-API-Key": writer}
+    assert client.post("/api/v1/playbooks", headers=headers, json={"name": "ack-it", "steps": [
+        {"name": "ack", "type": "set_status", "params": {"status": "ACKNOWLEDGED"}}]}).status_code == 201
+    incident = client.post("/api/v1/incidents", headers=headers,
+                           json={"title": "Model server down", "severity": "P1", "source": "monitoring"}).get_json()
+    run = ok(client, writer, 'mutation($id: ID!) { runPlaybook(incidentId: $id, playbook: "ack-it") '
+                             '{ id playbook incidentId trigger status steps } }', {"id": incident["id"]})["runPlaybook"]
+    assert run["playbook"] == "ack-it" and run["incidentId"] == incident["id"] and run["trigger"] == "manual"
+    rest = client.get(f"/api/v1/playbook-runs/{run['id']}", headers=headers).get_json()
+    assert rest["status"] == run["status"] and [s["name"] for s in rest["steps"]] == [s["name"] for s in run["steps"]]
+    missing = gql(client, writer, 'mutation($id: ID!) { runPlaybook(incidentId: $id, playbook: "nope") { id } }',
+                  {"id": incident["id"]}).get_json()
+    assert missing["errors"][0]["extensions"]["code"] == "not_found"
