@@ -15,9 +15,12 @@ from prometheus_client import REGISTRY
 
 import app
 
-# every module of app/ (metrics are registered where they are counted: app.metrics, app.services.*)
+# every module of app/ (metrics are registered where they are counted: app.metrics, app.services.*),
+# and the GraphQL door's (api/graphql counts its operations and subscriptions itself)
 for _module in pkgutil.walk_packages(app.__path__, "app."):
     importlib.import_module(_module.name)
+for _name in ("api.graphql.execution", "api.graphql.hub"):
+    importlib.import_module(_name)
 
 DASHBOARD = Path(__file__).resolve().parent.parent.parent / "deploy" / "grafana" / "incident-manager.json"
 METRIC = re.compile(r"\bincident_manager_[a-z0-9_]+\b")
