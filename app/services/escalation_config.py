@@ -217,9 +217,9 @@ KINDS = {"users": USER, "teams": TEAM, "schedules": SCHEDULE, "escalation_polici
 
 def load(kind: Kind, document: Any, partial: bool = False) -> dict[str, Any]:
     """Validate one document with the kind's schema (marshmallow ValidationError on bad input)."""
-    if partial and kind is PLAYBOOK:  # a PATCH may leave out top-level fields, never a step's own
+    if partial:  # a PATCH may leave out top-level fields, never a level's, layer's or step's own
         return dict(kind.schema(partial=tuple(kind.schema().fields)).load(document))
-    return dict(kind.schema(partial=partial).load(document))
+    return dict(kind.schema().load(document))
 
 
 # ------------------------------------------------------------------------------- reference checks

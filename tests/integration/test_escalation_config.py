@@ -115,6 +115,13 @@ def test_policy_update_bumps_version(client, headers, people):
     assert changed["version"] == 2 and changed["repeat"] == 2 and changed["levels"] == created["levels"]
     bad = client.patch("/api/v1/escalation-policies/p", json={"conditions": {"severity": ["P9"]}}, headers=headers)
     assert bad.status_code == 422 and "conditions" in bad.get_json()["error"]["details"]
+    # a PATCH may leave out the policy's fields, not a level's own: a level without targets is refused
+    no_targets = client.patch("/api/v1/escalation-policies/p", json={"levels": [{"channels": ["slack"]}]},
+                              headers=headers)
+    assert no_targets.status_code == 422, no_targets.get_json()
+    assert no_targets.get_json()["error"]["details"] == {
+        "levels": {"0": {"targets": ["Missing data for required field."]}}}
+    assert client.get("/api/v1/escalation-policies/p", headers=headers).get_json()["levels"] == created["levels"]
 
 
 def oncall(client: Any, headers: dict[str, str], at: str, name: str = "platform-primary") -> dict[str, Any]:
