@@ -80,6 +80,14 @@ OUTBOUND_DURATION = Histogram(
 OUTBOUND_BLOCKED = Counter(
     "incident_manager_outbound_blocked_total", "Outbound connections refused by the SSRF guard"
 )
+NOTIFICATION_LANE = Gauge(
+    "incident_manager_notification_lane_depth", "Delivery records sending or waiting in a target's lane (this process)",
+    ["target"], multiprocess_mode="livesum",
+)
+NOTIFICATION_RELEASED = Counter(
+    "incident_manager_notification_claims_released_total",
+    "Claimed delivery records handed back unsent (their lane was full or their lease would run out)",
+)
 NOTIFICATIONS_SENT = Counter(
     "incident_manager_notifications_sent_total", "Notifications by channel and outcome", ["channel", "outcome"]
 )

@@ -4,6 +4,7 @@ target's circuit breaker. Tasks are thin: they call one service function."""
 from __future__ import annotations
 
 import logging
+import os
 
 from app.adapters.channels import slack
 from app.adapters.http_client import DeliveryError
@@ -36,40 +37,36 @@ def governance_push() -> dict[str, object]:
     return push_due()
 
 
-DISPATCH_BATCH = 500
-DISPATCH_MAX_PER_RUN = 20_000
-RECORDS_PER_TASK = 50  # one deliver_batch task sends this many records, concurrently
+RUNS_PER_DISPATCH = 2  # deliver_due messages per beat run that finds work (one run per process at a time)
 
 
 @app.task(name="notifications.dispatch")
 def dispatch() -> int:
-    """Beat: claim the due delivery records (500 at a time, up to 20,000 a run) and enqueue them in
-    tasks of 50 (a Celery task per record would cost more than the send)."""
-    from app.services.notifications import dispatch_due
+    """Beat: when delivery records are due, start delivery runs (a run in a process that already
+    has one returns at once; a run keeps claiming while records are due)."""
+    from app.services.notifications import any_due
 
-    total = 0
-    while total < DISPATCH_MAX_PER_RUN:
-        claimed = dispatch_due(DISPATCH_BATCH)
-        for start in range(0, len(claimed), RECORDS_PER_TASK):
-            deliver_batch.delay(claimed[start:start + RECORDS_PER_TASK])
-        total += len(claimed)
-        if len(claimed) < DISPATCH_BATCH:
-            break
-    return total
+    if not any_due():
+        return 0
+    expires = max(float(os.environ.get("NOTIFICATIONS_DISPATCH_SECS", "2")) * 2, 2.0)
+    for _ in range(RUNS_PER_DISPATCH):
+        deliver_due.apply_async(expires=expires)
+    return RUNS_PER_DISPATCH
 
 
-@app.task(name="notifications.deliver_batch")
-def deliver_batch(items: list[tuple[int, str | None]]) -> int:
-    """Send claimed delivery records ([id, lease] pairs); returns how many were sent."""
-    from app.services.notifications import deliver_many
+@app.task(name="notifications.deliver_due")
+def deliver_due() -> dict[str, object]:
+    """Claim due delivery records and send them (app.services.notifications), writing each
+    outcome as it completes."""
+    from app.services.notifications import deliver_run
 
-    results = deliver_many([(int(i), lease or None) for i, lease in items])
-    return sum(1 for r in results.values() if r["status"] == "sent")
+    return deliver_run()
 
 
 @app.task(name="notifications.deliver")
-def deliver(delivery_id: int, lease: str | None = None, replay: bool = False) -> dict[str, object]:
-    """Send one delivery record; retries and dead letters are the record's (app.services.notifications)."""
+def deliver(delivery_id: int, replay: bool = False) -> dict[str, object]:
+    """Send one delivery record now (the dead letter replay: `replay` gives a failed record one
+    more round of attempts)."""
     from app.services.notifications import deliver as send_record
 
-    return send_record(delivery_id, lease, replay)
+    return send_record(delivery_id, replay)

@@ -109,13 +109,16 @@ class NotificationDelivery(Base):
     reason: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # pending: when it is due; sending: when the claim's lease runs out (then it is due again)
     next_attempt_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    response_code: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)  # the receiver's last answer
 
     __table_args__ = (
         # One page per step, recipient and channel; also the index of an incident's deliveries.
         Index("uq_notification_deliveries_step", "incident_id", "step", "recipient", "channel", unique=True),
-        Index("ix_notification_deliveries_pending", "next_attempt_at",
-              postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'")),
+        Index("ix_notification_deliveries_due", "next_attempt_at",
+              postgresql_where=text("status IN ('pending', 'sending')"),
+              sqlite_where=text("status IN ('pending', 'sending')")),
     )
 
 

@@ -1,11 +1,11 @@
 """Escalation pages as delivery records, the notification service's intake: one per (escalation
 step, recipient, channel).
 
-Until the channels exist (the notifications work: Slack, PagerDuty, email, SMS, webhooks), a page is
-this record with status `pending` plus the escalation's timeline entry; the sender will pick the
-pending rows (`ix_notification_deliveries_pending`), check that the record's `escalation_token`
-still equals the incident's (an acknowledged or paused incident has another or none, so a stale
-page is never sent), and fill `status`, `attempts`, `last_error`, `next_attempt_at`.
+A page is this record, written `pending` with the escalation's timeline entry; the sender
+(app/services/notifications.py) claims due rows (`ix_notification_deliveries_due`), checks that the
+record's `escalation_token` still equals the incident's (an acknowledged or paused incident has
+another or none, so a stale page is never sent), and fills `status`, `attempts`, `last_error`,
+`response_code`, `next_attempt_at`.
 The unique index on (incident, step, recipient, channel) makes one step page each recipient on
 each channel at most once, whatever replays or races happen; `idempotency_key` is those four joined
 (what a channel hands its provider as a dedup key). See docs/escalation.md."""
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from app.adapters.bulk import insert_rows
 from app.adapters.escalation_models import NotificationDelivery
 
-DELIVERY_STATUSES = ("pending", "sent", "failed", "stale")
+DELIVERY_STATUSES = ("pending", "sending", "sent", "failed", "stale")
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ def deliveries_of(session: Session, incident_id: str) -> list[dict[str, Any]]:
     return [{
         "id": d.id, "step": d.step, "level": d.level, "channel": d.channel, "target_type": d.target_type,
         "target_id": d.target_id, "recipient": d.recipient, "status": d.status, "attempts": d.attempts,
-        "last_error": d.last_error, "idempotency_key": d.idempotency_key, "reason": d.reason,
+        "last_error": d.last_error, "response_code": d.response_code, "idempotency_key": d.idempotency_key,
+        "reason": d.reason,
         "created_at": d.created_at.isoformat().replace("+00:00", "Z"),
     } for d in session.scalars(select(table).where(table.incident_id == incident_id).order_by(table.id))]
 

@@ -1,17 +1,21 @@
-"""Sending the delivery records the escalation engine writes (app/services/deliveries.py): one record
-per (incident, step, recipient, channel), sent through its channel under the channel's breaker.
+"""Sending delivery records (app/services/deliveries.py): one record per (incident, step, channel,
+target), sent through its channel under the channel's breaker.
 
-- Beat's `notifications.dispatch` claims due `pending` records (`FOR UPDATE SKIP LOCKED`) by
-  moving `next_attempt_at` one queue lease ahead, and enqueues them, 50 to a
-  `notifications.deliver_batch` task.
-- `deliver_many` takes a record only if it still holds that lease (or the lease ran out), checks the
-  record's escalation token against the incident's (acknowledged / paused / next step: `stale`,
-  nothing sent), counts the attempt, renews the lease for the send, sends after commit (the batch's
-  records concurrently), and records the outcome: `sent` (with the
-  response code and reference in `reason.delivery`), or back to `pending` at a backed-off time, or
-  `failed` plus a dead letter once the attempts run out or the error will not change.
-- A worker killed mid-send leaves the record `pending` with its lease; when the lease runs out the
-  next dispatch sends the step again, with the same idempotency key (the receiver's dedup key).
+- **Claim**: one statement moves due records (`pending`, or `sending` whose lease ran out) to
+  `sending` under `FOR UPDATE SKIP LOCKED`, counts the attempt and sets the lease
+  (`next_attempt_at`). Only the holder of a live claim sends; a record is claimed again only after
+  its lease ran out (its worker died), and is then sent again with the same idempotency key.
+- **Send**: claims go into per-target lanes of this process's sender pool (at most
+  `NOTIFICATION_TARGET_CONCURRENCY` sends at a time to one target, `NOTIFICATION_SEND_THREADS` in
+  all): a slow target fills its own lane, never the others'. A claim whose send could no longer
+  finish within its lease is handed back unsent instead of being sent late.
+- **Record**: each outcome is written as it completes (batched every 50 ms, one statement), only
+  if the record is still this claim's (`status = 'sending'` and the claimed attempt number):
+  `sent` (response code and reference), back to `pending` at a backed-off time, or `failed` plus a
+  dead letter once the attempts run out or the error will not change.
+
+Runs are started by beat's `notifications.dispatch` (one `notifications.deliver_due` run at a time
+per process; a run keeps claiming while records are due, up to its time budget).
 docs/notifications.md, "Delivery".
 """
 
@@ -19,21 +23,25 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import random
+import threading
+import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, bindparam, exists, or_, select, update
 
 from app import metrics
 from app.adapters.channels import Sent, pagerduty, slack, webhook
 from app.adapters.channels import email as email_channel
-from app.adapters.db import unit_of_work
+from app.adapters.db import read_session, retry_on_conflict, unit_of_work
 from app.adapters.escalation_models import NotificationDelivery, User
 from app.adapters.http_client import DeliveryError
-from app.adapters.models import Incident
+from app.adapters.models import Incident, JSONType, UTCDateTime
 from app.config.outbound import OutboundSettings, get_outbound_settings
 from app.domain.times import iso
 from app.services.deadletters import record_dead_letter
@@ -42,135 +50,279 @@ from app.services.incidents import incident_to_dict
 log = logging.getLogger(__name__)
 
 TASK_NAME = "notifications.deliver"
-SEND_THREADS = 16  # concurrent sends within one batch
+CLAIM_BATCH = 200  # records claimed per statement
+FLUSH_SECS = 0.05  # outcomes wait at most this long to be written (one statement for all waiting)
+LIFECYCLE_TOKEN = ""  # escalation_token of an incident-lifecycle record (not tied to an escalation step)
+UPDATE_EVENTS = ("incident_acknowledged", "incident_resolved", "incident_closed")
+
+_TABLE: Any = NotificationDelivery.__table__
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, str(default)))
 
 
 def lease_secs() -> float:
-    """How long a record a worker took is left to it before it is sent again."""
-    return float(os.environ.get("NOTIFICATION_LEASE_SECS", "120"))
+    """How long a claimed record is left to its worker before it is due again."""
+    return _env_float("NOTIFICATION_LEASE_SECS", 120)
 
 
-def queue_lease_secs() -> float:
-    """How long a dispatched record may wait in the queue before dispatch takes it again (a task
-    message a dead worker held comes back after the broker's visibility timeout, 600 s)."""
-    return float(os.environ.get("NOTIFICATION_QUEUE_LEASE_SECS", "600"))
+def max_send_secs() -> float:
+    """The longest one send may take (timeouts x attempts + backoff): a claim starts its send only
+    while at least this much of its lease is left (at most half the lease)."""
+    return min(_env_float("NOTIFICATION_MAX_SEND_SECS", 60), lease_secs() / 2)
 
 
 def max_attempts() -> int:
     return int(os.environ.get("NOTIFICATION_MAX_ATTEMPTS", "5"))
 
 
-def dispatch_due(limit: int = 500, now: datetime | None = None) -> list[tuple[int, str]]:
-    """Claim up to `limit` due pending records; returns (id, lease) pairs to enqueue."""
-    now = now or datetime.now(timezone.utc)
-    lease = now + timedelta(seconds=queue_lease_secs())
-    table: Any = NotificationDelivery
-    with unit_of_work() as session:
-        due = (select(table.id).where(table.status == "pending", table.next_attempt_at <= now)
-               .order_by(table.next_attempt_at, table.id).limit(limit).with_for_update(skip_locked=True))
-        ids = list(session.scalars(due))
-        if ids:
-            session.execute(update(table).where(table.id.in_(ids)).values(next_attempt_at=lease, updated_at=now))
-    return [(i, iso(lease)) for i in ids]
+def send_threads() -> int:
+    return max(1, int(os.environ.get("NOTIFICATION_SEND_THREADS", "32")))
 
 
-@dataclass(frozen=True)
+def target_concurrency() -> int:
+    return max(1, int(os.environ.get("NOTIFICATION_TARGET_CONCURRENCY", "16")))
+
+
+def run_budget_secs() -> float:
+    return _env_float("NOTIFICATION_RUN_SECS", 50)
+
+
+@dataclass
 class _Claim:
     id: int
+    incident_id: str
     channel: str
-    incident: dict[str, Any]
-    contact: dict[str, Any]
+    recipient: str
     key: str
-    attempts: int
+    attempts: int  # including this one: the fence the outcome is written under
+    reason: dict[str, Any]
+    start_by: float = 0.0  # monotonic: the send must start before this, or the claim is handed back
+    target: str = ""
+    incident: dict[str, Any] = field(default_factory=dict)
+    contact: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, Any]] = field(default_factory=list)  # Slack messages to update
+
+    @property
+    def event(self) -> str:
+        return str(self.reason.get("event") or "escalated")
 
 
-def _claim_many(items: Sequence[tuple[int, str | None]], replay: bool, now: datetime) -> tuple[list[_Claim],
-                                                                                               dict[int, str]]:
-    """Take each record for one attempt (one transaction, rows locked in id order), or say why not."""
-    leases = dict(items)
-    table: Any = NotificationDelivery
-    claims: list[_Claim] = []
-    skipped: dict[int, str] = {}
-    with unit_of_work() as session:
-        rows = {r.id: r for r in session.scalars(select(table).where(table.id.in_(list(leases)))
-                                                 .order_by(table.id).with_for_update())}
-        incidents = {i.id: i for i in session.scalars(select(Incident).where(
-            Incident.id.in_({r.incident_id for r in rows.values()})))}
-        users = {u.name: u for u in session.scalars(select(User).where(
-            User.name.in_({r.recipient for r in rows.values()})))}
-        snapshots: dict[str, dict[str, Any]] = {}
-        for delivery_id in leases:
-            row = rows.get(delivery_id)
-            if row is None:
-                skipped[delivery_id] = "missing"
-                continue
-            if replay and row.status == "failed":  # `deadletters replay`: the operator asks for one more round
-                row.status, row.attempts, row.next_attempt_at = "pending", 0, now
-            if row.status != "pending":
-                skipped[delivery_id] = row.status
-                continue
-            lease, held = leases[delivery_id], row.next_attempt_at
-            if held is not None and held > now and (lease is None or iso(held) != lease):
-                skipped[delivery_id] = "held"  # another attempt holds a live lease (a duplicate or stale message)
-                continue
-            incident = incidents.get(row.incident_id)
-            if incident is None or incident.escalation_token != row.escalation_token:
-                row.status, row.updated_at = "stale", now
-                row.last_error = "not sent: the incident was acknowledged, paused, resolved or moved to another step"
-                metrics.NOTIFICATIONS_SENT.labels(channel=row.channel, outcome="stale").inc()
-                skipped[delivery_id] = "stale"
-                continue
-            row.attempts += 1
-            row.next_attempt_at = now + timedelta(seconds=lease_secs())
-            row.updated_at = now
-            user = users.get(row.recipient)
-            contact = dict(user.contact or {}) if user is not None else {}
-            if user is not None and user.email:
-                contact.setdefault("email", user.email)
-            if incident.id not in snapshots:
-                snapshots[incident.id] = incident_to_dict(incident)
-            claims.append(_Claim(row.id, row.channel, snapshots[incident.id], contact, row.idempotency_key,
-                                 row.attempts))
-    return claims, skipped
+class Released(Exception):
+    """A claim handed back unsent (its lease would run out before the send could finish)."""
 
 
-def _send(claim: _Claim, outbound: OutboundSettings) -> Sent:
-    channel, incident, contact = claim.channel, claim.incident, claim.contact
+# ---------------------------------------------------------------- claim
+
+def _claim_statement(now: datetime, lease: datetime, limit: int, ids: Sequence[int] | None) -> Any:
+    due = or_(_TABLE.c.status == "pending", and_(_TABLE.c.status == "sending", _TABLE.c.next_attempt_at <= now))
+    if ids is None:
+        due = and_(_TABLE.c.status.in_(("pending", "sending")), _TABLE.c.next_attempt_at <= now)
+    chosen = select(_TABLE.c.id).where(due)
+    chosen = chosen.where(_TABLE.c.id.in_(list(ids))) if ids is not None else chosen
+    locked = (chosen.order_by(_TABLE.c.next_attempt_at, _TABLE.c.id).limit(limit)
+              .with_for_update(skip_locked=True).scalar_subquery())
+    return (update(_TABLE).where(_TABLE.c.id.in_(locked))
+            .values(status="sending", attempts=_TABLE.c.attempts + 1, next_attempt_at=lease, updated_at=now)
+            .returning(_TABLE.c.id, _TABLE.c.incident_id, _TABLE.c.escalation_token, _TABLE.c.channel,
+                       _TABLE.c.recipient, _TABLE.c.idempotency_key, _TABLE.c.attempts, _TABLE.c.reason))
+
+
+def claim(limit: int = CLAIM_BATCH, ids: Sequence[int] | None = None,
+          now: datetime | None = None) -> list[_Claim]:
+    """Claim up to `limit` due records (or the given ones, if pending or their lease ran out), in
+    one transaction: records whose escalation step is over become `stale`; the rest are returned
+    with their incident, the recipient's contact and their target, ready to send."""
+    now = now or datetime.now(timezone.utc)
+    lease = lease_secs()
+    start_by = time.monotonic() + lease - max_send_secs()
+
+    def run() -> list[_Claim]:
+        with unit_of_work() as session:
+            rows = session.execute(_claim_statement(now, now + timedelta(seconds=lease), limit, ids)).all()
+            if not rows:
+                return []
+            incidents = {i.id: i for i in session.scalars(select(Incident).where(
+                Incident.id.in_({r.incident_id for r in rows})))}
+            users = {u.name: u for u in session.scalars(select(User).where(
+                User.name.in_({r.recipient for r in rows})))}
+            stale: list[int] = []
+            claims: list[_Claim] = []
+            snapshots: dict[str, dict[str, Any]] = {}
+            for r in sorted(rows, key=lambda r: r.id):
+                incident = incidents.get(r.incident_id)
+                if incident is None or (r.escalation_token != LIFECYCLE_TOKEN
+                                        and incident.escalation_token != r.escalation_token):
+                    stale.append(r.id)
+                    metrics.NOTIFICATIONS_SENT.labels(channel=r.channel, outcome="stale").inc()
+                    continue
+                user = users.get(r.recipient)
+                contact = dict(user.contact or {}) if user is not None else {}
+                if user is not None and user.email:
+                    contact.setdefault("email", user.email)
+                if incident.id not in snapshots:
+                    snapshots[incident.id] = incident_to_dict(incident)
+                item = _Claim(r.id, r.incident_id, r.channel, r.recipient, r.idempotency_key, r.attempts,
+                              dict(r.reason or {}), start_by, incident=snapshots[incident.id], contact=contact)
+                item.target = _target(item)
+                claims.append(item)
+            if stale:
+                session.execute(update(_TABLE).where(_TABLE.c.id.in_(stale)).values(
+                    status="stale", attempts=_TABLE.c.attempts - 1, next_attempt_at=None, updated_at=now,
+                    last_error="not sent: the incident was acknowledged, paused, resolved or moved to another step"))
+            _attach_slack_messages(session, [c for c in claims if c.channel == "slack" and c.event in UPDATE_EVENTS])
+            return claims
+
+    return retry_on_conflict("claim notification deliveries", run)
+
+
+def _target(item: _Claim) -> str:
+    """The lane a record is sent in: its receiver (each webhook by name; slack, pagerduty, email)."""
+    if item.channel == "webhook":
+        return f"webhook:{item.reason.get('webhook') or item.contact.get('webhook') or '?'}"
+    return item.channel
+
+
+def _attach_slack_messages(session: Any, claims: list[_Claim]) -> None:
+    """The Slack messages (channel + ts) an update redraws: what the incident's sent posts returned."""
+    if not claims:
+        return
+    incident_ids = {c.incident_id for c in claims}
+    found: dict[str, list[dict[str, Any]]] = {}
+    for incident_id, reason in session.execute(select(_TABLE.c.incident_id, _TABLE.c.reason).where(
+            _TABLE.c.incident_id.in_(incident_ids), _TABLE.c.channel == "slack", _TABLE.c.status == "sent")):
+        ref = ((reason or {}).get("delivery") or {}).get("reference") or {}
+        if ref.get("ts") and ref.get("channel"):
+            found.setdefault(incident_id, []).append({"channel": ref["channel"], "ts": ref["ts"]})
+    for c in claims:
+        c.messages = found.get(c.incident_id, [])
+
+
+# ---------------------------------------------------------------- send
+
+def _send(item: _Claim, outbound: OutboundSettings) -> Sent:
+    channel, incident, contact, event = item.channel, item.incident, item.contact, item.event
     if channel == "email":
         recipients = [contact["email"]] if contact.get("email") else []
-        return email_channel.send(incident, outbound, recipients, "escalated", claim.key)
+        return email_channel.send(incident, outbound, recipients, event, item.key)
     if channel == "slack":
         if not outbound.slack.enabled:
             raise DeliveryError("slack", "slack is not configured (notifications.slack)", False, kind="not_configured")
-        return slack.post(incident, outbound, "escalated")
+        if event in UPDATE_EVENTS:
+            return _slack_update(item, outbound)
+        return slack.post(incident, outbound, event)
     if channel == "pagerduty":
         if not outbound.pagerduty.enabled:
             raise DeliveryError("pagerduty", "pagerduty is not configured (notifications.pagerduty)", False,
                                 kind="not_configured")
-        return pagerduty.send(incident, outbound, "trigger")
+        action = {"incident_acknowledged": "acknowledge", "incident_resolved": "resolve",
+                  "incident_closed": "resolve"}.get(event, "trigger")
+        return pagerduty.send(incident, outbound, action)
     if channel == "webhook":
-        hook = outbound.webhook(str(contact.get("webhook") or ""))
+        name = str(item.reason.get("webhook") or contact.get("webhook") or "")
+        hook = outbound.webhook(name)
         if hook is None:
             raise DeliveryError("webhook", f"the recipient names no configured webhook "
-                                f"(contact.webhook = {contact.get('webhook')!r})", False, kind="not_configured")
-        return webhook.send(hook, outbound, "escalated", incident, claim.key)
+                                f"(contact.webhook = {name!r})", False, kind="not_configured")
+        return webhook.send(hook, outbound, event, incident, item.key)
     raise DeliveryError(channel, f"no {channel} channel is available (email, slack, pagerduty, webhook are)", False,
                         kind="not_configured")
+
+
+def _slack_update(item: _Claim, outbound: OutboundSettings) -> Sent:
+    """chat.update of every message the incident's posts left (none yet: nothing to redraw)."""
+    updated: list[dict[str, Any]] = []
+    last: Sent | None = None
+    for msg in item.messages:
+        last = slack.update(item.incident, outbound, msg["channel"], msg["ts"])
+        updated.append(msg)
+    return Sent("slack", "chat.update", last.status_code if last else None, last.attempts if last else 0,
+                {"updated": updated})
 
 
 def send_now(channel: str, incident: dict[str, Any], contact: dict[str, Any], key: str,
              outbound: OutboundSettings | None = None) -> Sent:
     """Send one message through `channel` now, outside the delivery records (a playbook's `notify`
     step, which keeps its own attempts); raises DeliveryError."""
-    return _send(_Claim(0, channel, incident, contact, key, 1), outbound or get_outbound_settings())
+    item = _Claim(0, str(incident.get("id")), channel, "", key, 1, {}, incident=incident, contact=contact)
+    return _send(item, outbound or get_outbound_settings())
 
 
-def _attempt(claim: _Claim, outbound: OutboundSettings) -> Sent | DeliveryError:
+def _attempt(item: _Claim, outbound: OutboundSettings) -> Sent | DeliveryError | Released:
+    if time.monotonic() > item.start_by:
+        return Released("the claim's lease would run out before the send could finish")
     try:
-        return _send(claim, outbound)
+        return _send(item, outbound)
     except DeliveryError as exc:
         return exc
+    except Exception as exc:  # a bug in a channel must not lose the outcome (the record would wait a lease)
+        log.exception("notification send raised", extra={"delivery_id": item.id, "channel": item.channel})
+        return DeliveryError(item.target, f"{type(exc).__name__}: {exc}", True, kind="internal")
 
+
+class _Sender:
+    """This process's sender pool with per-target lanes: at most `per_target` sends to one target
+    at a time; the others of that target wait in its lane (not in a thread)."""
+
+    def __init__(self, threads: int, per_target: int) -> None:
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="notify-send")
+        self.per_target = per_target
+        self.lock = threading.Lock()
+        self.waiting: dict[str, deque[tuple[_Claim, OutboundSettings, queue.SimpleQueue[Any]]]] = {}
+        self.running: dict[str, int] = {}
+
+    def queued(self, target: str) -> int:
+        with self.lock:
+            return self.running.get(target, 0) + len(self.waiting.get(target, ()))
+
+    def submit(self, item: _Claim, outbound: OutboundSettings, done: queue.SimpleQueue[Any]) -> None:
+        job = (item, outbound, done)
+        with self.lock:
+            start = self.running.get(item.target, 0) < self.per_target
+            if start:
+                self.running[item.target] = self.running.get(item.target, 0) + 1
+            else:
+                self.waiting.setdefault(item.target, deque()).append(job)
+            metrics.NOTIFICATION_LANE.labels(target=item.target).set(
+                self.running.get(item.target, 0) + len(self.waiting.get(item.target, ())))
+        if start:
+            self.pool.submit(self._run, job)
+
+    def _run(self, job: tuple[_Claim, OutboundSettings, queue.SimpleQueue[Any]]) -> None:
+        while job is not None:
+            item, outbound, done = job
+            try:
+                done.put((item, _attempt(item, outbound)))
+            finally:
+                with self.lock:  # the lane's next record runs on this thread: no hand-off
+                    lane = self.waiting.get(item.target)
+                    nxt = lane.popleft() if lane else None
+                    if nxt is None:
+                        self.running[item.target] -= 1
+                    metrics.NOTIFICATION_LANE.labels(target=item.target).set(
+                        self.running.get(item.target, 0) + len(lane or ()))
+            job = nxt  # type: ignore[assignment]
+
+
+_sender: tuple[tuple[int, int, int], _Sender] | None = None
+_sender_lock = threading.Lock()
+_runs = threading.BoundedSemaphore(1)
+
+
+def sender() -> _Sender:
+    """This process's sender pool (a new one after a fork or when its settings changed)."""
+    global _sender
+    key = (os.getpid(), send_threads(), target_concurrency())
+    with _sender_lock:
+        if _sender is None or _sender[0] != key:
+            if _sender is not None and _sender[0][0] == key[0]:
+                _sender[1].pool.shutdown(wait=False)  # its running sends finish and report
+            _sender = (key, _Sender(key[1], key[2]))
+        return _sender[1]
+
+
+# ---------------------------------------------------------------- record
 
 def _retry_at(exc: DeliveryError, attempts: int, now: datetime) -> datetime:
     # full jitter over 5 s * 2^(n-1), capped at 10 min; an open breaker's or a receiver's wait is a floor
@@ -178,80 +330,195 @@ def _retry_at(exc: DeliveryError, attempts: int, now: datetime) -> datetime:
     return now + timedelta(seconds=max(delay, exc.retry_after_secs or 0.0))
 
 
-def deliver_many(items: Sequence[tuple[int, str | None]], replay: bool = False) -> dict[int, dict[str, Any]]:
-    """Send delivery records given as (id, lease) (see the module docstring): claimed in one
-    transaction, sent concurrently (SEND_THREADS at a time, so one slow target holds one thread, not
-    the batch), outcomes recorded in one transaction. Returns what happened to each."""
+_RECORD = (update(_TABLE)
+           .where(_TABLE.c.id == bindparam("b_id"), _TABLE.c.status == "sending",
+                  _TABLE.c.attempts == bindparam("b_claimed"))
+           .values(status=bindparam("b_status"), attempts=bindparam("b_attempts"),
+                   last_error=bindparam("b_error"), response_code=bindparam("b_code"),
+                   reason=bindparam("b_reason", type_=JSONType),
+                   next_attempt_at=bindparam("b_next", type_=UTCDateTime),
+                   updated_at=bindparam("b_now", type_=UTCDateTime)))
+
+
+def _outcome_row(item: _Claim, outcome: Sent | DeliveryError | Released, now: datetime) -> dict[str, Any]:
+    row = {"b_id": item.id, "b_claimed": item.attempts, "b_now": now}
+    if isinstance(outcome, Released):  # handed back unsent: due again at once, the attempt not spent
+        return {**row, "b_status": "pending", "b_attempts": item.attempts - 1, "b_error": str(outcome),
+                "b_code": None, "b_reason": item.reason, "b_next": now}
+    if isinstance(outcome, Sent):
+        reason = {**item.reason, "delivery": {
+            "response_code": outcome.status_code, "reference": dict(outcome.reference), "target": outcome.target,
+            "attempts": item.attempts, "sent_at": iso(now)}}
+        return {**row, "b_status": "sent", "b_attempts": item.attempts, "b_error": None,
+                "b_code": outcome.status_code, "b_reason": reason, "b_next": None}
+    # an open breaker or a reached rate limit tried nothing: wait for it without spending an attempt
+    untried = outcome.kind in ("circuit_open", "rate_limited")
+    final = not untried and (not outcome.retryable or item.attempts >= max_attempts())
+    attempts = item.attempts - 1 if untried else item.attempts
+    reason = {**item.reason, "delivery": {"response_code": outcome.status, "error_kind": outcome.kind,
+                                          "attempts": attempts, "failed_at": iso(now)}}
+    return {**row, "b_status": "failed" if final else "pending", "b_attempts": attempts,
+            "b_error": str(outcome)[:2000], "b_code": outcome.status, "b_reason": reason,
+            "b_next": None if final else _retry_at(outcome, item.attempts, now)}
+
+
+def record(outcomes: Sequence[tuple[_Claim, Sent | DeliveryError | Released]]) -> dict[int, dict[str, Any]]:
+    """Write outcomes (one statement), each only if its record is still this claim's. Returns what
+    happened to each record."""
+    if not outcomes:
+        return {}
     now = datetime.now(timezone.utc)
-    claims, skipped = _claim_many(items, replay, now)
-    results: dict[int, dict[str, Any]] = {i: {"id": i, "status": why} for i, why in skipped.items()}
-    if not claims:
-        return results
-    outbound = get_outbound_settings()
-    if len(claims) == 1:
-        outcomes = [_attempt(claims[0], outbound)]
-    else:
-        with ThreadPoolExecutor(max_workers=min(SEND_THREADS, len(claims))) as pool:
-            outcomes = list(pool.map(lambda c: _attempt(c, outbound), claims))
-    dead: list[tuple[_Claim, DeliveryError]] = []
-    done = datetime.now(timezone.utc)
-    table: Any = NotificationDelivery
-    with unit_of_work() as session:
-        rows = {r.id: r for r in session.scalars(select(table).where(table.id.in_([c.id for c in claims]))
-                                                 .order_by(table.id).with_for_update())}
-        for claim, outcome in zip(claims, outcomes, strict=True):
-            row = rows.get(claim.id)
-            if row is None or row.status != "pending":
-                results[claim.id] = {"id": claim.id, "status": row.status if row else "missing"}
-            elif isinstance(outcome, DeliveryError):
-                results[claim.id] = _failed(row, claim, outcome, done)
-                if results[claim.id]["status"] == "failed":
-                    dead.append((claim, outcome))
-            else:
-                row.status, row.last_error, row.updated_at = "sent", None, done
-                row.reason = {**(row.reason or {}), "delivery": {
-                    "response_code": outcome.status_code, "reference": dict(outcome.reference),
-                    "target": outcome.target, "attempts": row.attempts, "sent_at": iso(done)}}
-                results[claim.id] = {"id": claim.id, "status": "sent", "response_code": outcome.status_code}
-    for claim, exc in dead:
-        record_dead_letter(TASK_NAME, "notifications", [claim.id], {"replay": True}, exc, None, claim.attempts)
-        metrics.DEAD_LETTERS.labels(task=TASK_NAME).inc()
-        log.error("notification failed for good; dead-lettered", extra={
-            "delivery_id": claim.id, "channel": claim.channel, "error": str(exc)[:300]})
-    sent = sum(1 for r in results.values() if r["status"] == "sent")
-    if sent:
-        log.info("notifications sent", extra={"sent": sent, "records": len(items)})
+    rows = [_outcome_row(item, outcome, now) for item, outcome in outcomes]
+    retry_on_conflict("record notification outcomes", lambda: _write(rows))
+    results: dict[int, dict[str, Any]] = {}
+    for (item, outcome), row in zip(outcomes, rows, strict=True):
+        status = row["b_status"]
+        if isinstance(outcome, Released):
+            results[item.id] = {"id": item.id, "status": "released"}
+            metrics.NOTIFICATION_RELEASED.inc()
+            continue
+        if isinstance(outcome, Sent):
+            results[item.id] = {"id": item.id, "status": "sent", "response_code": outcome.status_code}
+            continue
+        results[item.id] = {"id": item.id, "status": "failed" if status == "failed" else "retrying",
+                            "error": str(outcome)}
+        if status == "failed":
+            record_dead_letter(TASK_NAME, "notifications", [item.id], {"replay": True}, outcome, None, item.attempts)
+            metrics.DEAD_LETTERS.labels(task=TASK_NAME).inc()
+            log.error("notification failed for good; dead-lettered", extra={
+                "delivery_id": item.id, "channel": item.channel, "error": str(outcome)[:300]})
+        elif outcome.kind not in ("circuit_open", "rate_limited"):
+            log.warning("notification attempt failed; will retry", extra={
+                "delivery_id": item.id, "channel": item.channel, "attempt": item.attempts,
+                "error": str(outcome)[:300]})
     return results
 
 
-def deliver(delivery_id: int, lease: str | None = None, replay: bool = False) -> dict[str, Any]:
-    """Send one delivery record (a batch of one)."""
-    return deliver_many([(delivery_id, lease)], replay)[delivery_id]
+def _write(rows: list[dict[str, Any]]) -> None:
+    with unit_of_work() as session:
+        session.execute(_RECORD, rows)
 
 
-def _failed(row: Any, claim: _Claim, exc: DeliveryError, now: datetime) -> dict[str, Any]:
-    # an open breaker or a reached rate limit tried nothing: wait for it without spending an attempt
-    untried = exc.kind in ("circuit_open", "rate_limited")
-    final = not untried and (not exc.retryable or claim.attempts >= max_attempts())
-    if untried:
-        row.attempts = max(0, row.attempts - 1)
-    row.last_error = str(exc)[:2000]
-    row.updated_at = now
-    row.reason = {**(row.reason or {}), "delivery": {"response_code": exc.status, "error_kind": exc.kind,
-                                                     "attempts": row.attempts, "failed_at": iso(now)}}
-    if final:
-        row.status = "failed"
-        return {"id": claim.id, "status": "failed", "error": str(exc)}
-    row.next_attempt_at = _retry_at(exc, claim.attempts, now)
-    log.warning("notification attempt failed; will retry", extra={
-        "delivery_id": claim.id, "channel": claim.channel, "attempt": claim.attempts, "error": str(exc)[:300]})
-    return {"id": claim.id, "status": "retrying", "error": str(exc)}
+# ---------------------------------------------------------------- runs
+
+def _release(items: Iterable[_Claim], wait_secs: float) -> None:
+    """Hand claims back unsent, due again after `wait_secs`, the attempt not spent."""
+    now = datetime.now(timezone.utc)
+    rows = [{**_outcome_row(i, Released("lane full"), now), "b_next": now + timedelta(seconds=wait_secs)}
+            for i in items]
+    if rows:
+        retry_on_conflict("release notification deliveries", lambda: _write(rows))
+        metrics.NOTIFICATION_RELEASED.inc(len(rows))
+
+
+def deliver_due(budget_secs: float | None = None, ids: Sequence[int] | None = None) -> dict[str, Any]:
+    """Claim and send due records until none is due (or the given `ids` are done), for at most
+    `budget_secs` of claiming. Outcomes are written as they complete. Returns counts and, for
+    `ids`, each record's result."""
+    budget = run_budget_secs() if budget_secs is None else budget_secs
+    deadline = time.monotonic() + budget
+    pool = sender()
+    outbound = get_outbound_settings()
+    done: queue.SimpleQueue[tuple[_Claim, Any]] = queue.SimpleQueue()
+    window = max(CLAIM_BATCH, send_threads() * 4)
+    lane_cap = max(pool.per_target * 8, window)
+    released_until = 0.0  # records this run handed back are due again then: the run is not done before
+    in_flight, claimed_total, last_empty, drained = 0, 0, -1.0, False
+    waiting: list[tuple[_Claim, Any]] = []
+    results: dict[int, dict[str, Any]] = {}
+    counts = {"claimed": 0, "sent": 0, "retrying": 0, "failed": 0, "released": 0}
+    last_flush = time.monotonic()
+    pending_ids = list(ids) if ids is not None else None
+    while True:
+        now_m = time.monotonic()
+        may_claim = now_m < deadline and (pending_ids is None or pending_ids) and in_flight < window // 2 \
+            and (last_empty < 0 or now_m - last_empty > 0.2)
+        if may_claim:
+            batch = claim(min(CLAIM_BATCH, window - in_flight), pending_ids)
+            if pending_ids is not None:
+                pending_ids = []
+            drained = not batch
+            if drained:
+                last_empty = now_m
+            claimed_total += len(batch)
+            full: list[_Claim] = []
+            for item in batch:
+                if pool.queued(item.target) >= lane_cap:
+                    full.append(item)  # its lane holds enough for a lease: let another run take it later
+                    continue
+                pool.submit(item, outbound, done)
+                in_flight += 1
+            if full:
+                _release(full, 2.0)
+                counts["released"] += len(full)
+                released_until = time.monotonic() + 2.0
+        try:
+            waiting.append(done.get(timeout=FLUSH_SECS if in_flight else 0.001))
+            while True:
+                waiting.append(done.get_nowait())
+        except queue.Empty:
+            pass
+        now_m = time.monotonic()
+        if waiting and (len(waiting) >= CLAIM_BATCH or now_m - last_flush >= FLUSH_SECS or len(waiting) == in_flight):
+            written = record(waiting)
+            in_flight -= len(waiting)
+            for result in written.values():
+                key = result["status"]
+                counts[key] = counts.get(key, 0) + 1
+            if ids is not None:
+                results.update(written)
+            waiting = []
+            last_flush = now_m
+        if in_flight == 0 and (now_m >= deadline or (drained and last_empty > released_until) or pending_ids == []):
+            break
+    counts["claimed"] = claimed_total
+    if counts["sent"]:
+        log.info("notifications sent", extra={k: v for k, v in counts.items() if v})
+    out: dict[str, Any] = dict(counts)
+    if ids is not None:
+        out["results"] = results
+    return out
+
+
+def deliver_run() -> dict[str, Any]:
+    """One delivery run per process at a time (the beat-started `notifications.deliver_due`): a
+    second run in a busy process returns at once; the sender pool is the process's either way."""
+    if not _runs.acquire(blocking=False):
+        return {"status": "busy"}
+    try:
+        return deliver_due()
+    finally:
+        _runs.release()
+
+
+def any_due(now: datetime | None = None) -> bool:
+    now = now or datetime.now(timezone.utc)
+    with read_session() as session:
+        return bool(session.scalar(select(exists().where(
+            _TABLE.c.status.in_(("pending", "sending")), _TABLE.c.next_attempt_at <= now))))
+
+
+def deliver(delivery_id: int, replay: bool = False) -> dict[str, Any]:
+    """Send one record now if it is pending (or its claim's lease ran out); `replay` (the dead
+    letter's) first gives a failed record one more round of attempts. Otherwise says its status
+    (`held`: another worker's claim is live)."""
+    if replay:
+        with unit_of_work() as session:
+            session.execute(update(_TABLE).where(_TABLE.c.id == delivery_id, _TABLE.c.status == "failed").values(
+                status="pending", attempts=0, next_attempt_at=datetime.now(timezone.utc)))
+    result = deliver_due(budget_secs=60, ids=[delivery_id])["results"].get(delivery_id)
+    if result is not None:
+        return result
+    with read_session() as session:
+        row = session.get(NotificationDelivery, delivery_id)
+        if row is None:
+            return {"id": delivery_id, "status": "missing"}
+        return {"id": delivery_id, "status": "held" if row.status == "sending" else row.status}
 
 
 def incident_notifications(incident_id: str) -> dict[str, Any]:
     """`GET /api/v1/incidents/{id}/notifications`: the incident's delivery records, oldest first
     (IncidentNotFound for an unknown id; a merged id answers for the incident it joined)."""
-    from app.adapters.db import read_session
     from app.services.deliveries import deliveries_of
     from app.services.incidents import get_incident
 
