@@ -100,6 +100,9 @@ beat_schedule = {
     # Delivery records due to be sent (new, or a retry, or a lease a dead worker left); docs/notifications.md.
     "notifications-dispatch": {"task": "notifications.dispatch", "schedule": _NOTIFICATIONS_DISPATCH_SECS,
                                "options": {"expires": max(_NOTIFICATIONS_DISPATCH_SECS, 1.0)}},
+    # JIRA status back into incidents: a poll when integrations.jira.sync's interval passed.
+    "jira-sync": {"task": "notifications.jira_sync", "schedule": float(os.environ.get("JIRA_SYNC_CHECK_SECS", "30")),
+                  "options": {"expires": 30.0}},
     # Governance audit push: sends what is due (a full batch or max_wait_ms old); docs/notifications.md.
     "governance-audit-push": {"task": "notifications.governance_push", "schedule": _GOVERNANCE_PUSH_SECS,
                               "options": {"expires": max(_GOVERNANCE_PUSH_SECS, 1.0)}},

@@ -88,6 +88,7 @@ NOTIFICATION_RELEASED = Counter(
     "incident_manager_notification_claims_released_total",
     "Claimed delivery records handed back unsent (their lane was full or their lease would run out)",
 )
+JIRA_SYNC = Counter("incident_manager_jira_sync_runs_total", "JIRA status sync polls by outcome", ["outcome"])
 NOTIFICATIONS_SENT = Counter(
     "incident_manager_notifications_sent_total", "Notifications by channel and outcome", ["channel", "outcome"]
 )

@@ -37,6 +37,14 @@ def governance_push() -> dict[str, object]:
     return push_due()
 
 
+@app.task(name="notifications.jira_sync")
+def jira_sync() -> dict[str, object]:
+    """Beat: poll JIRA for issues updated since the last poll and map their status back."""
+    from app.services.jira_sync import poll
+
+    return poll()
+
+
 RUNS_PER_DISPATCH = 2  # deliver_due messages per beat run that finds work (one run per process at a time)
 
 

@@ -496,6 +496,9 @@ class JiraSettings:
     incident_id_field: str = "customfield_10001"
     severity_field: str = ""  # a custom field id that takes severity_names (optional)
     labels: tuple[str, ...] = ("llm-incident-manager", "automated")
+    sync_enabled: bool = False  # sync.enabled and sync.bidirectional: JIRA status back into incidents
+    sync_interval_secs: int = 300
+    status_mapping: Mapping[str, str] = field(default_factory=lambda: {"Done": "RESOLVED"})  # JIRA status -> ours
 
     def project(self, incident: Mapping[str, Any]) -> JiraProject:
         category = str(incident.get("category") or "").lower()
@@ -528,6 +531,12 @@ def _jira(section: Mapping[str, Any], env: Mapping[str, str]) -> JiraSettings:
             projects.append(project)
     fields_map = _mapping(f"{key}.field_mapping", section.get("field_mapping"))
     _known(f"{key}.field_mapping", fields_map, {"severity", "priority"})
+    sync = _mapping(f"{key}.sync", section.get("sync"))
+    _known(f"{key}.sync", sync, {"enabled", "bidirectional", "sync_interval_seconds", "status_mapping"})
+    status_mapping = _mapping(f"{key}.sync.status_mapping", sync.get("status_mapping"))
+    for name, target in status_mapping.items():
+        if target not in ("RESOLVED", "CLOSED"):
+            raise ConfigError(f"{key}.sync.status_mapping.{name}: expected RESOLVED or CLOSED, got {target!r}")
     base = JiraSettings()
     settings = JiraSettings(
         enabled=_flag(f"{key}.enabled", section.get("enabled", bool(section))),
@@ -542,6 +551,10 @@ def _jira(section: Mapping[str, Any], env: Mapping[str, str]) -> JiraSettings:
         incident_id_field=_text(f"{key}.incident_id_field", section.get("incident_id_field")) or base.incident_id_field,
         severity_field=_text(f"{key}.severity_field", section.get("severity_field")),
         labels=_strings(f"{key}.labels", section.get("labels")) or base.labels,
+        sync_enabled=_flag(f"{key}.sync.enabled", sync.get("enabled", False))
+        and _flag(f"{key}.sync.bidirectional", sync.get("bidirectional", False)),
+        sync_interval_secs=_integer(f"{key}.sync.sync_interval_seconds", sync.get("sync_interval_seconds", 300), 1),
+        status_mapping={str(k): str(v) for k, v in status_mapping.items()} or base.status_mapping,
     )
     if settings.enabled and not (settings.base_url and settings.username and settings.api_token):
         raise ConfigError(f"{key}: enabled, but base_url, authentication.username and authentication.api_token "

@@ -70,6 +70,9 @@ class Permit:
 
     name: str
     trial: bool
+    # acquire saw the breaker closed with no failure in a current window (at this window start):
+    # a success then only moves counters, without reading the state again
+    quiet_window: float | None = None
 
 
 # ------------------------------------------------------------------------------- the rules (pure)
@@ -313,7 +316,9 @@ def acquire(name: str, now: float | None = None) -> Permit:
             if trial:  # give the trial slot back: the target was not tried
                 store.update(cfg.name, lambda s: (None, {"trials": str(max(0, int(_f(s, "trials")) - 1))}))
             raise RateLimited(cfg.name, decision.retry_after_secs)
-    return Permit(cfg.name, trial)
+    quiet = (state.get("state", CLOSED) == CLOSED and state.get("failures", "0") == "0" and not trial
+             and now - _f(state, "window_start") < cfg.window_secs)
+    return Permit(cfg.name, trial, _f(state, "window_start") if quiet else None)
 
 
 def _split(decision: tuple[bool, bool, State | None]) -> tuple[tuple[bool, bool], State | None]:
@@ -327,6 +332,9 @@ def record(permit: Permit, ok: bool, error: str | None = None, now: float | None
     now = time.time() if now is None else now
     store = _store()
     stats = {"requests_total": 1, "failed_total": 0 if ok else 1}
+    if ok and permit.quiet_window is not None and now - permit.quiet_window < cfg.window_secs:
+        store.add(cfg.name, {**stats, "window_requests": 1})  # the common case, as below, on acquire's reading
+        return
     if ok and not permit.trial:
         # the common case: a success seen in closed state only moves counters
         state = store.read(cfg.name)

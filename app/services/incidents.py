@@ -29,7 +29,7 @@ from app.domain.incident import (
 from app.domain.severity import HUMAN_DECIDERS, SOURCE_DECIDED, map_source_severity, severity_reason
 from app.domain.times import iso as _iso
 from app.services import changes as changes_bus
-from app.services import sla_monitor
+from app.services import lifecycle, sla_monitor
 from app.services.ingest import Dispatcher, NewEvent, ingest_events
 
 
@@ -334,6 +334,9 @@ def _set_status(session: Session, incident: Incident, target: str, actor: str, n
             incident.resolved_at = now
     if target == "IN_PROGRESS" and old == "RESOLVED":
         incident.resolved_at = None
+    # webhooks, PagerDuty, Slack and JIRA hear of it through delivery records of this transaction
+    lifecycle.on_status(session, {"id": incident.id, "severity": incident.severity, "category": incident.category,
+                                  "source": incident.source, "service": incident.service}, target, actor, now)
     return _record(session, incident, actor, "status_changed", "status", old, target)
 
 

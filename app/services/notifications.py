@@ -36,7 +36,7 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import and_, bindparam, exists, or_, select, update
 
 from app import metrics
-from app.adapters.channels import Sent, pagerduty, slack, webhook
+from app.adapters.channels import Sent, jira, pagerduty, slack, webhook
 from app.adapters.channels import email as email_channel
 from app.adapters.db import read_session, retry_on_conflict, unit_of_work
 from app.adapters.escalation_models import NotificationDelivery, User
@@ -46,13 +46,13 @@ from app.config.outbound import OutboundSettings, get_outbound_settings
 from app.domain.times import iso
 from app.services.deadletters import record_dead_letter
 from app.services.incidents import incident_to_dict
+from app.services.lifecycle import LIFECYCLE_TOKEN
 
 log = logging.getLogger(__name__)
 
 TASK_NAME = "notifications.deliver"
 CLAIM_BATCH = 200  # records claimed per statement
 FLUSH_SECS = 0.05  # outcomes wait at most this long to be written (one statement for all waiting)
-LIFECYCLE_TOKEN = ""  # escalation_token of an incident-lifecycle record (not tied to an escalation step)
 UPDATE_EVENTS = ("incident_acknowledged", "incident_resolved", "incident_closed")
 
 _TABLE: Any = NotificationDelivery.__table__
@@ -102,7 +102,7 @@ class _Claim:
     target: str = ""
     incident: dict[str, Any] = field(default_factory=dict)
     contact: dict[str, Any] = field(default_factory=dict)
-    messages: list[dict[str, Any]] = field(default_factory=list)  # Slack messages to update
+    messages: list[dict[str, Any]] = field(default_factory=list)  # Slack messages / the JIRA issue to update
 
     @property
     def event(self) -> str:
@@ -171,7 +171,8 @@ def claim(limit: int = CLAIM_BATCH, ids: Sequence[int] | None = None,
                 session.execute(update(_TABLE).where(_TABLE.c.id.in_(stale)).values(
                     status="stale", attempts=_TABLE.c.attempts - 1, next_attempt_at=None, updated_at=now,
                     last_error="not sent: the incident was acknowledged, paused, resolved or moved to another step"))
-            _attach_slack_messages(session, [c for c in claims if c.channel == "slack" and c.event in UPDATE_EVENTS])
+            _attach_references(session, [c for c in claims if c.channel in ("slack", "jira")
+                                         and c.event in UPDATE_EVENTS])
             return claims
 
     return retry_on_conflict("claim notification deliveries", run)
@@ -184,19 +185,22 @@ def _target(item: _Claim) -> str:
     return item.channel
 
 
-def _attach_slack_messages(session: Any, claims: list[_Claim]) -> None:
-    """The Slack messages (channel + ts) an update redraws: what the incident's sent posts returned."""
+def _attach_references(session: Any, claims: list[_Claim]) -> None:
+    """What an update changes: the Slack messages (channel + ts) the incident's sent posts returned,
+    the JIRA issue (key) its creation returned."""
     if not claims:
         return
     incident_ids = {c.incident_id for c in claims}
-    found: dict[str, list[dict[str, Any]]] = {}
-    for incident_id, reason in session.execute(select(_TABLE.c.incident_id, _TABLE.c.reason).where(
-            _TABLE.c.incident_id.in_(incident_ids), _TABLE.c.channel == "slack", _TABLE.c.status == "sent")):
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for incident_id, channel, reason in session.execute(
+            select(_TABLE.c.incident_id, _TABLE.c.channel, _TABLE.c.reason).where(
+                _TABLE.c.incident_id.in_(incident_ids), _TABLE.c.channel.in_(("slack", "jira")),
+                _TABLE.c.status == "sent").order_by(_TABLE.c.id)):
         ref = ((reason or {}).get("delivery") or {}).get("reference") or {}
-        if ref.get("ts") and ref.get("channel"):
-            found.setdefault(incident_id, []).append({"channel": ref["channel"], "ts": ref["ts"]})
+        if (channel == "slack" and ref.get("ts") and ref.get("channel")) or (channel == "jira" and ref.get("key")):
+            found.setdefault((incident_id, channel), []).append(dict(ref))
     for c in claims:
-        c.messages = found.get(c.incident_id, [])
+        c.messages = found.get((c.incident_id, c.channel), [])
 
 
 # ---------------------------------------------------------------- send
@@ -219,6 +223,15 @@ def _send(item: _Claim, outbound: OutboundSettings) -> Sent:
         action = {"incident_acknowledged": "acknowledge", "incident_resolved": "resolve",
                   "incident_closed": "resolve"}.get(event, "trigger")
         return pagerduty.send(incident, outbound, action)
+    if channel == "jira":
+        if not outbound.jira.enabled:
+            raise DeliveryError("jira", "jira is not configured (integrations.jira)", False, kind="not_configured")
+        if event in UPDATE_EVENTS:
+            keys = [m["key"] for m in item.messages]
+            if not keys:
+                return Sent("jira", "comment", None, 0, {"commented": []})
+            return jira.comment(keys[0], item.incident, outbound, event, str(item.reason.get("actor") or ""))
+        return jira.create_issue(incident, outbound)
     if channel == "webhook":
         name = str(item.reason.get("webhook") or contact.get("webhook") or "")
         hook = outbound.webhook(name)
@@ -226,7 +239,8 @@ def _send(item: _Claim, outbound: OutboundSettings) -> Sent:
             raise DeliveryError("webhook", f"the recipient names no configured webhook "
                                 f"(contact.webhook = {name!r})", False, kind="not_configured")
         return webhook.send(hook, outbound, event, incident, item.key)
-    raise DeliveryError(channel, f"no {channel} channel is available (email, slack, pagerduty, webhook are)", False,
+    raise DeliveryError(channel, f"no {channel} channel is available (email, slack, pagerduty, jira, webhook are)",
+                        False,
                         kind="not_configured")
 
 

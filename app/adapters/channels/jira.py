@@ -52,3 +52,46 @@ def create_issue(incident: Mapping[str, Any], outbound: OutboundSettings) -> Sen
                     {"key": created.get("key"), "id": created.get("id")})
 
     return counted("jira", go)
+
+
+def _auth(outbound: OutboundSettings) -> dict[str, str]:
+    jira = outbound.jira
+    credentials = base64.b64encode(f"{jira.username}:{jira.api_token}".encode()).decode()
+    return {"Content-Type": "application/json", "Accept": "application/json", "Authorization": f"Basic {credentials}"}
+
+
+COMMENTS = {"incident_resolved": "resolved", "incident_closed": "closed", "incident_acknowledged": "acknowledged"}
+
+
+def comment_body(incident: Mapping[str, Any], event: str, actor: str) -> dict[str, Any]:
+    """The comment a status change leaves on the incident's issue (ADF)."""
+    text = f"Incident {incident.get('id')} was {COMMENTS.get(event, event)} in the incident manager"
+    text += f" by {actor}." if actor else "."
+    if incident.get("resolution_notes") and event != "incident_acknowledged":
+        text += f"\n\n{incident['resolution_notes']}"
+    return {"body": adf(text)}
+
+
+def comment(key: str, incident: Mapping[str, Any], outbound: OutboundSettings, event: str, actor: str) -> Sent:
+    """POST /rest/api/3/issue/{key}/comment: the incident's new state on its issue."""
+
+    def go() -> Sent:
+        answer = http_client.send("jira", "POST", f"{outbound.jira.base_url}/rest/api/3/issue/{key}/comment",
+                                  content=json_body(comment_body(incident, event, actor)), headers=_auth(outbound))
+        created = answer.json() or {}
+        return Sent("jira", key, answer.status, answer.attempts, {"key": key, "comment_id": created.get("id")})
+
+    return counted("jira", go)
+
+
+def search_updated(outbound: OutboundSettings, since: str, start_at: int = 0, max_results: int = 100) -> dict[str, Any]:
+    """POST /rest/api/3/search: the issues carrying an incident id updated since `since`
+    (`yyyy-MM-dd HH:mm`, JIRA's JQL date form), oldest update first, with status and that field."""
+    jira = outbound.jira
+    field_no = jira.incident_id_field.removeprefix("customfield_")
+    jql = f'cf[{field_no}] is not EMPTY AND updated >= "{since}" ORDER BY updated ASC'
+    body = {"jql": jql, "startAt": start_at, "maxResults": max_results,
+            "fields": ["status", "updated", jira.incident_id_field]}
+    answer = http_client.send("jira", "POST", f"{jira.base_url}/rest/api/3/search", content=json_body(body),
+                              headers=_auth(outbound))
+    return dict(answer.json() or {})

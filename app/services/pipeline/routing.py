@@ -28,7 +28,7 @@ from app.adapters.models import Event, Incident, OutboxMessage, TimelineEntry
 from app.config import RoutingRule, Settings, get_settings
 from app.domain import sla
 from app.domain.severity import HUMAN_DECIDERS
-from app.services import changes, escalation, playbooks
+from app.services import changes, escalation, lifecycle, playbooks
 from app.services.pipeline.batch import Batch, Snapshot
 from app.services.pipeline.instruments import EVENT_TO_INCIDENT_LATENCY
 
@@ -194,6 +194,9 @@ def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
                                        for p, d in zip(published, decided, strict=True)], now)
             # Playbooks whose triggers match start in the same transaction too (docs/playbooks.md).
             runs = playbooks.auto_start(session, [{**snaps[p["id"]], **p} for p in published], now)
+            # incident_created webhooks / the JIRA issue, with the final severity and category
+            lifecycle.on_created(session, [{**p, "source": snaps[p["id"]]["source"],
+                                            "service": snaps[p["id"]]["service"]} for p in published], now)
         roots = batch.get("correlation_roots") or {}
         if roots:  # earlier incidents that became the root of a group this batch opened (where still unset)
             bulk.update_rows(session, _INCIDENTS, "id",
