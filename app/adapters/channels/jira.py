@@ -67,8 +67,9 @@ def comment_body(incident: Mapping[str, Any], event: str, actor: str) -> dict[st
     """The comment a status change leaves on the incident's issue (ADF)."""
     text = f"Incident {incident.get('id')} was {COMMENTS.get(event, event)} in the incident manager"
     text += f" by {actor}." if actor else "."
-    if incident.get("resolution_notes") and event != "incident_acknowledged":
-        text += f"\n\n{incident['resolution_notes']}"
+    notes = (incident.get("resolution") or {}).get("notes")
+    if notes and event != "incident_acknowledged":
+        text += f"\n\n{notes}"
     return {"body": adf(text)}
 
 

@@ -1,0 +1,210 @@
+"""Incident lifecycle notifications against real loopback receivers: webhooks hear created /
+acknowledged / resolved with the guide's payload; PagerDuty acknowledge and resolve on the trigger's
+dedup_key; Slack chat.update of the posted message; JIRA issue creation, a comment on resolve, and
+the two-way sync (Done resolves the incident, without echoing back to JIRA)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from pytest_httpserver import HTTPServer
+from sqlalchemy import select, update
+from werkzeug import Request
+
+from app.adapters.db import read_session, unit_of_work
+from app.adapters.escalation_models import NotificationDelivery, User
+from app.adapters.models import Incident, OutboxMessage
+from app.services import pipeline
+from app.services.deliveries import Page, delivery_rows, insert_deliveries
+from app.services.jira_sync import poll
+from app.services.notifications import deliver_due
+
+HOOK, PD, JIRA_ISSUE, JIRA_SEARCH = "/hook", "/pd/enqueue", "/rest/api/3/issue", "/rest/api/3/search"
+KEY = "R" * 32
+
+
+def at(server: HTTPServer, path: str) -> str:
+    return f"http://127.0.0.1:{server.port}{path}"
+
+
+def received(server: HTTPServer, path: str) -> list[Request]:
+    return [request for request, _ in server.log if request.path == path]
+
+
+@pytest.fixture
+def configured(outbound_config, httpserver: HTTPServer) -> HTTPServer:
+    outbound_config({
+        "notifications": {
+            "http": {"allow_private": ["127.0.0.1/32"], "max_attempts": 1},
+            "incident_url_template": "https://incidents.example.com/incidents/{id}",
+            "pagerduty": {"enabled": True, "integration_key": KEY, "events_url": at(httpserver, PD)},
+            "slack": {"enabled": True, "bot_token": "xoxb-test", "api_url": at(httpserver, "/slack"),
+                      "channel_routing": [{"default": "#incidents"}]}},
+        "integrations": {
+            "webhooks": [{"name": "lifecycle-hook", "url": at(httpserver, HOOK), "retry": {"max_attempts": 1},
+                          "triggers": [{"event": "incident_created", "conditions": {"severity": ["P0", "P1"]}},
+                                       {"event": "incident_acknowledged"}, {"event": "incident_resolved"}]}],
+            "jira": {"enabled": True, "base_url": at(httpserver, ""),
+                     "authentication": {"type": "basic", "username": "bot@example.com", "api_token": "tok3n"},
+                     "project_mapping": [{"default": None, "project_key": "OPS", "issue_type": "Incident"}],
+                     "sync": {"enabled": True, "bidirectional": True, "sync_interval_seconds": 300}}},
+        "circuit_breakers": {"slack": {"rate_limit": {"requests_per_minute": 0}},
+                             "pagerduty": {"rate_limit": {"requests_per_minute": 0}}}})
+    httpserver.expect_request(HOOK).respond_with_data("", status=204)
+    httpserver.expect_request(PD).respond_with_json({"status": "success", "dedup_key": "x"}, status=202)
+    httpserver.expect_request("/slack/chat.postMessage").respond_with_json(
+        {"ok": True, "channel": "C0INC", "ts": "1731321000.000100"})
+    httpserver.expect_request("/slack/chat.update").respond_with_json({"ok": True})
+    return httpserver
+
+
+def create(client: Any, key: str, severity: str = "P1", title: str = "Latency Spike Detected") -> str:
+    """A manual incident, run through the pipeline in-process (the created records are its)."""
+    response = client.post("/api/v1/incidents", headers={"X-API-Key": key}, json={
+        "title": title, "severity": severity, "source": "llm-sentinel", "category": "performance",
+        "description": "95th percentile latency exceeded threshold by 270%"})
+    assert response.status_code == 201, response.get_data(as_text=True)
+    with read_session() as session:
+        outbox = list(session.scalars(select(OutboxMessage.id).where(OutboxMessage.done_at.is_(None))))
+    pipeline.process_outbox(outbox)
+    return str(response.get_json()["id"])
+
+
+def send_all() -> dict[str, Any]:
+    return deliver_due(budget_secs=30)
+
+
+def bodies(server: HTTPServer, path: str) -> list[Any]:
+    return [json.loads(r.get_data()) for r in received(server, path)]
+
+
+def test_webhooks_hear_created_acknowledged_and_resolved(configured, client, make_key):
+    server, key = configured, make_key("incident:write", "incident:read")
+    incident_id = create(client, key)
+    create(client, key, severity="P3", title="Minor thing")  # the created trigger wants P0/P1 only
+    send_all()
+    [created] = received(server, HOOK)
+    assert created.headers["Idempotency-Key"] == f"{incident_id}:created:lifecycle-hook:webhook"
+    assert created.headers["X-Incident-Manager-Event"] == "incident_created"
+    body = json.loads(created.get_data())
+    assert body == {"event_type": "incident_created", "timestamp": body["timestamp"], "incident": {
+        "id": incident_id, "title": "Latency Spike Detected", "severity": "P1", "status": "NEW",
+        "url": f"https://incidents.example.com/incidents/{incident_id}"}}
+    assert client.post(f"/api/v1/incidents/{incident_id}/acknowledge", headers={"X-API-Key": key},
+                       json={}).status_code == 200
+    send_all()
+    assert client.post(f"/api/v1/incidents/{incident_id}/resolve", headers={"X-API-Key": key},
+                       json={"notes": "scaled out"}).status_code == 200
+    send_all()
+    events = [(b["event_type"], b["incident"]["status"]) for b in bodies(server, HOOK)]
+    assert events == [("incident_created", "NEW"), ("incident_acknowledged", "ACKNOWLEDGED"),
+                      ("incident_resolved", "RESOLVED")]
+    keys = [r.headers["Idempotency-Key"] for r in received(server, HOOK)]
+    assert keys[1].startswith(f"{incident_id}:acknowledged.") and keys[2].startswith(f"{incident_id}:resolved.")
+    items = client.get(f"/api/v1/incidents/{incident_id}/notifications", headers={"X-API-Key": key}).get_json()
+    hooks = [i for i in items["items"] if i["channel"] == "webhook"]
+    assert [(i["status"], i["response_code"], i["reason"]["event"]) for i in hooks] == [
+        ("sent", 204, "incident_created"), ("sent", 204, "incident_acknowledged"), ("sent", 204, "incident_resolved")]
+    send_all()
+    assert len(received(server, HOOK)) == 3  # nothing is sent twice
+
+
+def _page(incident_id: str) -> None:
+    """An escalation step paging through PagerDuty and Slack (as the escalation engine writes it)."""
+    now = datetime.now(timezone.utc)
+    with unit_of_work() as session:
+        session.add(User(name="alice", email="alice@example.com"))
+        session.execute(update(Incident).where(Incident.id == incident_id).values(escalation_token="tok-1"))
+        insert_deliveries(session, delivery_rows(incident_id, "tok-1", "c0.l1", 1,
+                                                 [Page("alice", "user", "alice", "direct")],
+                                                 ["pagerduty", "slack"], {}, now))
+
+
+def test_pagerduty_and_slack_mirror_acknowledge_and_resolve(configured, client, make_key):
+    server, key = configured, make_key("incident:write", "incident:read")
+    incident_id = create(client, key)
+    _page(incident_id)
+    send_all()
+    [trigger] = bodies(server, PD)
+    assert trigger["event_action"] == "trigger" and trigger["dedup_key"] == incident_id
+    [posted] = bodies(server, "/slack/chat.postMessage")
+    assert posted["channel"] == "#incidents"
+    client.post(f"/api/v1/incidents/{incident_id}/acknowledge", headers={"X-API-Key": key}, json={})
+    send_all()
+    client.post(f"/api/v1/incidents/{incident_id}/resolve", headers={"X-API-Key": key}, json={})
+    send_all()
+    assert bodies(server, PD)[1:] == [
+        {"routing_key": KEY, "event_action": "acknowledge", "dedup_key": incident_id},
+        {"routing_key": KEY, "event_action": "resolve", "dedup_key": incident_id}]
+    updates = bodies(server, "/slack/chat.update")
+    assert [(u["channel"], u["ts"]) for u in updates] == [("C0INC", "1731321000.000100")] * 2
+    statuses = [u["blocks"][1]["fields"][1]["text"] for u in updates]
+    assert statuses == ["*Status:*\nACKNOWLEDGED", "*Status:*\nRESOLVED"]
+    assert all(all(e.get("action_id") != "acknowledge_incident" for e in u["blocks"][3]["elements"])
+               for u in updates)  # nothing left to acknowledge
+
+
+def test_an_incident_without_a_page_sends_no_pagerduty_or_slack_update(configured, client, make_key):
+    server, key = configured, make_key("incident:write")
+    incident_id = create(client, key)
+    client.post(f"/api/v1/incidents/{incident_id}/resolve", headers={"X-API-Key": key}, json={})
+    send_all()
+    assert received(server, PD) == [] and received(server, "/slack/chat.update") == []
+
+
+def test_jira_issue_comment_and_two_way_sync_without_echo(configured, client, make_key):
+    server, key = configured, make_key("incident:write", "incident:read")
+    issues = iter(["OPS-1", "OPS-2"])
+
+    def create_issue(request: Request) -> Any:
+        from werkzeug import Response
+
+        issue_key = next(issues)
+        return Response(json.dumps({"id": "1000" + issue_key[-1], "key": issue_key}), status=201,
+                        content_type="application/json")
+
+    server.expect_request(JIRA_ISSUE, method="POST").respond_with_handler(create_issue)
+    server.expect_request(f"{JIRA_ISSUE}/OPS-2/comment").respond_with_json({"id": "555"}, status=201)
+    synced, resolved_here = create(client, key), create(client, key, title="Second")
+    send_all()
+    created = bodies(server, JIRA_ISSUE)
+    assert [c["fields"]["summary"] for c in created] == [f"[{synced}] Latency Spike Detected",
+                                                          f"[{resolved_here}] Second"]
+    assert created[0]["fields"]["customfield_10001"] == synced and created[0]["fields"]["project"] == {"key": "OPS"}
+
+    # resolved here: a comment on its issue
+    client.post(f"/api/v1/incidents/{resolved_here}/resolve", headers={"X-API-Key": key},
+                json={"notes": "rolled back"})
+    send_all()
+    [comment] = bodies(server, f"{JIRA_ISSUE}/OPS-2/comment")
+    text = comment["body"]["content"]
+    assert comment["body"]["type"] == "doc" and text[0]["content"][0]["text"].startswith(
+        f"Incident {resolved_here} was resolved in the incident manager by ")
+    assert text[1]["content"][0]["text"] == "rolled back"
+
+    # Done in JIRA: the incident resolves, and nothing goes back to JIRA
+    server.expect_request(JIRA_SEARCH, method="POST").respond_with_json({"startAt": 0, "maxResults": 100, "total": 2,
+                                                                         "issues": [
+        {"key": "OPS-1", "fields": {"status": {"name": "Done"}, "customfield_10001": synced}},
+        {"key": "OPS-9", "fields": {"status": {"name": "In Progress"}, "customfield_10001": "INC-20990101-00001"}}]})
+    assert poll(force=True) == {"status": "ok", "seen": 2, "changed": 1}
+    [search] = bodies(server, JIRA_SEARCH)
+    assert search["jql"].startswith('cf[10001] is not EMPTY AND updated >= "') and search["jql"].endswith(
+        '" ORDER BY updated ASC')
+    assert set(search["fields"]) == {"status", "updated", "customfield_10001"}
+    assert received(server, JIRA_SEARCH)[0].headers["Authorization"].startswith("Basic ")
+    incident = client.get(f"/api/v1/incidents/{synced}", headers={"X-API-Key": key}).get_json()
+    assert incident["status"] == "RESOLVED" and incident["resolution"]["resolved_by"] == "jira:OPS-1"
+    assert incident["resolution"]["method"] == "JIRA"
+    send_all()
+    assert received(server, f"{JIRA_ISSUE}/OPS-1/comment") == []  # no echo back to JIRA
+    assert [b["event_type"] for b in bodies(server, HOOK)][-1] == "incident_resolved"  # others still hear it
+    assert poll(force=True)["changed"] == 0  # the same issue seen again changes nothing twice
+    assert poll() == {"status": "not_due"}  # sync_interval_seconds since the last poll
+    with read_session() as session:
+        jira_rows = list(session.scalars(select(NotificationDelivery.status).where(
+            NotificationDelivery.channel == "jira")))
+    assert jira_rows == ["sent", "sent", "sent"]  # two issues, one comment
