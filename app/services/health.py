@@ -133,6 +133,13 @@ def full_health(queue: TaskQueue) -> tuple[bool, dict[str, Any]]:
     status = "healthy" if all(c["status"] in ("up", "unknown", "off") for c in checks.values()) else (
         "degraded" if ready else "unhealthy")
     body: dict[str, Any] = {"status": status, "checks": checks, "queues": {}}
+    if checks["database"]["status"] == "up":
+        try:  # delivery records due and unsent: a growing oldest age means the senders fall behind
+            from app.services.notifications import backlog
+
+            body["notifications"] = backlog()
+        except Exception as exc:
+            body["notifications_error"] = type(exc).__name__
     if checks["broker"]["status"] == "up":
         try:
             body["queues"] = record_queue_stats(queue)

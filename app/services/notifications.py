@@ -512,6 +512,18 @@ def any_due(now: datetime | None = None) -> bool:
             _TABLE.c.status.in_(("pending", "sending")), _TABLE.c.next_attempt_at <= now))))
 
 
+def backlog(now: datetime | None = None) -> dict[str, Any]:
+    """The health signal: due records waiting to be sent and how long the oldest has waited."""
+    from sqlalchemy import func
+
+    now = now or datetime.now(timezone.utc)
+    with read_session() as session:
+        count, oldest = session.execute(select(func.count(), func.min(_TABLE.c.next_attempt_at)).where(
+            _TABLE.c.status.in_(("pending", "sending")), _TABLE.c.next_attempt_at <= now)).one()
+    age = max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
+    return {"due": int(count or 0), "oldest_due_seconds": round(age, 1)}
+
+
 def deliver(delivery_id: int, replay: bool = False) -> dict[str, Any]:
     """Send one record now if it is pending (or its claim's lease ran out); `replay` (the dead
     letter's) first gives a failed record one more round of attempts. Otherwise says its status
