@@ -1,6 +1,8 @@
 """Outbound settings: `circuit_breakers:` and `notifications:` (plus `integrations.jira`,
 `integrations.webhooks` and `integrations.llm-governance-core.audit`) of config.yaml, validated once
-per Settings object. Every error names its key (docs/notifications.md lists every setting)."""
+per Settings object by marshmallow schemas (the settings' one validation vocabulary,
+app/config/schema.py); the checks that span keys follow, raising ConfigError the same way. Every
+error names its key (docs/notifications.md lists every setting)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from app.config.schema import ConfigError
+from marshmallow import EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from app.config.schema import Bool, ConfigError, Int, load, section_schema
 from app.domain.severity import SEVERITIES
 
 # Integration clients and channels that always have a breaker (docs/notifications.md, "Circuit breakers").
@@ -19,79 +23,87 @@ BUILTIN_TARGETS = ("sentinel", "shield", "edge-agent", "governance", "slack", "p
                    "playbooks")
 
 
-# ------------------------------------------------------------------------------- parsing helpers
+# ------------------------------------------------------------------------------- validation vocabulary
 
-def _mapping(key: str, value: Any) -> Mapping[str, Any]:
-    if value is None:
+class Text(fields.String):
+    """A string; a number is taken as its text (`project_key: 42`); a boolean or a mapping is refused."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        return str(super()._deserialize(value, attr, data, **kwargs))
+
+
+class Strings(fields.Field):
+    """A string or a list of strings, as a tuple (`severity: P1` or `severity: [P0, P1]`)."""
+
+    def __init__(self, choices: tuple[str, ...] | None = None, lower: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.choices, self.lower = choices, lower
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
+                                                            for v in items):
+            raise ValidationError("expected a string or a list of strings")
+        found = tuple(str(v).lower() if self.lower else str(v) for v in items)
+        for item in found:
+            if self.choices is not None and item not in self.choices:
+                raise ValidationError(f"expected {'P0..P4' if self.choices == SEVERITIES else ', '.join(self.choices)}"
+                                      f", got {item!r}")
+        return found
+
+
+def Severities(**kwargs: Any) -> Strings:  # noqa: N802 (a field factory, read like a field)
+    return Strings(choices=SEVERITIES, **kwargs)
+
+
+def per_severity(values: fields.Field) -> fields.Dict:
+    """A mapping keyed by severity (`P0: ...`)."""
+    return fields.Dict(keys=fields.String(validate=validate.OneOf(SEVERITIES, error="expected P0..P4 as keys")),
+                       values=values)
+
+
+def Number(minimum: float = 0.0, maximum: float | None = None) -> fields.Float:  # noqa: N802
+    return fields.Float(validate=validate.Range(min=minimum, max=maximum), allow_nan=False)
+
+
+def Count(minimum: int = 0) -> Int:  # noqa: N802
+    return Int(validate=validate.Range(min=minimum))
+
+
+def Choice(*choices: str, **kwargs: Any) -> Text:  # noqa: N802
+    return Text(validate=validate.OneOf(choices, error=f"expected one of {', '.join(choices)}, got {{input!r}}"),
+                **kwargs)
+
+
+class Section(Schema):
+    """A config.yaml mapping: unknown keys are errors."""
+
+    class Meta:
+        unknown = RAISE
+
+
+def nested(schema: type[Schema], **kwargs: Any) -> fields.Nested:
+    return fields.Nested(schema, **kwargs)
+
+
+def _secret(value: str | None, env: Mapping[str, str], env_name: str) -> str:
+    """A credential from config.yaml (`${VAR}` already expanded) or the environment; an unexpanded
+    `${VAR}` (the variable is not set) counts as absent."""
+    text = value or ""
+    if text.startswith("${") and text.endswith("}"):
+        text = ""
+    return text or (env.get(env_name, "") if env_name else "")
+
+
+def _section(data: Any, schema: Schema, key: str) -> dict[str, Any]:
+    """Validate one mapping (absent: empty) with `schema`; errors name `key.<setting>`."""
+    if data is None:
         return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-    return value
-
-
-def _known(key: str, body: Mapping[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}: unknown setting (known: {', '.join(sorted(allowed))})")
-
-
-def _number(key: str, value: Any, minimum: float = 0.0, maximum: float | None = None) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-    if number < minimum or (maximum is not None and number > maximum):
-        bound = f">= {minimum:g}" if maximum is None else f"within {minimum:g}..{maximum:g}"
-        raise ConfigError(f"{key}: must be {bound}, got {value!r}")
-    return number
-
-
-def _integer(key: str, value: Any, minimum: int = 0) -> int:
-    number = _number(key, value, minimum)
-    if not number.is_integer():
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    return int(number)
-
-
-def _flag(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{key}: expected a boolean (true/false), got {value!r}")
-
-
-def _text(key: str, value: Any, required: bool = False) -> str:
-    if value is None or value == "":
-        if required:
-            raise ConfigError(f"{key}: required")
-        return ""
-    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a string, got {type(value).__name__}")
-    return str(value)
-
-
-def _strings(key: str, value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int)) for v in value):
-        raise ConfigError(f"{key}: expected a string or a list of strings")
-    return tuple(str(v) for v in value)
-
-
-def _severities(key: str, value: Any) -> tuple[str, ...]:
-    found = _strings(key, value)
-    for severity in found:
-        if severity not in SEVERITIES:
-            raise ConfigError(f"{key}: expected P0..P4, got {severity!r}")
-    return found
+    return dict(load(schema, data, key))
 
 
 # ------------------------------------------------------------------------------- circuit breakers
@@ -144,73 +156,66 @@ class BreakerConfig:
         return self.recovery_strategy.timeout(self.timeout_secs, reopened)
 
 
-_BREAKER_KEYS = {"name", "failure_threshold", "success_threshold", "timeout_secs", "volume_threshold",
-                 "error_rate_threshold", "window_secs", "half_open_max_calls", "recovery_strategy", "rate_limit"}
 # Per-target rate limits that keep within the receivers' documented limits (Slack: about one message a
 # second per webhook; PagerDuty Events v2: 120 events a minute per routing key). Others: unlimited.
 _DEFAULT_RATE_LIMITS = {"slack": (60, 10), "pagerduty": (120, 20)}
 
 
-def _breaker(name: str, body: Mapping[str, Any], base: BreakerConfig) -> BreakerConfig:
-    key = f"circuit_breakers.{name}"
-    _known(key, body, _BREAKER_KEYS)
+class RecoverySchema(Section):
+    type = Choice(*RECOVERY_TYPES)
+    initial_timeout_secs = Number(0.001)
+    max_timeout_secs = Number(0.001)
+    multiplier = Number(1.0)
+    increment_secs = Number()
+
+
+class BreakerRateLimitSchema(Section):
+    requests_per_minute = Count()
+    burst = Count(1)
+
+
+class BreakerSchema(Section):
+    """One breaker's keys; what a body leaves out comes from `default` (then the built-in values)."""
+
+    name = Text()
+    failure_threshold = Count(1)
+    success_threshold = Count(1)
+    timeout_secs = Number(0.001)
+    volume_threshold = Count(1)
+    error_rate_threshold = Number(0.0, 1.0)
+    window_secs = Number(0.001)
+    half_open_max_calls = Count()
+    recovery_strategy = nested(RecoverySchema)
+    rate_limit = nested(BreakerRateLimitSchema)
+
+
+def _breaker(name: str, body: Any, base: BreakerConfig) -> BreakerConfig:
+    given = _section(body, BreakerSchema(), f"circuit_breakers.{name}")
     recovery = base.recovery_strategy
-    if "recovery_strategy" in body:
-        raw = _mapping(f"{key}.recovery_strategy", body["recovery_strategy"])
-        _known(f"{key}.recovery_strategy", raw,
-               {"type", "initial_timeout_secs", "max_timeout_secs", "multiplier", "increment_secs"})
-        kind = _text(f"{key}.recovery_strategy.type", raw.get("type", recovery.type))
-        if kind not in RECOVERY_TYPES:
-            raise ConfigError(f"{key}.recovery_strategy.type: expected one of {', '.join(RECOVERY_TYPES)}, "
-                              f"got {kind!r}")
-        initial = raw.get("initial_timeout_secs", recovery.initial_timeout_secs)
-        recovery = RecoveryStrategy(
-            type=kind,
-            initial_timeout_secs=None if initial is None else _number(f"{key}.recovery_strategy.initial_timeout_secs",
-                                                                      initial, 0.001),
-            max_timeout_secs=_number(f"{key}.recovery_strategy.max_timeout_secs",
-                                     raw.get("max_timeout_secs", recovery.max_timeout_secs), 0.001),
-            multiplier=_number(f"{key}.recovery_strategy.multiplier", raw.get("multiplier", recovery.multiplier), 1.0),
-            increment_secs=_number(f"{key}.recovery_strategy.increment_secs",
-                                   raw.get("increment_secs", recovery.increment_secs)),
-        )
+    if "recovery_strategy" in given:
+        recovery = RecoveryStrategy(**{**recovery.__dict__, **given.pop("recovery_strategy")})
     rpm, burst = base.rate_limit_per_minute, base.rate_limit_burst
-    if "rate_limit" in body:
-        raw = _mapping(f"{key}.rate_limit", body["rate_limit"])
-        _known(f"{key}.rate_limit", raw, {"requests_per_minute", "burst"})
-        rpm = _integer(f"{key}.rate_limit.requests_per_minute", raw.get("requests_per_minute", rpm))
-        burst = _integer(f"{key}.rate_limit.burst", raw.get("burst", burst), 1)
-    return BreakerConfig(
-        name=name,
-        display_name=_text(f"{key}.name", body.get("name", "")) or (base.display_name if base.name == name else ""),
-        failure_threshold=_integer(f"{key}.failure_threshold",
-                                   body.get("failure_threshold", base.failure_threshold), 1),
-        success_threshold=_integer(f"{key}.success_threshold",
-                                   body.get("success_threshold", base.success_threshold), 1),
-        timeout_secs=_number(f"{key}.timeout_secs", body.get("timeout_secs", base.timeout_secs), 0.001),
-        volume_threshold=_integer(f"{key}.volume_threshold", body.get("volume_threshold", base.volume_threshold), 1),
-        error_rate_threshold=_number(f"{key}.error_rate_threshold",
-                                     body.get("error_rate_threshold", base.error_rate_threshold), 0.0, 1.0),
-        window_secs=_number(f"{key}.window_secs", body.get("window_secs", base.window_secs), 0.001),
-        half_open_max_calls=_integer(f"{key}.half_open_max_calls",
-                                     body.get("half_open_max_calls", base.half_open_max_calls)),
-        recovery_strategy=recovery,
-        rate_limit_per_minute=rpm,
-        rate_limit_burst=burst,
-    )
+    if "rate_limit" in given:
+        limit = given.pop("rate_limit")
+        rpm, burst = limit.get("requests_per_minute", rpm), limit.get("burst", burst)
+    display = given.pop("name", "") or (base.display_name if base.name == name else "")
+    return BreakerConfig(**{**base.__dict__, **given, "name": name, "display_name": display,
+                            "recovery_strategy": recovery, "rate_limit_per_minute": rpm, "rate_limit_burst": burst})
 
 
 def _breakers(tree: Mapping[str, Any], targets: tuple[str, ...]) -> dict[str, BreakerConfig]:
-    section = _mapping("circuit_breakers", tree.get("circuit_breakers"))
-    default = _breaker("default", _mapping("circuit_breakers.default", section.get("default")),
-                       BreakerConfig(name="default"))
+    section = tree.get("circuit_breakers") or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"circuit_breakers: expected a mapping of breaker names, got {type(section).__name__}")
+    default = _breaker("default", section.get("default"), BreakerConfig(name="default"))
     result: dict[str, BreakerConfig] = {}
     for name in dict.fromkeys(targets + tuple(str(n) for n in section if n != "default")):
         rpm, burst = _DEFAULT_RATE_LIMITS.get(name, (default.rate_limit_per_minute, default.rate_limit_burst))
         base = BreakerConfig(**{**default.__dict__, "name": name, "display_name": "",
                                 "rate_limit_per_minute": rpm, "rate_limit_burst": burst})
-        result[name] = _breaker(name, _mapping(f"circuit_breakers.{name}", section.get(name)), base)
+        result[name] = _breaker(name, section.get(name), base)
     return result
+
 
 
 # ------------------------------------------------------------------------------- outbound HTTP
@@ -220,55 +225,35 @@ class HttpSettings:
     """`notifications.http`: the shared outbound client."""
 
     allow_private: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    timeout_secs: float = 10.0
-    connect_timeout_secs: float = 5.0
-    max_attempts: int = 3
+    timeout_secs: float = field(default=10.0, metadata={"validate": validate.Range(min=0.001)})
+    connect_timeout_secs: float = field(default=5.0, metadata={"validate": validate.Range(min=0.001)})
+    max_attempts: int = field(default=3, metadata={"validate": validate.Range(min=1)})
     backoff_initial_secs: float = 0.5
     backoff_max_secs: float = 30.0
-    max_connections: int = 100
+    max_connections: int = field(default=100, metadata={"validate": validate.Range(min=1)})
     max_keepalive_connections: int = 20
 
 
-def _http(section: Mapping[str, Any], env: Mapping[str, str]) -> HttpSettings:
+_HTTP_SCHEMA = section_schema(HttpSettings)
+
+
+def _http(section: Any, env: Mapping[str, str]) -> HttpSettings:
     key = "notifications.http"
-    _known(key, section, {"allow_private", "timeout_secs", "connect_timeout_secs", "max_attempts",
-                          "backoff_initial_secs", "backoff_max_secs", "max_connections",
-                          "max_keepalive_connections"})
+    loaded: HttpSettings = load(_HTTP_SCHEMA, section or {}, key)
+    listed = tuple(loaded.allow_private) + tuple(
+        n.strip() for n in env.get("OUTBOUND_ALLOW_PRIVATE", "").split(",") if n.strip())
     networks = []
-    listed = _strings(f"{key}.allow_private", section.get("allow_private"))
-    listed += tuple(n.strip() for n in env.get("OUTBOUND_ALLOW_PRIVATE", "").split(",") if n.strip())
     for entry in listed:
         try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
+            networks.append(ipaddress.ip_network(str(entry), strict=False))
         except ValueError:
             raise ConfigError(f"{key}.allow_private: {entry!r} is not an IP address or CIDR network "
                               "(the guard checks resolved addresses, so host names cannot be listed)") from None
-    d = HttpSettings()
-    return HttpSettings(
-        allow_private=tuple(networks),
-        timeout_secs=_number(f"{key}.timeout_secs", section.get("timeout_secs", d.timeout_secs), 0.001),
-        connect_timeout_secs=_number(f"{key}.connect_timeout_secs",
-                                     section.get("connect_timeout_secs", d.connect_timeout_secs), 0.001),
-        max_attempts=_integer(f"{key}.max_attempts", section.get("max_attempts", d.max_attempts), 1),
-        backoff_initial_secs=_number(f"{key}.backoff_initial_secs",
-                                     section.get("backoff_initial_secs", d.backoff_initial_secs)),
-        backoff_max_secs=_number(f"{key}.backoff_max_secs", section.get("backoff_max_secs", d.backoff_max_secs)),
-        max_connections=_integer(f"{key}.max_connections", section.get("max_connections", d.max_connections), 1),
-        max_keepalive_connections=_integer(f"{key}.max_keepalive_connections",
-                                           section.get("max_keepalive_connections", d.max_keepalive_connections)),
-    )
+    return HttpSettings(**{**loaded.__dict__, "allow_private": tuple(networks)})
+
 
 
 # ------------------------------------------------------------------------------- channels
-
-def _secret(key: str, value: Any, env: Mapping[str, str], env_name: str) -> str:
-    """A credential from config.yaml (`${VAR}` already expanded) or the environment; an unexpanded
-    `${VAR}` (the variable is not set) counts as absent."""
-    text = _text(key, value)
-    if text.startswith("${") and text.endswith("}"):
-        text = ""
-    return text or env.get(env_name, "")
-
 
 @dataclass(frozen=True)
 class Route:
@@ -285,54 +270,40 @@ class Route:
                 and (not self.service or incident.get("service") in self.service))
 
 
-def _routes(key: str, value: Any, target_keys: tuple[str, ...]) -> tuple[tuple[Route, ...], str]:
-    """`[{severity: [...], category: [...], <target>: X}, ..., {default: X}]` -> (rules, default)."""
-    if value is None:
-        return (), ""
-    if not isinstance(value, list):
-        raise ConfigError(f"{key}: expected a list of rules")
-    rules: list[Route] = []
+def route_schema(*target_keys: str) -> type[Schema]:
+    """One rule of a routing list: `{severity, category, service, <target>}`, or `{default: X}`."""
+
+    def check(self: Schema, data: dict[str, Any], **_: Any) -> None:
+        if "default" in data:
+            if isinstance(data["default"], (Mapping, list)) or data["default"] in (None, ""):
+                raise ValidationError("expected a single value", "default")
+        elif not any(data.get(k) for k in target_keys):
+            raise ValidationError(f"needs one of {', '.join(target_keys)}")
+
+    declared: dict[str, Any] = {"severity": Severities(), "category": Strings(lower=True), "service": Strings(),
+                                "default": fields.Raw(), "_check": validates_schema(check)}
+    declared.update({k: Text() for k in target_keys})
+    return type(f"Route{''.join(k.title() for k in target_keys)}Schema", (Section,), declared)
+
+
+def _routes(rules: list[dict[str, Any]], target_keys: tuple[str, ...]) -> tuple[tuple[Route, ...], str]:
+    """Validated rules -> (rules, the default target)."""
+    found: list[Route] = []
     default = ""
-    for i, body in enumerate(value):
-        item = f"{key}[{i}]"
-        body = _mapping(item, body)
-        if "default" in body:
-            default_value = body["default"]
-            if isinstance(default_value, Mapping):  # JIRA's `- default: {project_key, issue_type}` form
-                raise ConfigError(f"{item}.default: expected a single value")
-            default = _text(f"{item}.default", default_value, required=True)
+    for rule in rules:
+        if "default" in rule:
+            default = str(rule["default"])
             continue
-        _known(item, body, {"severity", "category", "service", *target_keys})
-        target = next((str(body[k]) for k in target_keys if body.get(k)), "")
-        if not target:
-            raise ConfigError(f"{item}: needs one of {', '.join(target_keys)}")
-        rules.append(Route(target=target, severity=_severities(f"{item}.severity", body.get("severity")),
-                           category=tuple(c.lower() for c in _strings(f"{item}.category", body.get("category"))),
-                           service=_strings(f"{item}.service", body.get("service"))))
-    return tuple(rules), default
+        target = next(str(rule[k]) for k in target_keys if rule.get(k))
+        found.append(Route(target=target, severity=rule.get("severity", ()), category=rule.get("category", ()),
+                           service=rule.get("service", ())))
+    return tuple(found), default
 
 
 def route(rules: tuple[Route, ...], default: str, incident: Mapping[str, Any]) -> str:
     """The first matching rule's target, else the default."""
     return next((r.target for r in rules if r.matches(incident)), default)
 
-
-def _per_severity(key: str, value: Any) -> dict[str, tuple[str, ...]]:
-    body = _mapping(key, value)
-    for severity in body:
-        if severity not in SEVERITIES:
-            raise ConfigError(f"{key}.{severity}: expected P0..P4 as keys")
-    return {str(k): _strings(f"{key}.{k}", v) for k, v in body.items()}
-
-
-def _severity_names(key: str, value: Any, default: Mapping[str, str]) -> dict[str, str]:
-    body = _mapping(key, value)
-    result = dict(default)
-    for severity, name in body.items():
-        if severity not in SEVERITIES:
-            raise ConfigError(f"{key}.{severity}: expected P0..P4 as keys")
-        result[str(severity)] = _text(f"{key}.{severity}", name, required=True)
-    return result
 
 
 @dataclass(frozen=True)
@@ -350,25 +321,33 @@ class SlackSettings:
     severity_emoji: Mapping[str, str] = field(default_factory=dict)
 
 
-def _slack(section: Mapping[str, Any], env: Mapping[str, str]) -> SlackSettings:
+class SlackSchema(Section):
+    enabled = Bool()
+    webhook_url = Text()
+    bot_token = Text()
+    signing_secret = Text()
+    api_url = Text()
+    channel_routing = fields.List(nested(route_schema("channel")))
+    message_format = Choice("blocks", "text")
+    mention_on_create = Bool()
+    mention_groups = per_severity(Strings())
+    severity_emoji = per_severity(Text())
+
+
+def _slack(section: Any, env: Mapping[str, str]) -> SlackSettings:
     key = "notifications.slack"
-    _known(key, section, {"enabled", "webhook_url", "bot_token", "signing_secret", "api_url", "channel_routing",
-                          "message_format", "mention_on_create", "mention_groups", "severity_emoji"})
-    routes, default = _routes(f"{key}.channel_routing", section.get("channel_routing"), ("channel",))
-    message_format = _text(f"{key}.message_format", section.get("message_format", "blocks"))
-    if message_format not in ("blocks", "text"):
-        raise ConfigError(f"{key}.message_format: expected blocks or text, got {message_format!r}")
-    emoji = _mapping(f"{key}.severity_emoji", section.get("severity_emoji"))
+    given = _section(section, SlackSchema(), key)
+    routes, default = _routes(given.get("channel_routing", []), ("channel",))
     settings = SlackSettings(
-        enabled=_flag(f"{key}.enabled", section.get("enabled", bool(section))),
-        webhook_url=_secret(f"{key}.webhook_url", section.get("webhook_url"), env, "SLACK_WEBHOOK_URL"),
-        bot_token=_secret(f"{key}.bot_token", section.get("bot_token"), env, "SLACK_BOT_TOKEN"),
-        signing_secret=_secret(f"{key}.signing_secret", section.get("signing_secret"), env, "SLACK_SIGNING_SECRET"),
-        api_url=_text(f"{key}.api_url", section.get("api_url")) or "https://slack.com/api",
-        routes=routes, default_channel=default, message_format=message_format,
-        mention_on_create=_flag(f"{key}.mention_on_create", section.get("mention_on_create", False)),
-        mention_groups=_per_severity(f"{key}.mention_groups", section.get("mention_groups")),
-        severity_emoji={str(k): _text(f"{key}.severity_emoji.{k}", v) for k, v in emoji.items()},
+        enabled=given.get("enabled", bool(section)),
+        webhook_url=_secret(given.get("webhook_url"), env, "SLACK_WEBHOOK_URL"),
+        bot_token=_secret(given.get("bot_token"), env, "SLACK_BOT_TOKEN"),
+        signing_secret=_secret(given.get("signing_secret"), env, "SLACK_SIGNING_SECRET"),
+        api_url=given.get("api_url") or SlackSettings.api_url,
+        routes=routes, default_channel=default, message_format=given.get("message_format", "blocks"),
+        mention_on_create=given.get("mention_on_create", False),
+        mention_groups=given.get("mention_groups", {}),
+        severity_emoji=given.get("severity_emoji", {}),
     )
     if settings.enabled and not (settings.webhook_url or settings.bot_token):
         raise ConfigError(f"{key}: enabled, but neither webhook_url nor bot_token is set "
@@ -376,6 +355,7 @@ def _slack(section: Mapping[str, Any], env: Mapping[str, str]) -> SlackSettings:
     if settings.enabled and settings.bot_token and not (settings.default_channel or settings.routes):
         raise ConfigError(f"{key}.channel_routing: with bot_token, give at least a `- default: \"#channel\"`")
     return settings
+
 
 
 PAGERDUTY_SEVERITIES = ("critical", "error", "warning", "info")
@@ -403,30 +383,35 @@ class PagerDutySettings:
         return self.routing_keys.get(chosen, chosen) if chosen else self.integration_key
 
 
-def _pagerduty(section: Mapping[str, Any], env: Mapping[str, str]) -> PagerDutySettings:
+class PagerDutySchema(Section):
+    enabled = Bool()
+    api_key = Text()
+    integration_key = Text()
+    events_url = Text()
+    service_routing = fields.List(nested(route_schema("routing_key", "service_id")))
+    routing_keys = fields.Dict(keys=fields.String(), values=Text())
+    auto_resolve = Bool()
+    severity_mapping = per_severity(Choice(*PAGERDUTY_SEVERITIES))
+    escalate_on_timeout = Bool()
+    escalation_timeout_minutes = Count(1)
+
+
+def _pagerduty(section: Any, env: Mapping[str, str]) -> PagerDutySettings:
     key = "notifications.pagerduty"
-    _known(key, section, {"enabled", "api_key", "integration_key", "events_url", "service_routing", "routing_keys",
-                          "auto_resolve", "severity_mapping", "escalate_on_timeout", "escalation_timeout_minutes"})
-    routes, default = _routes(f"{key}.service_routing", section.get("service_routing"), ("routing_key", "service_id"))
-    mapping = _severity_names(f"{key}.severity_mapping", section.get("severity_mapping"),
-                              PagerDutySettings().severity_mapping)
-    for severity, name in mapping.items():
-        if name not in PAGERDUTY_SEVERITIES:
-            raise ConfigError(f"{key}.severity_mapping.{severity}: expected one of {', '.join(PAGERDUTY_SEVERITIES)}")
-    keys = _mapping(f"{key}.routing_keys", section.get("routing_keys"))
+    given = _section(section, PagerDutySchema(), key)
+    routes, default = _routes(given.get("service_routing", []), ("routing_key", "service_id"))
+    base = PagerDutySettings()
     settings = PagerDutySettings(
-        enabled=_flag(f"{key}.enabled", section.get("enabled", bool(section))),
-        integration_key=_secret(f"{key}.integration_key", section.get("integration_key"), env,
-                                "PAGERDUTY_INTEGRATION_KEY"),
-        api_key=_secret(f"{key}.api_key", section.get("api_key"), env, "PAGERDUTY_API_KEY"),
-        events_url=_text(f"{key}.events_url", section.get("events_url")) or PagerDutySettings().events_url,
+        enabled=given.get("enabled", bool(section)),
+        integration_key=_secret(given.get("integration_key"), env, "PAGERDUTY_INTEGRATION_KEY"),
+        api_key=_secret(given.get("api_key"), env, "PAGERDUTY_API_KEY"),
+        events_url=given.get("events_url") or base.events_url,
         routes=routes, default_service=default,
-        routing_keys={str(k): _secret(f"{key}.routing_keys.{k}", v, env, "") for k, v in keys.items()},
-        auto_resolve=_flag(f"{key}.auto_resolve", section.get("auto_resolve", True)),
-        severity_mapping=mapping,
-        escalate_on_timeout=_flag(f"{key}.escalate_on_timeout", section.get("escalate_on_timeout", False)),
-        escalation_timeout_minutes=_integer(f"{key}.escalation_timeout_minutes",
-                                            section.get("escalation_timeout_minutes", 15), 1),
+        routing_keys={k: _secret(v, env, "") for k, v in given.get("routing_keys", {}).items()},
+        auto_resolve=given.get("auto_resolve", True),
+        severity_mapping={**base.severity_mapping, **given.get("severity_mapping", {})},
+        escalate_on_timeout=given.get("escalate_on_timeout", False),
+        escalation_timeout_minutes=given.get("escalation_timeout_minutes", 15),
     )
     if settings.enabled and not settings.integration_key and not settings.routes and not settings.default_service:
         raise ConfigError(f"{key}: enabled, but no integration_key (or PAGERDUTY_INTEGRATION_KEY) "
@@ -452,26 +437,36 @@ class EmailSettings:
         return self.port or {"tls": 465, "starttls": 587}.get(self.security, 25)
 
 
-def _email(section: Mapping[str, Any], env: Mapping[str, str]) -> EmailSettings:
-    key = "notifications.email"
-    _known(key, section, {"enabled", "host", "port", "security", "username", "password", "from", "to", "ca_file",
-                          "timeout_secs"})
-    security = _text(f"{key}.security", section.get("security", "starttls"))
-    if security not in ("starttls", "tls", "none"):
-        raise ConfigError(f"{key}.security: expected starttls, tls or none, got {security!r}")
-    settings = EmailSettings(
-        enabled=_flag(f"{key}.enabled", section.get("enabled", bool(section))),
-        host=_text(f"{key}.host", section.get("host")) or env.get("SMTP_HOST", "localhost"),
-        port=_integer(f"{key}.port", section.get("port", env.get("SMTP_PORT", 0))),
-        security=security,
-        username=_secret(f"{key}.username", section.get("username"), env, "SMTP_USERNAME"),
-        password=_secret(f"{key}.password", section.get("password"), env, "SMTP_PASSWORD"),
-        from_address=_text(f"{key}.from", section.get("from")) or "incidents@localhost",
-        to=_strings(f"{key}.to", section.get("to")),
-        ca_file=_text(f"{key}.ca_file", section.get("ca_file")),
-        timeout_secs=_number(f"{key}.timeout_secs", section.get("timeout_secs", 10.0), 0.001),
+class EmailSchema(Section):
+    enabled = Bool()
+    host = Text()
+    port = Count()
+    security = Choice("starttls", "tls", "none")
+    username = Text()
+    password = Text()
+    from_address = Text(data_key="from")
+    to = Strings()
+    ca_file = Text()
+    timeout_secs = Number(0.001)
+
+
+def _email(section: Any, env: Mapping[str, str]) -> EmailSettings:
+    data = dict(section) if isinstance(section, Mapping) else section
+    if isinstance(data, dict) and "port" not in data and env.get("SMTP_PORT"):
+        data["port"] = env["SMTP_PORT"]  # validated as the key would be
+    given = _section(data, EmailSchema(), "notifications.email")
+    return EmailSettings(
+        enabled=given.get("enabled", bool(section)),
+        host=given.get("host") or env.get("SMTP_HOST", "localhost"),
+        port=given.get("port", 0),
+        security=given.get("security", "starttls"),
+        username=_secret(given.get("username"), env, "SMTP_USERNAME"),
+        password=_secret(given.get("password"), env, "SMTP_PASSWORD"),
+        from_address=given.get("from_address") or EmailSettings.from_address,
+        to=given.get("to", ()),
+        ca_file=given.get("ca_file", ""),
+        timeout_secs=given.get("timeout_secs", 10.0),
     )
-    return settings
 
 
 @dataclass(frozen=True)
@@ -505,56 +500,72 @@ class JiraSettings:
         return next((p for p in self.projects if category in p.category), self.default_project)
 
 
-def _jira(section: Mapping[str, Any], env: Mapping[str, str]) -> JiraSettings:
+class JiraAuthSchema(Section):
+    type = Choice("basic")  # user + API token
+    username = Text()
+    api_token = Text()
+
+
+class JiraProjectSchema(Section):
+    category = Strings(lower=True)
+    project_key = Text(required=True)
+    issue_type = Text(required=True)
+    default = fields.Raw(allow_none=True)  # `- default:` followed by the keys (the guide's form)
+
+
+class JiraFieldMappingSchema(Section):
+    severity = per_severity(Text(validate=validate.Length(min=1)))
+    priority = per_severity(Text(validate=validate.Length(min=1)))
+
+
+class JiraSyncSchema(Section):
+    enabled = Bool()
+    bidirectional = Bool()
+    sync_interval_seconds = Count(1)
+    status_mapping = fields.Dict(keys=fields.String(), values=Choice("RESOLVED", "CLOSED"))
+
+
+class JiraSchema(Section):
+    enabled = Bool()
+    base_url = Text()
+    authentication = nested(JiraAuthSchema)
+    project_mapping = fields.List(nested(JiraProjectSchema))
+    field_mapping = nested(JiraFieldMappingSchema)
+    sync = nested(JiraSyncSchema)
+    incident_id_field = Text()
+    severity_field = Text()
+    labels = Strings()
+    severity_mapping = fields.Raw()  # the reference README's keys with no setting here
+    routing = fields.Raw()
+
+
+def _jira(section: Any, env: Mapping[str, str]) -> JiraSettings:
     key = "integrations.jira"
-    _known(key, section, {"enabled", "base_url", "authentication", "project_mapping", "field_mapping", "sync",
-                          "incident_id_field", "severity_field", "labels", "severity_mapping", "routing"})
-    auth = _mapping(f"{key}.authentication", section.get("authentication"))
-    _known(f"{key}.authentication", auth, {"type", "username", "api_token"})
-    if auth.get("type", "basic") != "basic":
-        raise ConfigError(f"{key}.authentication.type: only basic (user + API token) is supported")
+    given = _section(section, JiraSchema(), key)
+    auth, fields_map, sync = given.get("authentication", {}), given.get("field_mapping", {}), given.get("sync", {})
+    base = JiraSettings()
     projects: list[JiraProject] = []
-    default = JiraSettings().default_project
-    mapping = section.get("project_mapping") or []
-    if not isinstance(mapping, list):
-        raise ConfigError(f"{key}.project_mapping: expected a list")
-    for i, body in enumerate(mapping):
-        item = f"{key}.project_mapping[{i}]"
-        body = _mapping(item, body)
-        _known(item, body, {"category", "project_key", "issue_type", "default"})
-        project = JiraProject(_text(f"{item}.project_key", body.get("project_key"), required=True),
-                              _text(f"{item}.issue_type", body.get("issue_type"), required=True),
-                              tuple(c.lower() for c in _strings(f"{item}.category", body.get("category"))))
-        if "default" in body:  # `- default:` followed by the keys (the guide's form)
+    default = base.default_project
+    for body in given.get("project_mapping", []):
+        project = JiraProject(body["project_key"], body["issue_type"], body.get("category", ()))
+        if "default" in body:
             default = project
         else:
             projects.append(project)
-    fields_map = _mapping(f"{key}.field_mapping", section.get("field_mapping"))
-    _known(f"{key}.field_mapping", fields_map, {"severity", "priority"})
-    sync = _mapping(f"{key}.sync", section.get("sync"))
-    _known(f"{key}.sync", sync, {"enabled", "bidirectional", "sync_interval_seconds", "status_mapping"})
-    status_mapping = _mapping(f"{key}.sync.status_mapping", sync.get("status_mapping"))
-    for name, target in status_mapping.items():
-        if target not in ("RESOLVED", "CLOSED"):
-            raise ConfigError(f"{key}.sync.status_mapping.{name}: expected RESOLVED or CLOSED, got {target!r}")
-    base = JiraSettings()
     settings = JiraSettings(
-        enabled=_flag(f"{key}.enabled", section.get("enabled", bool(section))),
-        base_url=_text(f"{key}.base_url", section.get("base_url")).rstrip("/"),
-        username=_secret(f"{key}.authentication.username", auth.get("username"), env, "JIRA_USERNAME"),
-        api_token=_secret(f"{key}.authentication.api_token", auth.get("api_token"), env, "JIRA_API_TOKEN"),
+        enabled=given.get("enabled", bool(section)),
+        base_url=given.get("base_url", "").rstrip("/"),
+        username=_secret(auth.get("username"), env, "JIRA_USERNAME"),
+        api_token=_secret(auth.get("api_token"), env, "JIRA_API_TOKEN"),
         projects=tuple(projects), default_project=default,
-        severity_names=_severity_names(f"{key}.field_mapping.severity", fields_map.get("severity"),
-                                       base.severity_names),
-        priority_names=_severity_names(f"{key}.field_mapping.priority", fields_map.get("priority"),
-                                       base.priority_names),
-        incident_id_field=_text(f"{key}.incident_id_field", section.get("incident_id_field")) or base.incident_id_field,
-        severity_field=_text(f"{key}.severity_field", section.get("severity_field")),
-        labels=_strings(f"{key}.labels", section.get("labels")) or base.labels,
-        sync_enabled=_flag(f"{key}.sync.enabled", sync.get("enabled", False))
-        and _flag(f"{key}.sync.bidirectional", sync.get("bidirectional", False)),
-        sync_interval_secs=_integer(f"{key}.sync.sync_interval_seconds", sync.get("sync_interval_seconds", 300), 1),
-        status_mapping={str(k): str(v) for k, v in status_mapping.items()} or base.status_mapping,
+        severity_names={**base.severity_names, **fields_map.get("severity", {})},
+        priority_names={**base.priority_names, **fields_map.get("priority", {})},
+        incident_id_field=given.get("incident_id_field") or base.incident_id_field,
+        severity_field=given.get("severity_field", ""),
+        labels=given.get("labels") or base.labels,
+        sync_enabled=sync.get("enabled", False) and sync.get("bidirectional", False),
+        sync_interval_secs=sync.get("sync_interval_seconds", base.sync_interval_secs),
+        status_mapping=sync.get("status_mapping") or base.status_mapping,
     )
     if settings.enabled and not (settings.base_url and settings.username and settings.api_token):
         raise ConfigError(f"{key}: enabled, but base_url, authentication.username and authentication.api_token "
@@ -616,6 +627,51 @@ class WebhookSettings:
         return self.enabled and any(t.matches(event, incident) for t in self.triggers)
 
 
+class WebhookConditionsSchema(Section):
+    severity = Severities()
+    category = Strings(lower=True)
+    source = Strings()
+    service = Strings()
+
+
+class WebhookTriggerSchema(Section):
+    event = Choice(*WEBHOOK_EVENTS, required=True)
+    conditions = nested(WebhookConditionsSchema)
+
+
+class WebhookAuthSchema(Section):
+    type = Choice("none", "bearer", "basic")
+    token = Text()
+    username = Text()
+    password = Text()
+
+
+class WebhookRetrySchema(Section):
+    max_attempts = Count(1)
+    backoff = Text(validate=validate.Equal("exponential", error="only exponential (with jitter) is supported"))
+
+
+class WebhookSchema(Section):
+    name = Text(required=True, validate=validate.Length(min=1))
+    enabled = Bool()
+    url = Text(required=True, validate=validate.Regexp(r"^https?://", error="expected an http:// or https:// URL"))
+    authentication = nested(WebhookAuthSchema)
+    triggers = fields.List(nested(WebhookTriggerSchema), required=True,
+                           validate=validate.Length(min=1, error="expected a non-empty list of {{event, conditions}}"))
+    method = Text(validate=lambda m: m.upper() in ("POST", "PUT", "PATCH")
+                  or _refuse(f"expected POST, PUT or PATCH, got {m!r}"))
+    headers = fields.Dict(keys=fields.String(), values=Text())
+    payload_template = Text()
+    retry = nested(WebhookRetrySchema)
+    timeout_ms = Count(1)
+    signing_secret = Text()
+    signature_header = Text()
+
+
+def _refuse(message: str) -> bool:
+    raise ValidationError(message)
+
+
 def _webhooks(value: Any, env: Mapping[str, str]) -> tuple[WebhookSettings, ...]:
     from app.services.templates import TemplateError, compile_template
 
@@ -624,71 +680,39 @@ def _webhooks(value: Any, env: Mapping[str, str]) -> tuple[WebhookSettings, ...]
     if not isinstance(value, list):
         raise ConfigError("integrations.webhooks: expected a list of webhooks")
     result: list[WebhookSettings] = []
+    schema = WebhookSchema()
     for i, body in enumerate(value):
         key = f"integrations.webhooks[{i}]"
-        body = _mapping(key, body)
-        _known(key, body, {"name", "enabled", "url", "authentication", "triggers", "method", "headers",
-                           "payload_template", "retry", "timeout_ms", "signing_secret", "signature_header"})
-        name = _text(f"{key}.name", body.get("name"), required=True)
+        given = _section(body if body is not None else {}, schema, key)
+        name = given["name"]
         if name in BUILTIN_TARGETS or any(w.name == name for w in result):
             raise ConfigError(f"{key}.name: {name!r} is already the name of another target")
-        url = _text(f"{key}.url", body.get("url"), required=True)
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"{key}.url: expected an http:// or https:// URL")
-        auth = _mapping(f"{key}.authentication", body.get("authentication"))
-        _known(f"{key}.authentication", auth, {"type", "token", "username", "password"})
-        auth_type = _text(f"{key}.authentication.type", auth.get("type", "none" if not auth else "bearer"))
-        if auth_type not in ("none", "bearer", "basic"):
-            raise ConfigError(f"{key}.authentication.type: expected none, bearer or basic, got {auth_type!r}")
-        token = _secret(f"{key}.authentication.token", auth.get("token"), env, "")
+        auth = given.get("authentication", {})
+        auth_type = auth.get("type", "bearer" if auth else "none")
+        token = _secret(auth.get("token"), env, "")
         if auth_type == "bearer" and not token:
             raise ConfigError(f"{key}.authentication.token: required for bearer authentication")
-        triggers: list[WebhookTrigger] = []
-        raw_triggers = body.get("triggers") or []
-        if not isinstance(raw_triggers, list) or not raw_triggers:
-            raise ConfigError(f"{key}.triggers: expected a non-empty list of {{event, conditions}}")
-        for j, trig in enumerate(raw_triggers):
-            tkey = f"{key}.triggers[{j}]"
-            trig = _mapping(tkey, trig)
-            _known(tkey, trig, {"event", "conditions"})
-            event = _text(f"{tkey}.event", trig.get("event"), required=True)
-            if event not in WEBHOOK_EVENTS:
-                raise ConfigError(f"{tkey}.event: expected one of {', '.join(WEBHOOK_EVENTS)}, got {event!r}")
-            cond = _mapping(f"{tkey}.conditions", trig.get("conditions"))
-            _known(f"{tkey}.conditions", cond, {"severity", "category", "source", "service"})
-            triggers.append(WebhookTrigger(
-                event=event, severity=_severities(f"{tkey}.conditions.severity", cond.get("severity")),
-                category=tuple(c.lower() for c in _strings(f"{tkey}.conditions.category", cond.get("category"))),
-                source=_strings(f"{tkey}.conditions.source", cond.get("source")),
-                service=_strings(f"{tkey}.conditions.service", cond.get("service"))))
-        headers = _mapping(f"{key}.headers", body.get("headers"))
-        method = _text(f"{key}.method", body.get("method", "POST")).upper()
-        if method not in ("POST", "PUT", "PATCH"):
-            raise ConfigError(f"{key}.method: expected POST, PUT or PATCH, got {method!r}")
-        retry = _mapping(f"{key}.retry", body.get("retry"))
-        _known(f"{key}.retry", retry, {"max_attempts", "backoff"})
-        if retry.get("backoff", "exponential") != "exponential":
-            raise ConfigError(f"{key}.retry.backoff: only exponential (with jitter) is supported")
         try:
-            template = compile_template(_text(f"{key}.payload_template", body.get("payload_template"))
-                                        or DEFAULT_WEBHOOK_TEMPLATE, f"{key}.payload_template")
+            template = compile_template(given.get("payload_template") or DEFAULT_WEBHOOK_TEMPLATE,
+                                        f"{key}.payload_template")
         except TemplateError as exc:
             raise ConfigError(str(exc)) from None
+        retry = given.get("retry", {})
         result.append(WebhookSettings(
-            name=name, url=url, enabled=_flag(f"{key}.enabled", body.get("enabled", True)), method=method,
-            headers={str(k): _text(f"{key}.headers.{k}", v) for k, v in headers.items()} or
-            {"Content-Type": "application/json"},
-            auth_type=auth_type, token=token,
-            username=_text(f"{key}.authentication.username", auth.get("username")),
-            password=_secret(f"{key}.authentication.password", auth.get("password"), env, ""),
-            triggers=tuple(triggers), template=template,
-            max_attempts=_integer(f"{key}.retry.max_attempts", retry.get("max_attempts", 3), 1),
-            timeout_secs=_integer(f"{key}.timeout_ms", body.get("timeout_ms", 10_000), 1) / 1000.0,
-            signing_secret=_secret(f"{key}.signing_secret", body.get("signing_secret"), env, ""),
-            signature_header=_text(f"{key}.signature_header", body.get("signature_header"))
-            or "X-Incident-Manager-Signature",
+            name=name, url=given["url"], enabled=given.get("enabled", True),
+            method=given.get("method", "POST").upper(),
+            headers=given.get("headers") or {"Content-Type": "application/json"},
+            auth_type=auth_type, token=token, username=auth.get("username", ""),
+            password=_secret(auth.get("password"), env, ""),
+            triggers=tuple(WebhookTrigger(event=t["event"], **t.get("conditions", {})) for t in given["triggers"]),
+            template=template,
+            max_attempts=retry.get("max_attempts", 3),
+            timeout_secs=given.get("timeout_ms", 10_000) / 1000.0,
+            signing_secret=_secret(given.get("signing_secret"), env, ""),
+            signature_header=given.get("signature_header") or WebhookSettings.signature_header,
         ))
     return tuple(result)
+
 
 
 AUDIT_EVENTS = ("incident_created", "incident_resolved", "incident_closed", "sla_breached", "escalated")
@@ -705,32 +729,53 @@ class GovernanceAuditSettings:
     max_wait_ms: int = 60_000
 
 
-def _governance(section: Mapping[str, Any], env: Mapping[str, str]) -> GovernanceAuditSettings:
-    key = "integrations.llm-governance-core.audit"
-    audit = _mapping(key, section.get("audit"))
-    _known(key, audit, {"endpoint", "authentication", "push_events", "batching"})
-    auth = _mapping(f"{key}.authentication", audit.get("authentication"))
-    _known(f"{key}.authentication", auth, {"type", "api_key"})
-    if auth.get("type", "api_key") != "api_key":
-        raise ConfigError(f"{key}.authentication.type: only api_key (X-API-Key) is supported")
-    events = _strings(f"{key}.push_events", audit.get("push_events")) or AUDIT_EVENTS
-    for event in events:
-        if event not in AUDIT_EVENTS:
-            raise ConfigError(f"{key}.push_events: expected some of {', '.join(AUDIT_EVENTS)}, got {event!r}")
-    batching = _mapping(f"{key}.batching", audit.get("batching"))
-    _known(f"{key}.batching", batching, {"enabled", "max_batch_size", "max_wait_ms"})
+class AuditAuthSchema(Section):
+    type = Choice("api_key")  # X-API-Key
+    api_key = Text()
+
+
+class AuditBatchingSchema(Section):
+    enabled = Bool()
+    max_batch_size = Count(1)
+    max_wait_ms = Count(1)
+
+
+class AuditSchema(Section):
+    endpoint = Text()
+    authentication = nested(AuditAuthSchema)
+    push_events = Strings(choices=AUDIT_EVENTS)
+    batching = nested(AuditBatchingSchema)
+
+
+class GovernanceSchema(Schema):
+    """`integrations.llm-governance-core`: its other keys belong to the inbound integration."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    enabled = Bool()
+    audit = nested(AuditSchema)
+
+
+def _governance(section: Any, env: Mapping[str, str]) -> GovernanceAuditSettings:
+    key = "integrations.llm-governance-core"
+    given = _section(section, GovernanceSchema(), key)
+    audit = given.get("audit", {})
+    auth, batching = audit.get("authentication", {}), audit.get("batching", {})
     settings = GovernanceAuditSettings(
-        enabled=_flag("integrations.llm-governance-core.enabled", section.get("enabled", bool(audit))) and bool(audit),
-        endpoint=_text(f"{key}.endpoint", audit.get("endpoint")),
-        api_key=_secret(f"{key}.authentication.api_key", auth.get("api_key"), env, "GOVERNANCE_API_KEY"),
-        push_events=events,
-        batching=_flag(f"{key}.batching.enabled", batching.get("enabled", True)),
-        max_batch_size=_integer(f"{key}.batching.max_batch_size", batching.get("max_batch_size", 100), 1),
-        max_wait_ms=_integer(f"{key}.batching.max_wait_ms", batching.get("max_wait_ms", 60_000), 1),
+        enabled=given.get("enabled", bool(audit)) and bool(audit),
+        endpoint=audit.get("endpoint", ""),
+        api_key=_secret(auth.get("api_key"), env, "GOVERNANCE_API_KEY"),
+        push_events=audit.get("push_events") or AUDIT_EVENTS,
+        batching=batching.get("enabled", True),
+        max_batch_size=batching.get("max_batch_size", 100),
+        max_wait_ms=batching.get("max_wait_ms", 60_000),
     )
     if settings.enabled and not (settings.endpoint and settings.api_key):
-        raise ConfigError(f"{key}: enabled, but endpoint or authentication.api_key (GOVERNANCE_API_KEY) is not set")
+        raise ConfigError(f"{key}.audit: enabled, but endpoint or authentication.api_key (GOVERNANCE_API_KEY) "
+                          "is not set")
     return settings
+
 
 
 # ------------------------------------------------------------------------------- all outbound settings
@@ -761,20 +806,45 @@ class OutboundSettings:
         return found
 
 
-def _with_channel_list(notifications: Mapping[str, Any]) -> Mapping[str, Any]:
+class ChannelEntrySchema(Schema):
+    """An entry of the reference README's `notifications.channels` list: its type; the rest is that
+    channel's section, validated as such."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    type = Choice("slack", "pagerduty", "email")
+
+
+class NotificationsSchema(Section):
+    http = fields.Raw()
+    slack = fields.Raw()
+    pagerduty = fields.Raw()
+    email = fields.Raw()
+    channels = fields.List(nested(ChannelEntrySchema))
+    incident_url_template = Text()
+
+
+class IntegrationsOutboundSchema(Schema):
+    """The outbound keys of `integrations:` (the inbound ones are app/config/integrations.py's)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    jira = fields.Raw()
+    webhooks = fields.Raw()
+    llm_governance_core = fields.Raw(data_key="llm-governance-core")
+
+
+def _with_channel_list(notifications: dict[str, Any]) -> dict[str, Any]:
     """The reference README's form, `notifications.channels: [{type: slack, ...}]`: each entry is the
     section of its type (a section given by name wins; an entry then is an error, not ignored)."""
-    channels = notifications.get("channels")
-    if channels is None:
-        return notifications
-    if not isinstance(channels, list):
-        raise ConfigError("notifications.channels: expected a list of {type, ...}")
     merged = dict(notifications)
-    for i, body in enumerate(channels):
-        body = dict(_mapping(f"notifications.channels[{i}]", body))
+    for i, body in enumerate(merged.pop("channels", None) or []):
+        body = dict(body)
         kind = body.pop("type", None)
-        if kind not in ("slack", "pagerduty", "email"):
-            raise ConfigError(f"notifications.channels[{i}].type: expected slack, pagerduty or email, got {kind!r}")
+        if kind is None:
+            raise ConfigError(f"notifications.channels[{i}].type: required (slack, pagerduty or email)")
         if kind in notifications:
             raise ConfigError(f"notifications.channels[{i}]: {kind} is also configured as notifications.{kind}; "
                               "keep one")
@@ -784,27 +854,21 @@ def _with_channel_list(notifications: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def load_outbound(tree: Mapping[str, Any], env: Mapping[str, str]) -> OutboundSettings:
     """Validate the outbound sections of a config tree. Raises ConfigError naming the key."""
-    notifications = _mapping("notifications", tree.get("notifications"))
-    _known("notifications", notifications, {"http", "slack", "pagerduty", "email", "channels",
-                                            "incident_url_template"})
-    notifications = _with_channel_list(notifications)
-    integrations = _mapping("integrations", tree.get("integrations"))
-    http = _http(_mapping("notifications.http", notifications.get("http")), env)
+    notifications = _with_channel_list(_section(tree.get("notifications"), NotificationsSchema(), "notifications"))
+    integrations = _section(tree.get("integrations"), IntegrationsOutboundSchema(), "integrations")
+    http = _http(notifications.get("http"), env)
     webhooks = _webhooks(integrations.get("webhooks"), env)
     targets = BUILTIN_TARGETS + tuple(w.name for w in webhooks)
     public = (env.get("PUBLIC_BASE_URL") or "").rstrip("/")
-    template = _text("notifications.incident_url_template", notifications.get("incident_url_template")) \
-        or "{base_url}/incidents/{id}"
     return OutboundSettings(
         breakers=_breakers(tree, targets), http=http,
-        slack=_slack(_mapping("notifications.slack", notifications.get("slack")), env),
-        pagerduty=_pagerduty(_mapping("notifications.pagerduty", notifications.get("pagerduty")), env),
-        email=_email(_mapping("notifications.email", notifications.get("email")), env),
-        jira=_jira(_mapping("integrations.jira", integrations.get("jira")), env),
+        slack=_slack(notifications.get("slack"), env),
+        pagerduty=_pagerduty(notifications.get("pagerduty"), env),
+        email=_email(notifications.get("email"), env),
+        jira=_jira(integrations.get("jira"), env),
         webhooks=webhooks,
-        governance=_governance(_mapping("integrations.llm-governance-core",
-                                        integrations.get("llm-governance-core")), env),
-        incident_url_template=template,
+        governance=_governance(integrations.get("llm_governance_core"), env),
+        incident_url_template=notifications.get("incident_url_template") or "{base_url}/incidents/{id}",
         base_url=public or f"http://localhost:{env.get('API_PORT', '8080')}",
     )
 
