@@ -50,6 +50,13 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
     from api.graphql import load as load_graphql
 
     load_graphql()
+    # The loaded app (~180,000 objects) out of the collector's reach: a 1,000-event batch allocates
+    # ~30,000 objects that live for the request, which triggered a full collection walking the
+    # whole heap every second or third request (docs/doors.md, "Ingest throughput": ~20 % of the
+    # web's CPU per batch).
+    import gc
+
+    gc.freeze()
     ready = os.environ.get("IM_READY_FILE")
     if ready:
         with open(f"{ready}.{worker.pid}", "w") as marker:

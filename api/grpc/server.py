@@ -4,6 +4,7 @@ GRPC_HOST:GRPC_PORT (50051), with mTLS when certificates are configured."""
 from __future__ import annotations
 
 import logging
+import gc
 import signal
 import threading
 from concurrent import futures
@@ -72,6 +73,7 @@ def serve(settings: Settings | None = None, address: str | None = None) -> None:
     settings = settings or get_settings()
     server, port = build_server(settings, address=address)
     server.start()
+    gc.freeze()  # the loaded server out of the collector's walks, as the web's workers do (docs/doors.md)
     log.info("grpc server listening", extra={"address": address or f"{settings.grpc_host}:{port}",
                                             "tls": bool(settings.grpc_tls_cert), "mtls": bool(settings.grpc_client_ca)})
     stopped = threading.Event()

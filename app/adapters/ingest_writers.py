@@ -30,11 +30,13 @@ _INCIDENT_COLUMNS = (
     "escalation_level, next_escalation_at")
 
 # One statement of data-modifying CTEs on an autocommit connection: its own transaction, one round
-# trip. `existing` answers stored duplicates: when it finds any, every INSERT is empty and the
-# statement only names them. The incidents INSERT takes its row locks (and the unique index's
-# insertion locks) in fingerprint order, the global lock order of ingest. `xmax = 0` tells a row
-# this statement inserted from one it updated. A plan that assigns (a manual incident's assignee)
-# also reads the previous assignee, `prior`, for its `assigned` timeline row; others skip that work.
+# trip. Stored duplicates are not looked up first: the events INSERT has no ON CONFLICT, so a
+# stored (source, event_id) fails the whole statement (nothing written) and the writer then names
+# them with `_STORED` (docs/foundation.md, "Duplicates"). The incidents INSERT takes its row locks
+# (and the unique index's insertion locks) in fingerprint order, the global lock order of ingest.
+# `xmax = 0` tells a row this statement inserted from one it updated. A plan that assigns (a
+# manual incident's assignee) also reads the previous assignee, `prior`, for its `assigned`
+# timeline row; others skip that work.
 _ASSIGNING = {
     "prior": f"""
 ), prior AS (
@@ -51,16 +53,12 @@ _PLAIN = {"prior": "", "set": "", "old": "t.old_value", "join": "", "where": ""}
 _TEMPLATE = f"""
 WITH input AS (
     SELECT * FROM jsonb_populate_recordset(NULL::events, %(events)s::jsonb)
-), existing AS (
-    SELECT s.source, s.event_id, s.incident_id
-    FROM events s JOIN input i ON s.source = i.source AND s.event_id = i.event_id
 ), draft AS (
     -- LATERAL: the record is built once per row (`(f(x)).*` would call f once per column)
     SELECT r.*, j.doc->'_on_create' AS on_create, j.doc->'_on_merge' AS on_merge,
            nextval(%(seq)s::regclass) AS n  -- drawn in the array's order: by arrival
     FROM jsonb_array_elements(%(incidents)s::jsonb) AS j(doc),
-         LATERAL jsonb_populate_record(NULL::incidents, j.doc) AS r
-    WHERE NOT EXISTS (SELECT 1 FROM existing){{prior}}
+         LATERAL jsonb_populate_record(NULL::incidents, j.doc) AS r{{prior}}
 ), inc AS (
     INSERT INTO incidents (id, {_INCIDENT_COLUMNS})
     SELECT {incident_id_sql("%(day)s", "n")}, {_INCIDENT_COLUMNS}
@@ -89,11 +87,15 @@ WITH input AS (
     HAVING count(*) > 0
     RETURNING id
 )
-SELECT (SELECT id FROM ob),
-       (SELECT jsonb_agg(jsonb_build_array(fingerprint, id, created)) FROM inc),
-       (SELECT jsonb_agg(jsonb_build_array(source, event_id, incident_id)) FROM existing)
+SELECT (SELECT id FROM ob), (SELECT jsonb_agg(jsonb_build_array(fingerprint, id, created)) FROM inc)
 """
 _STATEMENTS = {False: _TEMPLATE.format(**_PLAIN), True: _TEMPLATE.format(**_ASSIGNING)}
+# The plan's events that are stored already, with their incident ids (after a unique violation).
+_STORED = """
+SELECT s.source, s.event_id, s.incident_id
+FROM jsonb_to_recordset(%(events)s::jsonb) AS i(source text, event_id text)
+JOIN events s ON s.source = i.source AND s.event_id = i.event_id
+"""
 
 _known_sequences: set[str] = set()
 
@@ -127,10 +129,11 @@ def _draft_doc(draft: Any) -> dict[str, Any]:
 
 
 def write_postgres(plan: IngestPlan, settings: Settings) -> WriteOutcome:
-    """The plan in one autocommit statement. A lost connection re-runs it once (if the first run
-    had committed, `existing` now names its events: they are answered as duplicates of
-    themselves); a concurrent insert of one of our events (unique violation, nothing written)
-    re-runs it so `existing` names that event. Deadlocks are the caller's `retry_on_conflict`."""
+    """The plan in one autocommit statement. Events stored before (a client's retry, or a
+    concurrent request with the same events) fail it on the events' unique key with nothing
+    written; they are then looked up and named (`stored_found`). A lost connection re-runs it once
+    (if the first run had committed, the re-run fails the same way and its events are answered as
+    duplicates of themselves). Deadlocks are the caller's `retry_on_conflict`."""
     import psycopg
 
     statement = _STATEMENTS[any(draft.row.get("assignee") for draft in plan.incidents)]
@@ -142,16 +145,21 @@ def write_postgres(plan: IngestPlan, settings: Settings) -> WriteOutcome:
     for attempt in range(3):
         try:
             with autocommit_connection("ingest", settings) as conn:
-                outbox_id, touched, existing = conn.execute(statement, params).fetchone()  # type: ignore[misc]
+                try:
+                    outbox_id, touched = conn.execute(statement, params).fetchone()  # type: ignore[misc]
+                except psycopg.errors.UniqueViolation:
+                    keys = orjson.dumps([{"source": r["source"], "event_id": r["event_id"]} for r in plan.events])
+                    stored = conn.execute(_STORED, {"events": keys.decode()}).fetchall()
+                    if stored:
+                        return WriteOutcome(stored_found={(source, event_id): incident
+                                                          for source, event_id, incident in stored})
+                    if attempt == 2:
+                        raise
+                    continue  # the conflicting row is gone (its transaction rolled back): run again
             break
-        except psycopg.errors.UniqueViolation:
-            if attempt == 2:
-                raise
         except psycopg.OperationalError as exc:
             if not is_outage(exc) or attempt == 2:
                 raise
-    if existing:
-        return WriteOutcome(stored_found={(source, event_id): incident for source, event_id, incident in existing})
     return WriteOutcome(incidents={fp: (incident_id, created) for fp, incident_id, created in touched},
                         outbox_ids=(int(outbox_id),))
 
