@@ -248,8 +248,8 @@ def test_batch_where_every_event_is_rejected_writes_nothing(client, key):
 
 
 def test_batch_with_a_stored_duplicate_accepts_the_rest_exactly_once(client, key):
-    """The statement that finds a stored duplicate writes nothing and names it; the batch is
-    planned again without it, and the rest is accepted exactly once."""
+    """A stored duplicate fails the writer's statement (nothing written) and the writer names it;
+    the batch is planned again without it, and the rest is accepted exactly once."""
     post(client, "/api/v1/events", event("d-1", title="Dup A"), key)
     body = post(client, "/api/v1/events", {"events": [event("d-0", title="Dup Z"), event("d-1", title="Dup A"),
                                                       event("d-2", title="Dup A")]}, key).get_json()
