@@ -3,8 +3,8 @@ GRPC_HOST:GRPC_PORT (50051), with mTLS when certificates are configured."""
 
 from __future__ import annotations
 
-import logging
 import gc
+import logging
 import signal
 import threading
 from concurrent import futures
