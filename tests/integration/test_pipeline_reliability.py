@@ -109,9 +109,15 @@ def test_sigkill_a_worker_every_few_seconds_while_5000_events_flow(app, make_key
         assert response.status_code == 202
         time.sleep(0.25)  # ~400 events/s: the flow lasts long enough for several kills
 
+    two_kills = threading.Event()
+
     def sender() -> None:
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(send, range(100)))
+            list(pool.map(send, range(80)))
+            # The last fifth goes after the second kill: kills land mid-flow however long a
+            # worker takes to start on a loaded machine (it was timing, and failed under load).
+            two_kills.wait(180)
+            list(pool.map(send, range(80, 100)))
         sent.set()
 
     thread = threading.Thread(target=sender)
@@ -124,6 +130,8 @@ def test_sigkill_a_worker_every_few_seconds_while_5000_events_flow(app, make_key
         victim.kill()  # SIGKILL to the worker's whole process group, mid-batch
         kills += 1
         kills_during_flow += 0 if sent.is_set() else 1
+        if kills >= 2:
+            two_kills.set()
         n += 1
         workers.append(start_worker(queues="pipeline", concurrency=2, name=f"victim-{n}"))
     thread.join()

@@ -9,7 +9,8 @@ root is that earlier candidate), while the group has fewer than `max_group_size`
 
 Groups and memberships are written here in one short transaction (the member table's primary key
 on incident_id makes joining idempotent and settles races); the incident rows themselves are
-written once, by the route stage.
+written once, by the route stage, which reads each incident's group from the memberships. An
+incident the route stage wrote before its membership committed gets its group here.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence, cast
 
 import numpy as np
-from sqlalchemy import Table, delete, select
+from sqlalchemy import Table, delete, select, update
 from sqlalchemy.orm import Session
 
 from app import metrics
@@ -149,7 +150,16 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
     """Write groups and memberships in one short transaction. A root another worker grouped first
     keeps its group: our new group is dropped and its members join that one instead."""
     with unit_of_work() as session:
+        # The incidents this transaction may group, locked FOR KEY SHARE in id order: a route run
+        # (FOR UPDATE on the incidents it writes) waits for this commit and then reads the
+        # memberships, or this waits for the route's commit and then stamps them below; ingest's
+        # upserts (no key change) do not wait. A member row whose incident lacks its group cannot
+        # be left behind by a kill or a concurrent batch with the same incident.
+        candidates = sorted(set(decisions) | {g["root"] for g in new_groups.values()})
+        session.execute(select(Incident.id).where(one_of(Incident.id, candidates)).order_by(Incident.id)
+                        .with_for_update(key_share=True))
         remap: dict[str, str] = {}
+        won: set[str] = set()
         if new_groups:
             bulk.insert_rows(session, _GROUPS, [
                 {"id": gid, "root_incident_id": g["root"], "score": g["score"], "reasons": g["reasons"],
@@ -203,6 +213,7 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
                     decisions[incident_id]["group_id"] = found[incident_id]
                 else:
                     del decisions[incident_id]
+        _stamp_processed(session, won | {incident_id for incident_id, _ in joined})
         roots_of = dict(session.execute(select(CorrelationGroup.id, CorrelationGroup.root_incident_id).where(
             one_of(CorrelationGroup.id, {d["group_id"] for d in decisions.values()}))).all())
     created = sum(1 for gid in new_groups if remap.get(gid, gid) == gid)
@@ -211,6 +222,18 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
     for decision in decisions.values():
         decision["root_incident_id"] = roots_of.get(decision["group_id"], decision.get("root_incident_id"))
     return decisions
+
+
+def _stamp_processed(session: Session, grouped: set[str]) -> None:
+    """The group on incidents given a membership now whose row the route stage has already
+    written (an earlier root, or a new incident another batch finished first): where still unset.
+    Other incidents get their group from the route stage's one write."""
+    if grouped:
+        session.execute(update(Incident).where(
+            one_of(Incident.id, sorted(grouped)), Incident.processed_at.is_not(None),
+            Incident.correlation_group_id.is_(None),
+        ).values(correlation_group_id=select(CorrelationMember.group_id)
+                 .where(CorrelationMember.incident_id == Incident.id).scalar_subquery()))
 
 
 def _within_capacity(session: Session, members: list[dict[str, Any]], group_ids: list[str],

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence, cast
 
@@ -25,6 +25,7 @@ from app.adapters import bulk
 from app.adapters.bulk import one_of
 from app.adapters.db import unit_of_work
 from app.adapters.models import Event, Incident, OutboxMessage, TimelineEntry
+from app.adapters.pipeline_models import CorrelationMember
 from app.config import RoutingRule, Settings, get_settings
 from app.domain import sla
 from app.domain.severity import HUMAN_DECIDERS
@@ -183,6 +184,16 @@ def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
             .order_by(Incident.id).with_for_update()
         ).all()) if snaps else []
         decided = [decide(current, snaps[current.id], batch, settings, now) for current in fresh]
+        if fresh:
+            # The group is what the memberships say once these rows are locked (a correlate run
+            # holding them commits first: app/services/pipeline/correlation.py), not the batch's
+            # copy: another batch with the same incident may have grouped it.
+            group_of = dict(session.execute(select(CorrelationMember.incident_id, CorrelationMember.group_id)
+                                            .where(one_of(CorrelationMember.incident_id, [d.id for d in decided])))
+                            .all())
+            decided = [d if group_of.get(d.id) == d.correlation.get("group_id")
+                       else replace(d, correlation={**d.correlation, "group_id": group_of.get(d.id)})
+                       for d in decided]
         for d in decided:
             batch["routing"][d.id] = d.route
         published = [_published(d) for d in decided]
