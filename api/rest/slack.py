@@ -25,7 +25,7 @@ from app import metrics
 from app.adapters.channels.slack import ACK_ACTION_ID
 from app.config.outbound import get_outbound_settings
 from app.domain.incident import IllegalTransition, IncidentNotFound
-from app.services import incidents
+from app.services import incidents, notifications
 
 log = logging.getLogger(__name__)
 bp = Blueprint("slack", __name__)
@@ -98,7 +98,10 @@ def actions() -> Any:
     log.info("incident acknowledged from Slack", extra={"incident_id": incident["id"], "actor": actor})
     container = payload.get("container") or {}
     channel, ts = container.get("channel_id"), container.get("message_ts")
-    if channel and ts and get_outbound_settings().slack.bot_token:
+    # A message we posted is redrawn by the acknowledge's lifecycle record (one chat.update); another
+    # one (posted before its reference was kept, or by someone else) is refreshed here.
+    if channel and ts and get_outbound_settings().slack.bot_token \
+            and (channel, ts) not in notifications.posted_slack_messages(incident["id"]):
         from tasks.notifications import slack_refresh  # the message shows the new status (chat.update)
 
         slack_refresh.delay(incident["id"], channel, ts)

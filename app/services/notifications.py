@@ -190,7 +190,13 @@ def _attach_references(session: Any, claims: list[_Claim]) -> None:
     the JIRA issue (key) its creation returned."""
     if not claims:
         return
-    incident_ids = {c.incident_id for c in claims}
+    found = _references(session, {c.incident_id for c in claims})
+    for c in claims:
+        c.messages = found.get((c.incident_id, c.channel), [])
+
+
+def _references(session: Any, incident_ids: set[str]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """(incident, channel) -> the references of its sent Slack posts / JIRA issue, oldest first."""
     found: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for incident_id, channel, reason in session.execute(
             select(_TABLE.c.incident_id, _TABLE.c.channel, _TABLE.c.reason).where(
@@ -199,8 +205,7 @@ def _attach_references(session: Any, claims: list[_Claim]) -> None:
         ref = ((reason or {}).get("delivery") or {}).get("reference") or {}
         if (channel == "slack" and ref.get("ts") and ref.get("channel")) or (channel == "jira" and ref.get("key")):
             found.setdefault((incident_id, channel), []).append(dict(ref))
-    for c in claims:
-        c.messages = found.get((c.incident_id, c.channel), [])
+    return found
 
 
 # ---------------------------------------------------------------- send
@@ -503,6 +508,14 @@ def deliver_run() -> dict[str, Any]:
         return deliver_due()
     finally:
         _runs.release()
+
+
+def posted_slack_messages(incident_id: str) -> set[tuple[str, str]]:
+    """(channel, ts) of every Slack message the incident's sent posts left: the lifecycle records
+    redraw these on a status change (app/services/lifecycle.py), so nothing else needs to."""
+    with read_session() as session:
+        posted = _references(session, {incident_id}).get((incident_id, "slack"), [])
+    return {(m["channel"], m["ts"]) for m in posted}
 
 
 def any_due(now: datetime | None = None) -> bool:

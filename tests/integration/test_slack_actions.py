@@ -121,3 +121,37 @@ def test_with_a_bot_token_the_message_is_updated(outbound_config, client, make_k
     sent = request.get_json()
     assert sent["channel"] == "C0CRIT" and sent["ts"] == "1731321000.000100"
     assert sent["blocks"][1]["fields"][1]["text"] == "*Status:*\nACKNOWLEDGED"
+
+
+def test_a_message_we_posted_is_updated_once(outbound_config, client, make_key, httpserver: HTTPServer,
+                                             start_worker):
+    """The acknowledge's lifecycle record redraws the messages the incident's posts left; the button's
+    own refresh is only for a message we hold no reference to, so Slack sees one chat.update, not two."""
+    from datetime import datetime, timezone
+
+    from app.adapters.db import unit_of_work
+    from app.adapters.escalation_models import NotificationDelivery
+
+    configure(outbound_config, webhook_url="", bot_token="xoxb-test",
+              api_url=f"http://127.0.0.1:{httpserver.port}/api", channel_routing=[{"default": "#incidents"}])
+    httpserver.expect_request("/api/chat.update").respond_with_json({"ok": True})
+    incident_id = open_incident(client, make_key)
+    now = datetime.now(timezone.utc)
+    with unit_of_work() as session:  # the page the escalation posted, as the sender records it
+        session.add(NotificationDelivery(
+            incident_id=incident_id, escalation_token="t", step="c0.l1", level=1, channel="slack",
+            target_type="user", target_id="alice", recipient="alice", status="sent", attempts=1,
+            idempotency_key=f"{incident_id}:c0.l1:alice:slack", created_at=now, updated_at=now,
+            reason={"delivery": {"reference": {"channel": "C0CRIT", "ts": "1731321000.000100"}}}))
+    start_worker(queues="notifications", concurrency=1, beat=True)  # beat dispatches records
+    body = button_press(incident_id)
+    assert client.post(URL, data=body, headers=signed(body)).status_code == 200
+
+    def updated():
+        return [r for r, _ in httpserver.log if r.path == "/api/chat.update"]
+
+    wait_for(updated, timeout=60, message="chat.update from the worker")
+    time.sleep(3)  # a second update, had one been queued, goes out within this
+    [request] = updated()
+    assert request.get_json()["ts"] == "1731321000.000100"
+    assert request.get_json()["blocks"][1]["fields"][1]["text"] == "*Status:*\nACKNOWLEDGED"
