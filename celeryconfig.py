@@ -34,6 +34,8 @@ if broker_url.startswith("filesystem://"):
         "polling_interval": float(os.environ.get("FILESYSTEM_BROKER_POLL_SECS", "0.05")),
     }
     worker_consumer = "tasks.embedded_broker:QuickStopConsumer"  # stops in < 0.5 s, not 4-7 s
+    # kombu's filesystem transport, but a message is renamed into place only once written in full
+    broker_transport = "tasks.embedded_broker:AtomicFilesystemTransport"
 else:
     broker_transport_options = {
         # Redis: a message a worker took and never acked is redelivered after this long.
