@@ -60,28 +60,6 @@ def publish_many(kind: str, incidents: Sequence[Mapping[str, Any]]) -> None:
         log.warning("could not publish incident changes", exc_info=True, extra={"kind": kind})
 
 
-def subscribe(timeout: float = 1.0) -> Iterator[dict[str, Any] | None]:
-    """Yield change messages as they arrive; yields None every `timeout` seconds of silence so the
-    caller can check whether its client went away."""
-    client = get_redis()
-    if client is None:
-        raise RuntimeError("change subscriptions need REDIS_URL")
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(channel())
-    try:
-        while True:
-            message = pubsub.get_message(timeout=timeout)
-            if message is None:
-                yield None
-                continue
-            try:
-                yield json.loads(message["data"])
-            except (ValueError, TypeError):
-                continue
-    finally:
-        pubsub.close()
-
-
 def subscribe_batches(timeout: float = 1.0, max_batch: int = 500) -> Iterator[list[dict[str, Any]]]:
     """Like `subscribe`, but yields every message already waiting at once (up to `max_batch`), so
     a reader can load what the batch needs in one query; an empty list every `timeout` seconds of
@@ -106,3 +84,12 @@ def subscribe_batches(timeout: float = 1.0, max_batch: int = 500) -> Iterator[li
             yield batch
     finally:
         pubsub.close()
+
+
+def subscribe(timeout: float = 1.0) -> Iterator[dict[str, Any] | None]:
+    """Yield change messages one by one as they arrive; yields None every `timeout` seconds of
+    silence so the caller can check whether its client went away."""
+    for batch in subscribe_batches(timeout):
+        if not batch:
+            yield None
+        yield from batch
