@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import os
 
+import kombu.transport
 from kombu import Exchange, Queue
 
 from app.config import get_settings
 from tasks.queues import QUEUES
 
 _settings = get_settings()
+
+# `filesystem://` is kombu's filesystem transport whose messages are renamed into place only once
+# written in full (tasks/embedded_broker.py). Registered under the URL's own scheme, not as
+# `broker_transport`: that setting would outlive a CELERY_BROKER_URL given later (Celery reads that
+# variable at every connection) and send a redis:// URL through the filesystem transport.
+kombu.transport.TRANSPORT_ALIASES["filesystem"] = "tasks.embedded_broker:AtomicFilesystemTransport"
+kombu.transport._transport_cache.pop("filesystem", None)  # resolved before this module ran
 
 broker_url = _settings.broker_url
 if broker_url.startswith("filesystem://"):
@@ -34,8 +42,7 @@ if broker_url.startswith("filesystem://"):
         "polling_interval": float(os.environ.get("FILESYSTEM_BROKER_POLL_SECS", "0.05")),
     }
     worker_consumer = "tasks.embedded_broker:QuickStopConsumer"  # stops in < 0.5 s, not 4-7 s
-    # kombu's filesystem transport, but a message is renamed into place only once written in full
-    broker_transport = "tasks.embedded_broker:AtomicFilesystemTransport"
+
 else:
     broker_transport_options = {
         # Redis: a message a worker took and never acked is redelivered after this long.

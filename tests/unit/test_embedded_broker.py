@@ -56,3 +56,18 @@ def test_a_consumer_polling_during_writes_reads_only_whole_messages(tmp_path):
     assert errors == []
     assert sorted(read) == list(range(sent))
     assert not [n for n in os.listdir(folder) if n.startswith(".partial-")]
+
+
+def test_a_broker_url_given_later_still_picks_its_own_transport(tmp_path):
+    """Celery reads CELERY_BROKER_URL at every connection: a process whose configuration was loaded
+    on the embedded default (the test harness, a CLI run before the variable is set) connects
+    through the transport of the URL it is given, not the filesystem one."""
+    env = {"PATH": "/usr/bin:/bin", "DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    script = ("import os\nfrom tasks.celery_app import app\n"
+              "assert app.conf.broker_url.startswith('filesystem://')\n"
+              "os.environ['CELERY_BROKER_URL'] = 'redis://127.0.0.1:6379/15'\n"
+              "with app.connection_for_write() as c: print(type(c.transport).__module__)")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "kombu.transport.redis"
