@@ -21,9 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
 
-from app.config.schema import Bool, Int, StrList, load
+from app.config.schema import Bool, Int, SingleValues, StrList, load
 from app.domain.playbook import REMEDIATION_ACTIONS
 from app.domain.severity import SEVERITIES
 
@@ -71,7 +71,7 @@ def _url(value: str) -> None:
         raise ValidationError("expected an http:// or https:// URL")
 
 
-class _ConditionsSchema(Schema):
+class _ConditionsSchema(SingleValues):
     class Meta:
         unknown = RAISE
 
@@ -79,12 +79,6 @@ class _ConditionsSchema(Schema):
     event_type = StrList()
     category = StrList()
     tags = fields.Dict(keys=fields.String(), values=fields.String())
-
-    @pre_load
-    def _singletons(self, data: Any, **_: Any) -> Any:
-        if isinstance(data, Mapping):  # `severity: P0` is shorthand for `[P0]`
-            return {k: [v] if isinstance(v, str) and k != "tags" else v for k, v in data.items()}
-        return data
 
 
 class _ActionSchema(Schema):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_load, validate
 
 
 class ConfigError(ValueError):
@@ -126,3 +126,14 @@ def load(schema: Schema, data: Any, prefix: str = "") -> Any:
                      + (f" (known: {known})" if key.rpartition(".")[0] == prefix else ""))
                     for key, message in problems]
         raise ConfigError("; ".join(f"{key}: {message.rstrip('.')}" for key, message in problems)) from None
+
+
+class SingleValues(Schema):
+    """Trigger/condition schemas: a single value stands for a list of one (`severity: P0` is
+    `[P0]`); `tags` stays a mapping."""
+
+    @pre_load
+    def _singletons(self, data: Any, **_: Any) -> Any:
+        if isinstance(data, Mapping):  # `severity: P0` is shorthand for `[P0]`
+            return {k: [v] if isinstance(v, str) and k != "tags" else v for k, v in data.items()}
+        return data

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
 
+from app.config.schema import SingleValues
 from app.domain.incident import STATUS_NAMES
 from app.domain.playbook import ON_FAILURE, STEP_TYPES
 from app.domain.severity import SEVERITIES
@@ -149,7 +150,7 @@ class StepSchema(_Strict):
             raise ValidationError(exc.messages, "params") from None
 
 
-class TriggersSchema(_Strict):
+class TriggersSchema(SingleValues, _Strict):
     """When the playbook runs by itself on a new incident: every condition given must hold."""
 
     severity = fields.List(fields.String(validate=validate.OneOf(SEVERITIES)))
@@ -157,12 +158,6 @@ class TriggersSchema(_Strict):
     event_type = fields.List(fields.String(validate=validate.Length(min=1, max=100)))
     source = fields.List(fields.String(validate=validate.Length(min=1, max=100)))
     tags = fields.Dict(keys=fields.String(), values=fields.String())
-
-    @pre_load
-    def _singletons(self, data: Any, **_: Any) -> Any:
-        if isinstance(data, Mapping):  # `severity: P0` is shorthand for `[P0]`
-            return {k: [v] if isinstance(v, str) and k != "tags" else v for k, v in data.items()}
-        return data
 
 
 class PlaybookSchema(_Strict):
