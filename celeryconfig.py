@@ -83,6 +83,7 @@ task_routes = {
     "notifications.*": {"queue": "notifications", "routing_key": "notifications"},
     "escalation.*": {"queue": "escalation", "routing_key": "escalation"},
     "sla.*": {"queue": "escalation", "routing_key": "escalation"},
+    "analytics.*": {"queue": "escalation", "routing_key": "escalation"},
     "ml.*": {"queue": "ml", "routing_key": "ml"},
     "playbooks.advance": {"queue": "playbooks", "routing_key": "playbooks"},
     "playbooks.sweep": {"queue": "playbooks", "routing_key": "playbooks"},
@@ -91,6 +92,7 @@ task_routes = {
 
 _ESCALATION_SWEEP_SECS = float(os.environ.get("ESCALATION_SWEEP_SECS", "5"))
 _SLA_CHECK_SECS = float(os.environ.get("SLA_CHECK_SECS", "15"))
+_ANALYTICS_ROLLUP_SECS = float(os.environ.get("ANALYTICS_ROLLUP_SECS", "60"))
 _NOTIFICATIONS_DISPATCH_SECS = float(os.environ.get("NOTIFICATIONS_DISPATCH_SECS", "2"))
 _GOVERNANCE_PUSH_SECS = float(os.environ.get("GOVERNANCE_PUSH_SECS", "5"))
 _PLAYBOOK_SWEEP_SECS = float(os.environ.get("PLAYBOOK_SWEEP_SECS", "2"))
@@ -106,6 +108,9 @@ beat_schedule = {
     "escalation-sweep": {"task": "escalation.sweep", "schedule": _ESCALATION_SWEEP_SECS,
                          "options": {"expires": max(_ESCALATION_SWEEP_SECS, 1.0)}},
     "sla-check": {"task": "sla.check", "schedule": _SLA_CHECK_SECS, "options": {"expires": max(_SLA_CHECK_SECS, 1.0)}},
+    # Closed days into the analytics rollup, and days changed since (docs/escalation.md "Analytics").
+    "analytics-rollup": {"task": "analytics.rollup", "schedule": _ANALYTICS_ROLLUP_SECS,
+                         "options": {"expires": max(_ANALYTICS_ROLLUP_SECS, 1.0)}},
     # Delivery records due to be sent (new, or a retry, or a lease a dead worker left); docs/notifications.md.
     "notifications-dispatch": {"task": "notifications.dispatch", "schedule": _NOTIFICATIONS_DISPATCH_SECS,
                                "options": {"expires": max(_NOTIFICATIONS_DISPATCH_SECS, 1.0)}},

@@ -109,6 +109,17 @@ ESCALATION_DUE = Gauge(
 SLA_BREACHES = Counter(
     "incident_manager_sla_breaches_total", "SLA deadlines crossed", ["target", "severity"]
 )
+ANALYTICS_ROLLUP_DAYS = Counter(
+    "incident_manager_analytics_rollup_days_total", "Days (re)computed into the analytics rollup"
+)
+ANALYTICS_ROLLUP_DURATION = Histogram(
+    "incident_manager_analytics_rollup_duration_seconds", "Time of one analytics rollup run that computed days",
+    buckets=LATENCY_BUCKETS,
+)
+ANALYTICS_DIRTY_DAYS = Gauge(
+    "incident_manager_analytics_dirty_days", "Rolled-up days whose incidents changed and wait to be rolled up again",
+    multiprocess_mode="livemax",
+)
 
 
 # Collectors that read shared state when /metrics is scraped (e.g. circuit breakers, whose state lives

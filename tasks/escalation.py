@@ -25,3 +25,11 @@ def sla_check() -> dict[str, int]:
     from app.services.sla_monitor import check
 
     return check()
+
+
+@app.task(name="analytics.rollup")
+def analytics_rollup() -> dict[str, object]:
+    """Beat: roll up closed days for the incident analytics (docs/escalation.md "Analytics")."""
+    from app.services.analytics import rollup
+
+    return rollup()

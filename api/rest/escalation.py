@@ -171,7 +171,7 @@ def escalate(incident_id: str) -> Any:
 @bp.get("/api/v1/metrics/incidents")
 @require("incident:read")
 @doc("Counts, MTTA, MTTR (mean, p50, p90) and SLA compliance over [from, to), grouped",
-     responses={200: "{from, to, group_by, totals, groups}", 422: ""})
+     responses={200: "{from, to, group_by, percentiles, totals, groups}", 422: ""})
 def incident_metrics() -> Any:
     now = datetime.now(timezone.utc)
     start = _instant("from", None)

@@ -73,6 +73,12 @@ class EscalationSettings:
     enabled: bool = True
     # `escalate_after_secs` of a policy level that gives none (app/services/escalation.py snapshot_of)
     default_timeout_secs: int = field(default=300, metadata={"validate": validate.Range(min=1, max=7 * 86_400)})
+    # Analytics (docs/escalation.md "Analytics"): a range whose rolled-up days hold more incidents
+    # than this is answered from the daily rollup (percentiles estimated from its histograms);
+    # smaller ranges are computed exactly from the incidents.
+    analytics_exact_max_incidents: int = field(default=100_000, metadata={"validate": validate.Range(min=0)})
+    # A closed UTC day is rolled up once it ended this long ago (writes still in flight at midnight).
+    analytics_rollup_settle_secs: int = field(default=600, metadata={"validate": validate.Range(min=0, max=86_400)})
 
 
 @dataclass(frozen=True)
