@@ -5,8 +5,8 @@ State lives in columns, never in delayed tasks: `incidents.next_escalation_at` (
 is due; NULL = nothing to do), `escalation_level` (the last level paged, 0 = none yet),
 `escalation_token` (changes with every step, pause and acknowledge), and the `incident_escalations`
 row (the policy snapshot, the repeat cycle, pause state). The sweep takes due incidents with
-`SELECT ... FOR UPDATE SKIP LOCKED` in bounded batches ordered by id, so two sweeps at once split
-the work and a replayed sweep finds nothing due: a level is paged once."""
+`SELECT ... FOR UPDATE SKIP LOCKED` in bounded batches, the longest overdue first, so two sweeps at
+once split the work and a replayed sweep finds nothing due: a level is paged once."""
 
 from __future__ import annotations
 
@@ -367,7 +367,10 @@ class SweepResult:
 def _lock_due(session: Session, now: datetime, limit: int) -> list[_Due]:
     query = (select(*_DUE_COLUMNS).where(Incident.next_escalation_at <= now, Incident.status.in_(PAGEABLE),
                                          Incident.merged_into.is_(None))
-             .order_by(Incident.id).limit(limit).with_for_update(skip_locked=True))
+             # Longest overdue first (the order of ix_incidents_next_escalation): in a backlog, the
+             # page that waited a whole sweep interval is not also the last of the sweep. SKIP
+             # LOCKED never waits on a row, so this claim cannot take part in a deadlock.
+             .order_by(Incident.next_escalation_at, Incident.id).limit(limit).with_for_update(skip_locked=True))
     return [_Due(*row) for row in session.execute(query).all()]
 
 
