@@ -10,9 +10,12 @@ with similar-incident search, correlation scoring, routing, one incident row wri
     backlog left when the load stops (a sustained rate leaves a bounded backlog);
 (b) latency: 500 events/s (10 per request) for --latency-duration s; p50/p95/p99 of
     processed_at - received_at (accept -> incident processed) over those events;
-(c) baseline, same run: one event per request and PIPELINE_BATCH_SIZE=1 (a chain per event: the
-    "task per event" design docs/pipeline.md measured at ~135 events/s), offered --baseline-rate so
-    that it drains -> ratio (a) / (c);
+(c) baseline, same run: one event per request, PIPELINE_BATCH_SIZE=1 and PIPELINE_STAGE_TASKS=true
+    (a chain of five tasks per event: the "task per event" design docs/pipeline.md measured at ~135
+    events/s), offered --baseline-rate so that it drains -> ratio (a) / (c);
+(s) --compare-stage-tasks: phase (a) again with the workers restarted with PIPELINE_STAGE_TASKS=true
+    (each stage its own task, the batch as JSON between them) -> the same-run ratio of one task per
+    batch (the default) to a task per stage (issue 11);
 (m) --memory-minutes N: --memory-rate events/s (10 per request) for N minutes, worker RSS sampled
     every 30 s (issue 11: RSS stays flat; the caches are bounded, docs/pipeline.md "Memory").
 Worker RSS (main process + pool children) before and after. Phases (a) and (b) also report the
@@ -217,6 +220,9 @@ def main() -> None:
     parser.add_argument("--memory-minutes", type=float, default=0.0, help="run phase (m) for this long")
     parser.add_argument("--memory-rate", type=float, default=1000.0)
     parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
+    parser.add_argument("--compare-stage-tasks", action="store_true",
+                        help="phase (s): phase (a) again with a task per stage (PIPELINE_STAGE_TASKS=true)")
+    parser.add_argument("--stage-tasks", action="store_true", help="run phases (a), (b), (m) with a task per stage")
     parser.add_argument("--skip", choices=["sustained", "latency", "baseline"], action="append", default=[])
     parser.add_argument("--label", default="", help="printed with the results (e.g. the commit measured)")
     args = parser.parse_args()
@@ -230,6 +236,8 @@ def main() -> None:
     key = created.stdout.strip().splitlines()[-1]
     headers = {"Content-Type": "application/json", "X-API-Key": key}
     web = Server("api.wsgi:app", env, config="python:api.gunicorn_conf", log=log)
+    if args.stage_tasks:
+        env["PIPELINE_STAGE_TASKS"] = "true"
     workers = Workers(env, args.concurrency, log)
     print(f"database {environment.db_name}, redis db {environment.redis_db}, web :{web.port}, "
           f"{args.concurrency} worker processes; logs {log}; {args.label} {uptime()}", flush=True)
@@ -255,8 +263,21 @@ def main() -> None:
         results["rss_after_mb"] = round(workers.rss_mb(), 1)
         print(f"worker RSS after load: {results['rss_after_mb']} MB", flush=True)
         workers.stop()
+        if args.compare_stage_tasks and "sustained" in results:
+            staged = Workers({**env, "PIPELINE_STAGE_TASKS": "true"}, args.concurrency, log)
+            try:
+                time.sleep(5)
+                results["stage_tasks"] = sustained(env, web.port, headers, args.rate, args.batch, args.duration, "stg",
+                                                   args.events_per_incident)
+                print(f"RESULT sustained, a task per stage: {json.dumps(results['stage_tasks'], default=str)}",
+                      flush=True)
+            finally:
+                staged.stop()
+            ratio = results["sustained"]["end_to_end_per_s"] / results["stage_tasks"]["end_to_end_per_s"]
+            print(f"RESULT ratio end to end, one task per batch / a task per stage: {ratio:.2f}x", flush=True)
         if "baseline" not in args.skip:
-            baseline_workers = Workers({**env, "PIPELINE_BATCH_SIZE": "1"}, args.concurrency, log)
+            baseline_workers = Workers({**env, "PIPELINE_BATCH_SIZE": "1", "PIPELINE_STAGE_TASKS": "true"},
+                                       args.concurrency, log)
             try:
                 time.sleep(5)
                 load = run_load(web.port, "/api/v1/events", headers, factory("base", 1),

@@ -1,17 +1,21 @@
 """Pipeline-queue tasks: thin calls into app.services.pipeline.
 
 `pipeline.drain` takes the outbox ids pushed since the last drain (up to PIPELINE_BATCH_SIZE
-events per batch) and starts one chain per batch. The drain has the lowest priority and no delay:
-on an idle pipeline it runs at once (a small batch, low latency); under load it waits behind every
-queued stage task while ids pile up in Redis, so batches grow with the load (backpressure):
+events per batch) and starts one `pipeline.batch` task per batch. The drain has the lowest priority
+and no delay: on an idle pipeline it runs at once (a small batch, low latency); under load it waits
+behind every queued batch while ids pile up in Redis, so batches grow with the load (backpressure).
+
+`pipeline.batch` runs dedup -> classify -> enrich -> correlate -> route in one process
+(`service.run_batch`): no serialization or broker round trip between stages (docs/pipeline.md,
+"Issue 11": fused vs one task per stage, measured). Its result names each stage with its time, as
+does its log line and the `processing_duration_seconds{stage}` metric. With PIPELINE_STAGE_TASKS=true
+each stage is its own task instead, a chain per batch:
 
     pipeline.dedup -> pipeline.classify -> pipeline.enrich -> pipeline.correlate -> pipeline.route
 
-Each stage passes the batch (ids and small per-event results) to the next in its arguments.
-`pipeline.process(outbox_ids)` is the path without Redis (the embedded default, and its relay): it
-runs the five stages in one task, since each hop on the filesystem broker costs a polling interval.
-A stage whose retries run out on a batch of several outbox rows restarts each row as its own
-chain, so one poison event dead-letters alone and the rest of its batch goes through."""
+`pipeline.process(outbox_ids)` is the path without Redis (the embedded default): one task for the
+five stages. A task whose retries run out on a batch of several outbox rows restarts each row as
+its own batch, so one poison event dead-letters alone and the rest of its batch goes through."""
 
 from __future__ import annotations
 
@@ -46,11 +50,19 @@ STAGE_PRIORITY = {"pipeline.dedup": 6, "pipeline.classify": 6, "pipeline.enrich"
                   "pipeline.route": 0}
 
 
+# The fused task: ahead of the drain (9), so queued batches run before a new one is cut.
+BATCH_PRIORITY = 0
+
+
 def _signature(name: str, *args: Any) -> Any:
     return app.signature(name, args=args, priority=STAGE_PRIORITY[name])
 
 
 def start_chain(outbox_ids: list[int]) -> None:
+    """Start one batch: one `pipeline.batch` task, or the chain of stage tasks (PIPELINE_STAGE_TASKS)."""
+    if not get_settings().pipeline_stage_tasks:
+        app.signature("pipeline.batch", args=(outbox_ids,), priority=BATCH_PRIORITY).apply_async()
+        return
     chain(_signature("pipeline.dedup", outbox_ids), _signature("pipeline.classify"), _signature("pipeline.enrich"),
           _signature("pipeline.correlate"), _signature("pipeline.route")).apply_async()
 
@@ -84,7 +96,7 @@ def process(self: Any, outbox_ids: list[int]) -> Any:
         # The embedded broker costs a polling interval and a file per hop: without Redis one task
         # runs the whole batch, same failure rules (docs/operations.md). With Redis every stage is
         # its own task, visible in Flower.
-        return _stage(self, ids, service.process_outbox)
+        return _stage(self, ids, _run_batch)
     start_chain(ids)
     return len(outbox_ids)
 
@@ -116,6 +128,19 @@ def _stage(task: Any, batch_or_ids: Any, run: Callable[[Any], Any]) -> Any:
         names = STAGE_ORDER[position + 1:]
         chain(_signature(names[0], result), *[_signature(n) for n in names[1:]]).apply_async()
     return result
+
+
+def _run_batch(outbox_ids: list[int]) -> dict[str, Any]:
+    result = service.run_batch(outbox_ids)
+    log.info("pipeline batch stages", extra={"events": result["events"], "incidents": result["incidents"],
+                                             "stages_ms": result["stages_ms"], "outbox_ids": outbox_ids[:20]})
+    return result
+
+
+@app.task(name="pipeline.batch", bind=True)
+def batch(self: Any, outbox_ids: list[int]) -> Any:
+    """One batch through every stage in this process (see the module docstring)."""
+    return _stage(self, sorted(set(int(i) for i in outbox_ids)), _run_batch)
 
 
 @app.task(name="pipeline.dedup", bind=True)

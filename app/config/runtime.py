@@ -26,6 +26,8 @@ class _RuntimeEnvSchema(Schema):
     metrics_require_key = Bool(data_key="METRICS_REQUIRE_KEY", load_default=False)
     pipeline_batch_size = Int(data_key="PIPELINE_BATCH_SIZE", validate=validate.Range(min=1, max=10_000),
                               load_default=1000)
+    # true: each pipeline stage is its own Celery task (a chain per batch); false: one task per batch
+    pipeline_stage_tasks = Bool(data_key="PIPELINE_STAGE_TASKS", load_default=False)
     outbox_relay_after_secs = Int(data_key="OUTBOX_RELAY_AFTER_SECS", validate=validate.Range(min=1), load_default=30)
     task_max_retries = Int(data_key="TASK_MAX_RETRIES", validate=validate.Range(min=0, max=100), load_default=5)
     prometheus_url = fields.String(data_key="PROMETHEUS_URL", load_default=None)

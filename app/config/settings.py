@@ -29,6 +29,7 @@ class Settings:
     worker_metrics_port: int | None
     metrics_require_key: bool
     pipeline_batch_size: int
+    pipeline_stage_tasks: bool
     outbox_relay_after_secs: int
     task_max_retries: int
     prometheus_url: str | None

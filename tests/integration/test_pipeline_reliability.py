@@ -188,7 +188,7 @@ def test_poison_event_is_dead_lettered_alone_and_replayed(app, make_key, start_w
             return session.scalars(select(DeadLetter)).first()
 
     letter = wait_for(dead_letter, 60, 0.3, "the poison event's batch to be dead-lettered")
-    assert letter.task_name == "pipeline.dedup" and letter.args == [[poison_outbox]]
+    assert letter.task_name == "pipeline.batch" and letter.args == [[poison_outbox]]
     assert "BrokenEvent" in letter.error and "INC-20990101-99999" in letter.error and letter.attempts == 3
     body = client.get(f"/api/v1/incidents/{good['incident_id']}", headers={"X-API-Key": key}).get_json()
     assert body["processed_at"] is not None
@@ -202,7 +202,7 @@ def test_poison_event_is_dead_lettered_alone_and_replayed(app, make_key, start_w
     env = {**os.environ, **test_env}
     listed = subprocess.run([sys.executable, "-m", "cli", "deadletters", "list"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
-    assert listed.returncode == 0 and "pipeline.dedup" in listed.stdout, listed.stderr
+    assert listed.returncode == 0 and "pipeline.batch" in listed.stdout, listed.stderr
     replayed = subprocess.run([sys.executable, "-m", "cli", "deadletters", "replay", str(letter.id)], cwd=ROOT,
                               env=env, capture_output=True, text=True, timeout=60)
     assert replayed.returncode == 0, replayed.stderr
