@@ -76,8 +76,19 @@ def drain() -> int:
     taken = 0
     while True:
         raw = client.lpop(PENDING_KEY, settings.pipeline_batch_size) or []
-        for group in service.pack_outbox([int(x) for x in raw], settings.pipeline_batch_size):
-            start_chain(group)
+        started: set[int] = set()
+        try:
+            for group in service.pack_outbox([int(x) for x in raw], settings.pipeline_batch_size):
+                start_chain(group)
+                started.update(group)
+        except Exception:
+            # The popped ids that got no batch go back to the list (this drain is retried), instead
+            # of waiting for the outbox relay (a batch run twice changes nothing the second time).
+            rest = [x for x in raw if int(x) not in started]
+            if rest:
+                client.lpush(PENDING_KEY, *rest)
+            log.warning("pipeline drain failed; ids pushed back", exc_info=True, extra={"ids": len(rest)})
+            raise
         taken += len(raw)
         if len(raw) < settings.pipeline_batch_size:
             break

@@ -168,3 +168,26 @@ def test_a_batch_goes_through_a_real_worker_in_either_mode(app, make_key, test_e
             assert "pipeline.batch" in ran and not ran & {"pipeline.dedup", "pipeline.route"}, ran
     finally:
         worker.stop()
+
+
+def test_a_drain_that_fails_puts_back_the_ids_it_took(db, test_env, monkeypatch):
+    """Ids the drain popped but could not hand to a batch (the broker refused the send) go back to
+    the pending list for the drain's retry, instead of waiting for the outbox relay."""
+    import tasks.pipeline as tasks_pipeline
+    from tasks.dispatch import PENDING_KEY
+
+    client = redis.Redis.from_url(test_env["REDIS_URL"])
+    client.rpush(PENDING_KEY, 11, 12, 13)
+    monkeypatch.setattr(tasks_pipeline.service, "pack_outbox", lambda ids, _size: [[i] for i in ids])
+    started: list[list[int]] = []
+
+    def start(group: list[int]) -> None:
+        if len(started) == 1:
+            raise ConnectionError("broker went away")
+        started.append(group)
+
+    monkeypatch.setattr(tasks_pipeline, "start_chain", start)
+    with pytest.raises(ConnectionError):
+        tasks_pipeline.drain.run()
+    assert started == [[11]]
+    assert sorted(int(x) for x in client.lrange(PENDING_KEY, 0, -1)) == [12, 13]
