@@ -124,11 +124,19 @@ def _counts(env: dict[str, str], prefix: str) -> tuple[int, int]:
 
 
 def _wait_drained(env: dict[str, str], prefix: str, timeout: float) -> float:
-    started = time.monotonic()
+    """Seconds until every event of `prefix` is processed; nan when none was for 60 s (a stall: the
+    bench runs no beat, so no outbox relay re-sends lost work) or after `timeout`."""
+    started = last_progress = time.monotonic()
+    last_done = -1
     while time.monotonic() - started < timeout:
         total, done = _counts(env, prefix)
         if total == done:
             return time.monotonic() - started
+        if done != last_done:
+            last_done, last_progress = done, time.monotonic()
+        elif time.monotonic() - last_progress > 60:
+            print(f"STALLED: {total - done} of {total} '{prefix}' events unprocessed, none done for 60 s", flush=True)
+            return float("nan")
         time.sleep(0.5)
     return float("nan")
 
@@ -148,12 +156,18 @@ def sustained(env: dict[str, str], port: int, headers: dict[str, str], rate: flo
     drain = _wait_drained(env, tag, 900)
     with _db(env) as conn:
         batches = _batch_sizes(conn, tag)
+        processed, span = conn.execute(
+            "SELECT count(processed_at), extract(epoch FROM max(processed_at) - min(received_at)) FROM events "
+            "WHERE event_id LIKE %s", (f"{tag}-%",)).fetchone()
         incidents = conn.execute("SELECT count(*), count(processed_at), count(correlation_group_id), "
                                  "count(enrichment), sum(event_count) FROM incidents WHERE title LIKE %s",
                                  (f"% {tag}-%",)).fetchone()
     return {"offered_events_per_s": rate, "accepted": accepted, "accepted_per_s": accepted / window,
             "processed_per_s": processed_in_window / window, "backlog_at_end": accepted - processed_in_window,
-            "drain_secs": drain, "end_to_end_per_s": accepted / (window + drain), "uptime": uptime(),
+            "drain_secs": drain, "end_to_end_per_s": accepted / (window + drain),
+            # first accept -> last incident processed (holds when a stall left some unprocessed)
+            "processed": processed, "processed_per_s_first_accept_to_last": processed / float(span or 1),
+            "uptime": uptime(),
             "batches": batches, "http": load.summary(),
             "incidents": dict(zip(("rows", "processed", "grouped", "enriched", "events"), incidents, strict=True))}
 
