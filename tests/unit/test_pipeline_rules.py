@@ -202,3 +202,18 @@ def test_similarity_matrix_equals_the_sparse_dot_product():
     assert got.shape == (150, 300) and np.abs(got - expected).max() < 1e-5
     assert got[100, 0] == pytest.approx(1.0, abs=1e-5)  # the same row on both sides
     assert text.similarity_matrix(left[:0], right).shape == (0, 300)
+
+
+def test_top_columns_is_a_stable_argsort_cut_at_the_limit_and_threshold():
+    import numpy as np
+
+    from app.services.pipeline.enrichment import top_columns
+
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        rows, columns = int(rng.integers(0, 6)), int(rng.integers(0, 12))
+        scores = (rng.integers(0, 5, size=(rows, columns)) / 4).astype(np.float32)  # many ties
+        limit, threshold = int(rng.integers(0, 7)), float(rng.choice([0.0, 0.5, 0.8]))
+        ranked = np.argsort(-scores, axis=1, kind="stable")[:, :limit]
+        expected = [[j for j in ranked[i] if scores[i, j] >= threshold] for i in range(rows)]
+        assert [list(found) for found in top_columns(scores, limit, threshold)] == expected

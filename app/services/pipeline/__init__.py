@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Sequence
 
-from app.config import Settings, get_settings
+from app.config import Settings
 from app.services.pipeline.batch import Batch, empty_batch, pack_outbox
 from app.services.pipeline.classification import classify
 from app.services.pipeline.correlation import correlate
@@ -24,7 +24,7 @@ from app.services.pipeline.routing import route_and_persist
 STAGES = ("pipeline.dedup", "pipeline.classify", "pipeline.enrich", "pipeline.correlate", "pipeline.route")
 
 # (stage name as in the metrics' `stage` label, the stage's function), in order
-STAGE_FUNCTIONS: tuple[tuple[str, Callable[[Any, Settings], Any]], ...] = (
+STAGE_FUNCTIONS: tuple[tuple[str, Callable[[Any, Settings | None], Any]], ...] = (
     ("dedup", deduplicate), ("classify", classify), ("enrich", enrich), ("correlate", correlate),
     ("route", route_and_persist),
 )
@@ -32,9 +32,9 @@ STAGE_FUNCTIONS: tuple[tuple[str, Callable[[Any, Settings], Any]], ...] = (
 
 def run_batch(outbox_ids: Sequence[int], settings: Settings | None = None) -> dict[str, Any]:
     """The five stages over one batch in this process, the batch passed from stage to stage as it
-    is (no serialization). Returns {"events": finished, "incidents": new ones, "stages_ms": {stage:
+    is (no serialization); `settings` None: each stage reads the process's own, as its task would.
+    Returns {"events": finished, "incidents": new ones, "stages_ms": {stage:
     wall ms}} (each stage also records its own `processing_duration_seconds{stage}`)."""
-    settings = settings or get_settings()
     value: Any = list(outbox_ids)
     timings: dict[str, float] = {}
     incidents = 0

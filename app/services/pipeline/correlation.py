@@ -54,7 +54,11 @@ _CANDIDATES: "OrderedDict[str, Item]" = OrderedDict()
 _CANDIDATE_CACHE_SIZE = 5_000
 
 
-def _recent_candidates(session: Session, since: datetime, limit: int) -> list[Item]:
+def _recent_candidates(session: Session, since: datetime, limit: int, batch: Sequence[Item] = ()) -> list[Item]:
+    """The window's newest `limit` incidents, unmerged, as Items. The batch's own new incidents
+    (`batch`, made from the snapshot dedup read) are taken as they are, not read again."""
+    for item in batch:
+        _CANDIDATES[item.id] = replace(item, dependencies=frozenset(), group_id=None)
     newest = session.execute(
         select(Incident.id, Incident.created_at, Incident.merged_into).where(Incident.created_at >= since)
         .order_by(Incident.created_at.desc(), Incident.id.desc()).limit(limit)
@@ -88,18 +92,19 @@ def correlate(batch: Batch, settings: Settings | None = None) -> Batch:
     now = datetime.now(timezone.utc)
     batch_ids = {s["id"] for s in incidents}
     since = now - timedelta(seconds=config.time_window_secs)
+    bare = [make_item(s["id"], s["source"], s["event_type"], s["service"], s["tags"],
+                      datetime.fromisoformat(s["created_at"]), s["title"], s["description"], {})
+            for s in incidents]
     with read_session() as session:
         # The newest incidents of the window first (a backward scan of ix_incidents_created_id; no
         # other filter or join before the LIMIT, so stale statistics cannot turn it into a sort).
-        recent = _recent_candidates(session, since, config.max_candidates + len(batch_ids))
+        recent = _recent_candidates(session, since, config.max_candidates + len(batch_ids), bare)
     catalog = catalog_entries({s["service"] for s in incidents if s["service"]} |
                               {r.service for r in recent if r.service},
                               Cache(settings.enrichment.cache_ttl_secs)) if config.enable_service else {}
     old = [r for r in recent if r.id not in batch_ids][:config.max_candidates]
     old_items = [replace(r, dependencies=dependencies(catalog, r.service)) for r in old]
-    new_items = [make_item(s["id"], s["source"], s["event_type"], s["service"], s["tags"],
-                           datetime.fromisoformat(s["created_at"]), s["title"], s["description"], catalog)
-                 for s in incidents]
+    new_items = [replace(item, dependencies=dependencies(catalog, item.service)) for item in bare]
     columns = old_items + new_items  # old candidates, then this batch's incidents
     vectors = textsim.vectors_by_id([c.id for c in columns], [c.text for c in columns]) \
         if config.enable_similarity else None

@@ -19,7 +19,8 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from sqlalchemy import func, select, text, update
+import orjson
+from sqlalchemy import Text, cast, func, select, text, update
 from sqlalchemy.orm import Session
 
 from app import metrics
@@ -40,23 +41,31 @@ class BrokenEvent(RuntimeError):
     """An event points at an incident that does not exist: the batch cannot be processed."""
 
 
+# The JSON columns come as text and are parsed here with orjson: the driver's stdlib parser cost
+# ~27 ms of CPU for the 3,000 values of a batch opening 1,000 incidents (issue 11 profile).
 SNAPSHOT_COLUMNS = (
     Incident.id, Incident.title, Incident.description, Incident.source, Incident.event_type, Incident.category,
-    Incident.severity, Incident.source_severity, Incident.service, Incident.resource, Incident.tags, Incident.metrics,
+    Incident.severity, Incident.source_severity, Incident.service, cast(Incident.resource, Text).label("resource"),
+    cast(Incident.tags, Text).label("tags"), cast(Incident.metrics, Text).label("metrics"),
     Incident.team, Incident.escalation_policy, Incident.created_at, Incident.processed_at, Incident.merged_into,
     Incident.fingerprint,
 )
 
 
+def _json(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, (str, bytes)) else value
+
+
 def snapshot(incident: Any) -> Snapshot:
-    resource = incident.resource or {}
+    resource = _json(incident.resource) or {}
+    tags, metrics = _json(incident.tags), _json(incident.metrics)
     return Snapshot(
         id=incident.id, title=incident.title, description=(incident.description or "")[:2000], source=incident.source,
         event_type=incident.event_type, category=incident.category, severity=incident.severity,
         source_severity=incident.source_severity, service=incident.service,
         resource_type=resource.get("type") if isinstance(resource, dict) else None,
         resource_id=str(resource["id"]) if isinstance(resource, dict) and resource.get("id") else None,
-        tags={str(k): v for k, v in (incident.tags or {}).items()}, metrics=dict(incident.metrics or {}),
+        tags={str(k): v for k, v in (tags or {}).items()}, metrics=dict(metrics or {}),
         team=incident.team, escalation_policy=incident.escalation_policy, created_at=iso(incident.created_at),
     )
 

@@ -178,10 +178,8 @@ def _similar(incidents: Sequence[Snapshot], results: dict[str, dict[str, Any]], 
                                           [text.incident_text(s["title"], s["description"]) for s in misses])
                 right = text.vectors_by_id(ids, [_HISTORY[i][0] for i in ids])
                 scores = text.similarity_matrix(left, right)
-                top = np.argsort(-scores, axis=1, kind="stable")[:, :config.similar_limit]  # one call per batch
-                for row, snap in enumerate(misses):
-                    chosen[snap["id"]] = [(ids[j], float(scores[row, j])) for j in top[row]
-                                          if scores[row, j] >= config.similarity_threshold]
+                for row, top in enumerate(top_columns(scores, config.similar_limit, config.similarity_threshold)):
+                    chosen[misses[row]["id"]] = [(ids[j], float(scores[row, j])) for j in top]
             # Status and resolution as they are now, for the chosen ones only.
             picked = {i for pairs in chosen.values() for i, _ in pairs}
             details = {r.id: r for r in session.execute(
@@ -198,6 +196,23 @@ def _similar(incidents: Sequence[Snapshot], results: dict[str, dict[str, Any]], 
         cached.update(fresh)
     for snap in incidents:
         results[snap["id"]]["similar_incidents"] = cached.get(keys[snap["id"]], [])
+
+
+def top_columns(scores: np.ndarray, limit: int, threshold: float) -> list[np.ndarray]:
+    """Per row, the columns of its `limit` best scores at or above `threshold`, best first (ties in
+    column order): what a stable argsort of every row gives, without sorting whole rows (a
+    partition finds each row's `limit`-th best; only the few columns above it are sorted)."""
+    rows, columns = scores.shape
+    if rows == 0 or columns == 0 or limit <= 0:
+        return [np.empty(0, dtype=np.int64) for _ in range(rows)]
+    k = min(limit, columns)
+    kth = np.partition(scores, columns - k, axis=1)[:, columns - k]
+    keep = (scores >= kth[:, None]) & (scores >= threshold)
+    found = []
+    for row in range(rows):
+        candidates = np.flatnonzero(keep[row])
+        found.append(candidates[np.argsort(-scores[row, candidates], kind="stable")][:limit])
+    return found
 
 
 # incident id -> (its text for similarity, created_at): the history's text, read once per process.
