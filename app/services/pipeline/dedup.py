@@ -158,10 +158,17 @@ def _follow_merges(session: Session, incidents: dict[str, Any]) -> dict[str, str
 
 
 def _find_duplicates(session: Session, fingerprints: set[str]) -> list[tuple[list[str], str]]:
-    """[(loser ids, survivor id)] for fingerprints with more than one active unmerged incident."""
+    """[(loser ids, survivor id)] for fingerprints with more than one active unmerged incident.
+    The database counts (the unique index makes duplicates rare): one row per duplicated
+    fingerprint instead of one per incident of the batch."""
+    active = (one_of(Incident.fingerprint, fingerprints), text(ACTIVE_STATUS_SQL), Incident.merged_into.is_(None))
+    duplicated = list(session.scalars(select(Incident.fingerprint).where(*active).group_by(Incident.fingerprint)
+                                      .having(func.count() > 1)))
+    if not duplicated:
+        return []
     rows = session.execute(
         select(Incident.id, Incident.fingerprint, Incident.created_at).where(
-            one_of(Incident.fingerprint, fingerprints), text(ACTIVE_STATUS_SQL), Incident.merged_into.is_(None))
+            one_of(Incident.fingerprint, duplicated), text(ACTIVE_STATUS_SQL), Incident.merged_into.is_(None))
     ).all()
     by_fp: dict[str, list[Any]] = defaultdict(list)
     for row in rows:
