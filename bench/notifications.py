@@ -149,6 +149,8 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=32, help="sender threads per worker process")
     parser.add_argument("--log-level", default="WARNING", help="the workers' log level")
+    parser.add_argument("--profile", default="", help="a directory: run the workers under py-spy record "
+                        "(collapsed stacks per worker; needs py-spy installed)")
     args = parser.parse_args()
 
     environment = make_environment()
@@ -201,7 +203,12 @@ def main() -> None:
                    "--without-gossip", "--without-mingle"]
         log = open(Path(environment.env["DATA_DIR"]) / "workers.log", "w")
         for i in range(2):
-            workers.append(subprocess.Popen([*command, "-n", f"bench{i}@%h"], cwd=ROOT, env=env, stdout=log,
+            profiler: list[str] = []
+            if args.profile:
+                Path(args.profile).mkdir(parents=True, exist_ok=True)
+                profiler = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--threads",
+                            "-r", "200", "-o", str(Path(args.profile) / f"worker{i}.txt"), "--"]
+            workers.append(subprocess.Popen([*profiler, *command, "-n", f"bench{i}@%h"], cwd=ROOT, env=env, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True))
         workers.append(subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks.celery_app", "beat",
                                          "--schedule", str(Path(environment.env["DATA_DIR"]) / "beat"),
@@ -249,7 +256,7 @@ def main() -> None:
     finally:
         for worker in workers:
             try:
-                os.killpg(worker.pid, 15)
+                os.killpg(worker.pid, 2 if args.profile else 15)  # py-spy writes its profile on SIGINT
                 worker.wait(30)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 os.killpg(worker.pid, 9)

@@ -9,7 +9,9 @@ breaker then opens per process. docs/notifications.md, "Circuit breakers".
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -255,21 +257,109 @@ def names() -> list[str]:
 # An open breaker seen by this process refuses calls here without asking Redis again for at most
 # this long (a refusal then costs microseconds); an operator's close reaches every worker within it.
 LOCAL_OPEN_CACHE_SECS = 0.5
+# A closed breaker with no failure in its current window, read from Redis by this process, gives
+# further calls their permits without reading it again for at most this long: an opening decided
+# by another worker reaches this one within it (this process's own failures forget it at once).
+LOCAL_CLOSED_CACHE_SECS = 0.1
+# Counters of successful calls on such a reading (requests_total, window_requests) are added to
+# the shared hash at most this long after the call, every waiting one in one pipeline.
+COUNTS_FLUSH_SECS = 0.05
 _open_seen: dict[str, tuple[float, float, bool]] = {}  # name -> (refuse locally until, retry_at, forced)
+_closed_seen: dict[str, tuple[float, float, float]] = {}  # name -> (read at, reuse until, window_start)
 _rejections: dict[str, int] = {}  # refusals not yet added to the shared counter
+_counts: dict[str, dict[str, int]] = {}  # successes' counters not yet added to the shared hash
+_counts_owner = {"pid": os.getpid(), "timer": None}  # type: dict[str, Any]
 _local_lock = threading.Lock()
 
 
+_generation: dict[str, int] = {}  # bumped whenever this process forgets a breaker's reading
+
+
 def _forget(name: str) -> None:
+    _generation[name] = _generation.get(name, 0) + 1  # a reading taken before this is not remembered
     _open_seen.pop(name, None)
+    _closed_seen.pop(name, None)
 
 
 def forget_local_state() -> None:
     """Drop what this process remembers about breakers (after the shared state was cleared)."""
     with _local_lock:
         _open_seen.clear()
+        _closed_seen.clear()
         _rejections.clear()
+        _counts.clear()
     _local.states.clear()
+
+
+def _defer_counts(name: str, counts: Mapping[str, int]) -> None:
+    """Add a success's counters to the shared hash within COUNTS_FLUSH_SECS (one pipeline for all)."""
+    with _local_lock:
+        if _counts_owner["pid"] != os.getpid():  # forked: the parent's counts and timer are the parent's
+            _counts.clear()
+            _counts_owner.update(pid=os.getpid(), timer=None)
+        waiting = _counts.setdefault(name, {})
+        for stat, amount in counts.items():
+            waiting[stat] = waiting.get(stat, 0) + amount
+        if _counts_owner["timer"] is None:
+            timer = threading.Timer(COUNTS_FLUSH_SECS, _flush_timer)
+            timer.daemon = True
+            _counts_owner["timer"] = timer
+            timer.start()
+
+
+def _flush_timer() -> None:
+    with _local_lock:
+        _counts_owner["timer"] = None
+    try:
+        flush_counts()
+    except redis.RedisError:
+        log.warning("circuit breaker counters not written yet: Redis unreachable; retrying", exc_info=True)
+
+
+def _take_counts(name: str | None) -> dict[str, dict[str, int]]:
+    with _local_lock:
+        if _counts_owner["pid"] != os.getpid():
+            _counts.clear()
+            _counts_owner.update(pid=os.getpid(), timer=None)
+        if name is None:
+            taken = dict(_counts)
+            _counts.clear()
+        else:
+            taken = {name: _counts.pop(name)} if name in _counts else {}
+    return taken
+
+
+def flush_counts(name: str | None = None) -> None:
+    """Add the waiting success counters (of `name`, or of every breaker) to the shared state now,
+    in one round trip. On a Redis error they wait for the next flush."""
+    taken = _take_counts(name)
+    if not taken:
+        return
+    store = _store()
+    try:
+        if isinstance(store, _RedisStore):
+            pipe = store.client.pipeline(transaction=False)
+            for breaker, stats in taken.items():
+                for stat, amount in stats.items():
+                    pipe.hincrby(KEY_PREFIX + breaker, stat, amount)
+            pipe.execute()
+        else:
+            for breaker, stats in taken.items():
+                store.add(breaker, stats)
+    except Exception:
+        for breaker, stats in taken.items():
+            _defer_counts(breaker, stats)
+        raise
+
+
+def _flush_at_exit() -> None:
+    try:
+        flush_counts()
+    except Exception:  # noqa: BLE001 - at exit there is nobody left to tell but the log
+        log.warning("circuit breaker counters lost at exit", exc_info=True)
+
+
+atexit.register(_flush_at_exit)
 
 
 def _flush_rejections(store: _RedisStore | _LocalStore, name: str) -> None:
@@ -288,14 +378,21 @@ def _refuse(name: str, retry_at: float, forced: bool, now: float) -> CircuitOpen
 def acquire(name: str, now: float | None = None) -> Permit:
     """Leave for one call to target `name`, or CircuitOpen / RateLimited without trying it.
 
-    Closed costs one read (HGETALL); only state changes (open -> half-open, a trial slot) write."""
+    Closed costs one read (HGETALL), and none while this process's last reading of a quiet closed
+    breaker is younger than LOCAL_CLOSED_CACHE_SECS; only state changes (open -> half-open, a
+    trial slot) write."""
     cfg = config_of(name)
     now = time.time() if now is None else now
     seen = _open_seen.get(cfg.name)
     if seen is not None and now < seen[0]:
         raise _refuse(cfg.name, seen[1], seen[2], now)
+    quiet_seen = _closed_seen.get(cfg.name)
+    if quiet_seen is not None and quiet_seen[0] <= now < quiet_seen[1] and now - quiet_seen[2] < cfg.window_secs:
+        _check_rate(cfg, None, False)
+        return Permit(cfg.name, False, quiet_seen[2])
     store = _store()
     _flush_rejections(store, cfg.name)
+    generation = _generation.get(cfg.name, 0)
     state = store.read(cfg.name)
     allowed, trial, change = _on_acquire(state, cfg, now)
     if change is not None:  # take the transition (or the trial slot) atomically, deciding on fresh state
@@ -309,16 +406,22 @@ def acquire(name: str, now: float | None = None) -> Permit:
             _open_seen[cfg.name] = (min(now + LOCAL_OPEN_CACHE_SECS, retry_at) if not forced
                                     else now + LOCAL_OPEN_CACHE_SECS, retry_at, forced)
         raise _refuse(cfg.name, retry_at, forced, now)
-    _forget(cfg.name)
+    _open_seen.pop(cfg.name, None)
+    quiet = (state.get("state", CLOSED) == CLOSED and state.get("failures", "0") == "0" and not trial
+             and now - _f(state, "window_start") < cfg.window_secs)
+    if quiet and isinstance(store, _RedisStore) and _generation.get(cfg.name, 0) == generation:
+        _closed_seen[cfg.name] = (now, now + LOCAL_CLOSED_CACHE_SECS, _f(state, "window_start"))
+    _check_rate(cfg, store, trial)
+    return Permit(cfg.name, trial, _f(state, "window_start") if quiet else None)
+
+
+def _check_rate(cfg: BreakerConfig, store: _RedisStore | _LocalStore | None, trial: bool) -> None:
     if cfg.rate_limit_per_minute > 0:
         decision = limiter.check(f"breaker:{cfg.name}", cfg.rate_limit_per_minute, cfg.rate_limit_burst)
         if not decision.allowed:
-            if trial:  # give the trial slot back: the target was not tried
+            if trial and store is not None:  # give the trial slot back: the target was not tried
                 store.update(cfg.name, lambda s: (None, {"trials": str(max(0, int(_f(s, "trials")) - 1))}))
             raise RateLimited(cfg.name, decision.retry_after_secs)
-    quiet = (state.get("state", CLOSED) == CLOSED and state.get("failures", "0") == "0" and not trial
-             and now - _f(state, "window_start") < cfg.window_secs)
-    return Permit(cfg.name, trial, _f(state, "window_start") if quiet else None)
 
 
 def _split(decision: tuple[bool, bool, State | None]) -> tuple[tuple[bool, bool], State | None]:
@@ -333,8 +436,15 @@ def record(permit: Permit, ok: bool, error: str | None = None, now: float | None
     store = _store()
     stats = {"requests_total": 1, "failed_total": 0 if ok else 1}
     if ok and permit.quiet_window is not None and now - permit.quiet_window < cfg.window_secs:
-        store.add(cfg.name, {**stats, "window_requests": 1})  # the common case, as below, on acquire's reading
+        # the common case, as below, on acquire's reading: counters only, added in batches
+        if isinstance(store, _RedisStore):
+            _defer_counts(cfg.name, {"requests_total": 1, "window_requests": 1})
+        else:
+            store.add(cfg.name, {**stats, "window_requests": 1})
         return
+    if not ok:
+        _forget(cfg.name)  # this process's next calls read the breaker again
+        flush_counts(cfg.name)  # the window's successes so far count in the decision below
     if ok and not permit.trial:
         # the common case: a success seen in closed state only moves counters
         state = store.read(cfg.name)
@@ -407,6 +517,7 @@ def reset(name: str, actor: str = "operator") -> dict[str, Any]:
     _forget(cfg.name)
     with _local_lock:
         _rejections.pop(cfg.name, None)
+        _counts.pop(cfg.name, None)
     _store().replace(cfg.name, _closed({}, now, f"reset by {actor}"))
     log.warning("circuit breaker reset", extra={"breaker": cfg.name, "actor": actor})
     return info(cfg.name)
@@ -459,6 +570,7 @@ def info(name: str) -> dict[str, Any]:
     cfg = config_of(name)
     store = _store()
     _flush_rejections(store, cfg.name)
+    flush_counts(cfg.name)
     return _describe(cfg, store.read(cfg.name), time.time())
 
 
@@ -470,6 +582,7 @@ def list_breakers() -> list[dict[str, Any]]:
     store = _store()
     for name in list(_rejections):
         _flush_rejections(store, name)
+    flush_counts()
     states = store.read_many(ordered)
     return [_describe(outbound.breakers[n], s, now) for n, s in zip(ordered, states, strict=True)]
 

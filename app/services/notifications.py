@@ -115,11 +115,28 @@ class Released(Exception):
 
 # ---------------------------------------------------------------- claim
 
+def _held_back() -> Any:
+    """True for a record that must wait for an earlier record of its incident still pending or
+    sending: PagerDuty events of one incident (trigger, acknowledge, resolve on one dedup_key) go
+    out in the order they were written, and so do the lifecycle records of one incident to one
+    target (a webhook hears created before acknowledged; a JIRA comment waits for the issue)."""
+    earlier = _TABLE.alias("earlier")
+    record = _TABLE.c
+    same_stream = or_(
+        and_(record.channel == "pagerduty", earlier.c.channel == "pagerduty"),
+        and_(record.escalation_token == LIFECYCLE_TOKEN, earlier.c.escalation_token == LIFECYCLE_TOKEN,
+             earlier.c.channel == record.channel, earlier.c.recipient == record.recipient))
+    waits = exists().where(earlier.c.incident_id == record.incident_id, earlier.c.id < record.id,
+                           earlier.c.status.in_(("pending", "sending")), same_stream)
+    # the cheap test first: an escalation page to another channel never waits
+    return and_(or_(record.channel == "pagerduty", record.escalation_token == LIFECYCLE_TOKEN), waits)
+
+
 def _claim_statement(now: datetime, lease: datetime, limit: int, ids: Sequence[int] | None) -> Any:
     due = or_(_TABLE.c.status == "pending", and_(_TABLE.c.status == "sending", _TABLE.c.next_attempt_at <= now))
     if ids is None:
         due = and_(_TABLE.c.status.in_(("pending", "sending")), _TABLE.c.next_attempt_at <= now)
-    chosen = select(_TABLE.c.id).where(due)
+    chosen = select(_TABLE.c.id).where(due, ~_held_back())
     chosen = chosen.where(_TABLE.c.id.in_(list(ids))) if ids is not None else chosen
     locked = (chosen.order_by(_TABLE.c.next_attempt_at, _TABLE.c.id).limit(limit)
               .with_for_update(skip_locked=True).scalar_subquery())

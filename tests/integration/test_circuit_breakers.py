@@ -263,3 +263,85 @@ def test_cli_list_open_close_reset(outbound_config):
     failed = subprocess.run([sys.executable, "-m", "cli", "breakers", "open", "nope"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert failed.returncode == 1 and "no circuit breaker named 'nope'" in failed.stderr
+
+
+# ------------------------------------------------------------------------------- batched bookkeeping
+
+def _raw(name: str) -> dict[str, str]:
+    """The shared hash as another worker sees it (without this process's waiting counters)."""
+    from app.adapters.redis_client import get_redis
+
+    client = get_redis()
+    assert client is not None
+    return {k.decode(): v.decode() for k, v in client.hgetall(cb.KEY_PREFIX + name).items()}
+
+
+def test_successes_are_counted_in_batches_within_the_flush_interval(outbound_config):
+    outbound_config({"circuit_breakers": {"governance": FAST}})
+    cb.record(cb.acquire("governance"), True)  # a fresh breaker: the first success opens a window
+    for _ in range(50):
+        cb.record(cb.acquire("governance"), True)
+    assert "governance" in cb._closed_seen  # the quiet closed reading gave the permits (no read each)
+    time.sleep(cb.COUNTS_FLUSH_SECS + 0.3)  # no further call: the timer adds them
+    raw = _raw("governance")
+    assert raw["requests_total"] == "51" and raw["window_requests"] == "51"
+    assert raw.get("failed_total", "0") == "0"
+
+
+def test_failures_across_a_batch_of_permits_open_it_once(outbound_config):
+    """Permits handed out from one quiet reading: their failures are each counted at once (one
+    transaction per failure) and open the breaker after failure_threshold, as without batching; the
+    successes before them are in the window's counts of that decision."""
+    outbound_config({"circuit_breakers": {"shield": {"failure_threshold": 5, "volume_threshold": 10_000}}})
+    cb.record(cb.acquire("shield"), True)
+    permits = [cb.acquire("shield") for _ in range(20)]
+    assert all(p.quiet_window is not None for p in permits)
+    for permit in permits[:10]:
+        cb.record(permit, True)
+    for permit in permits[10:]:
+        cb.record(permit, False, "HTTP 500")
+    info = cb.info("shield")
+    assert info["state"] == "open" and info["open_count"] == 1 and "5 consecutive failures" in info["reason"]
+    assert info["total_requests"] == 21 and info["failed_requests"] == 10
+    with pytest.raises(cb.CircuitOpen):
+        cb.acquire("shield")
+
+
+def test_an_opening_by_another_worker_reaches_a_quiet_reading_within_its_lifetime(outbound_config):
+    outbound_config({"circuit_breakers": {"sentinel": FAST}})
+    t0 = time.time()
+    cb.record(cb.acquire("sentinel", now=t0), True, now=t0)
+    cb.acquire("sentinel", now=t0)  # remembered: closed, no failure
+    # another worker opens it (its transaction, not this process's operator call)
+    other = cb._RedisStore(cb._store().client)  # type: ignore[union-attr]
+    other.update("sentinel", lambda s: (None, cb._open(s, cb.config_of("sentinel"), t0, 0, "elsewhere")))
+    assert not cb.acquire("sentinel", now=t0 + cb.LOCAL_CLOSED_CACHE_SECS / 2).trial  # still the reading
+    with pytest.raises(cb.CircuitOpen):
+        cb.acquire("sentinel", now=t0 + cb.LOCAL_CLOSED_CACHE_SECS + 0.01)
+
+
+def test_half_open_lets_one_probe_through_to_concurrent_callers(outbound_config):
+    outbound_config({"circuit_breakers": {"edge-agent": {**FAST, "success_threshold": 1,
+                                                         "half_open_max_calls": 1}}})
+    t0 = time.time()
+    fail("edge-agent", 3, now=t0)
+    barrier = threading.Barrier(8)
+    trials: list[cb.Permit] = []
+    refused: list[cb.CircuitOpen] = []
+
+    def call() -> None:
+        barrier.wait()
+        try:
+            trials.append(cb.acquire("edge-agent", now=t0 + 10.5))
+        except cb.CircuitOpen as exc:
+            refused.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(trials) == 1 and trials[0].trial and len(refused) == 7
+    cb.record(trials[0], True, now=t0 + 10.6)
+    assert cb.info("edge-agent")["state"] == "closed"
+    assert not cb.acquire("edge-agent", now=t0 + 10.7).trial  # closed: calls go through again

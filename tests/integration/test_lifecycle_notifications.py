@@ -157,20 +157,22 @@ def test_an_incident_without_a_page_sends_no_pagerduty_or_slack_update(configure
 
 def test_jira_issue_comment_and_two_way_sync_without_echo(configured, client, make_key):
     server, key = configured, make_key("incident:write", "incident:read")
-    issues = iter(["OPS-1", "OPS-2"])
+    first: list[str] = []  # the first incident's id: its issue is OPS-1 (the two are sent side by side)
 
     def create_issue(request: Request) -> Any:
         from werkzeug import Response
 
-        issue_key = next(issues)
+        issue_key = "OPS-1" if first[0] in json.loads(request.get_data())["fields"]["summary"] else "OPS-2"
         return Response(json.dumps({"id": "1000" + issue_key[-1], "key": issue_key}), status=201,
                         content_type="application/json")
 
     server.expect_request(JIRA_ISSUE, method="POST").respond_with_handler(create_issue)
     server.expect_request(f"{JIRA_ISSUE}/OPS-2/comment").respond_with_json({"id": "555"}, status=201)
-    synced, resolved_here = create(client, key), create(client, key, title="Second")
+    synced = create(client, key)
+    first.append(synced)
+    resolved_here = create(client, key, title="Second")
     send_all()
-    created = bodies(server, JIRA_ISSUE)
+    created = sorted(bodies(server, JIRA_ISSUE), key=lambda c: c["fields"]["summary"])
     assert [c["fields"]["summary"] for c in created] == [f"[{synced}] Latency Spike Detected",
                                                           f"[{resolved_here}] Second"]
     assert created[0]["fields"]["customfield_10001"] == synced and created[0]["fields"]["project"] == {"key": "OPS"}
@@ -208,3 +210,92 @@ def test_jira_issue_comment_and_two_way_sync_without_echo(configured, client, ma
         jira_rows = list(session.scalars(select(NotificationDelivery.status).where(
             NotificationDelivery.channel == "jira")))
     assert jira_rows == ["sent", "sent", "sent"]  # two issues, one comment
+
+
+def _pagerduty_recorder(server: HTTPServer, incident_id: str, fail_first_trigger: int) -> list[str]:
+    """PagerDuty's events endpoint recording each event's action in arrival order. The first
+    trigger is acknowledged in the incident manager while it is in flight (the on-call pressed
+    Acknowledge elsewhere) and answered 500 with Retry-After: 1, so its retry comes a second later."""
+    from werkzeug import Response
+
+    from app.services import incidents
+
+    actions: list[str] = []
+
+    def handler(request: Request) -> Response:
+        action = json.loads(request.get_data())["event_action"]
+        actions.append(action)
+        if action == "trigger" and actions.count("trigger") <= fail_first_trigger:
+            if actions.count("trigger") == 1:
+                incidents.acknowledge(incident_id, "alice")
+            return Response(json.dumps({"status": "error"}), status=500, headers={"Retry-After": "1"},
+                            content_type="application/json")
+        return Response(json.dumps({"status": "success", "dedup_key": incident_id}), status=202,
+                        content_type="application/json")
+
+    server.expect_request(PD).respond_with_handler(handler)
+    return actions
+
+
+def _pagerduty_config(outbound_config: Any, server: HTTPServer, http_attempts: int) -> None:
+    outbound_config({
+        "notifications": {"http": {"allow_private": ["127.0.0.1/32"], "max_attempts": http_attempts,
+                                   "backoff_initial_secs": 0.01},
+                          "pagerduty": {"enabled": True, "integration_key": KEY, "events_url": at(server, PD)}},
+        "circuit_breakers": {"pagerduty": {"rate_limit": {"requests_per_minute": 0}}}})
+
+
+def _pagerduty_page(incident_id: str) -> None:
+    now = datetime.now(timezone.utc)
+    with unit_of_work() as session:
+        session.add(User(name="alice", email="alice@example.com"))
+        session.execute(update(Incident).where(Incident.id == incident_id).values(escalation_token="tok-1"))
+        insert_deliveries(session, delivery_rows(incident_id, "tok-1", "c0.l1", 1,
+                                                 [Page("alice", "user", "alice", "direct")], ["pagerduty"], {}, now))
+
+
+def _pagerduty_rows(incident_id: str) -> list[tuple[str, str]]:
+    with read_session() as session:
+        return [(r.step.split(".")[0], r.status) for r in session.scalars(
+            select(NotificationDelivery).where(NotificationDelivery.incident_id == incident_id,
+                                               NotificationDelivery.channel == "pagerduty")
+            .order_by(NotificationDelivery.id))]
+
+
+def test_pagerduty_acknowledge_waits_for_an_in_flight_trigger_that_is_retried(
+        outbound_config, httpserver, client, make_key):
+    """The acknowledge is written while the trigger is in flight; the trigger's first attempt fails
+    and is retried a second later. The delivery run keeps claiming meanwhile, and the acknowledge
+    (its own record) would overtake the retry: it waits until the trigger's record is done."""
+    _pagerduty_config(outbound_config, httpserver, http_attempts=2)
+    incident_id = create(client, make_key("incident:write"))
+    actions = _pagerduty_recorder(httpserver, incident_id, fail_first_trigger=1)
+    _pagerduty_page(incident_id)
+    send_all()
+    send_all()
+    assert actions == ["trigger", "trigger", "acknowledge"]
+    assert _pagerduty_rows(incident_id) == [("c0", "sent"), ("acknowledged", "sent")]
+
+
+def test_pagerduty_acknowledge_after_a_trigger_whose_retry_went_stale(outbound_config, httpserver, client, make_key):
+    """The trigger's attempt fails and its record waits for a later retry; meanwhile the incident
+    was acknowledged. The acknowledge waits for the trigger's record; the trigger then goes stale
+    (no page for an acknowledged incident) and only then does the acknowledge go out: nothing
+    reaches PagerDuty out of order."""
+    _pagerduty_config(outbound_config, httpserver, http_attempts=1)
+    incident_id = create(client, make_key("incident:write"))
+    actions = _pagerduty_recorder(httpserver, incident_id, fail_first_trigger=1)
+    _pagerduty_page(incident_id)
+    send_all()
+    assert actions == ["trigger"]
+    assert _pagerduty_rows(incident_id) == [("c0", "pending"), ("acknowledged", "pending")]
+    send_all()  # the trigger is not due yet (backoff): the acknowledge still waits for it
+    assert actions == ["trigger"]
+    with unit_of_work() as session:  # the trigger's retry is due
+        session.execute(update(NotificationDelivery).where(NotificationDelivery.incident_id == incident_id,
+                                                           NotificationDelivery.step == "c0.l1")
+                        .values(next_attempt_at=datetime.now(timezone.utc)))
+    send_all()
+    send_all()
+    assert actions == ["trigger", "acknowledge"]
+    assert _pagerduty_rows(incident_id) == [("c0", "stale"), ("acknowledged", "sent")]
