@@ -52,6 +52,14 @@ def test_partial_unique_index_forbids_two_active_incidents_per_fingerprint(db):
             conn.execute(INSERT_INCIDENT, {"id": "INC-20250101-00009", "status": status, "fp": "f1"})
 
 
+def test_incident_pages_keep_room_for_in_place_updates(db):
+    """fillfactor 70 (0011): an event joining an open incident updates its row in place (HOT), so
+    the update adds nothing to the table's indexes; at 100 every merge wrote all 12 of them."""
+    with get_engine().connect() as conn:
+        options = conn.execute(text("SELECT reloptions FROM pg_class WHERE relname = 'incidents'")).scalar_one()
+    assert "fillfactor=70" in (options or [])
+
+
 def test_events_are_unique_per_source_and_event_id(db):
     insert = text("INSERT INTO events (source, event_id, incident_id, fingerprint, title, received_at, payload)"
                   " VALUES (:s, :e, 'INC-20250101-00001', 'f', 't', now(), '{}')")
