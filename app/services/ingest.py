@@ -15,7 +15,7 @@ import functools
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from app import metrics
 from app.adapters.db import retry_on_conflict
@@ -59,27 +59,43 @@ def plan_ingest(events: Sequence[NewEvent], settings: Settings, now: datetime,
     nothing; the others are grouped by fingerprint, one incident draft per fingerprint, sorted by
     fingerprint (the lock order every writer follows)."""
     stored = stored or {}
-    keys = tuple(ev.key for ev in events)
+    keys = tuple((ev.source, ev.event_id) for ev in events)
     fields = settings.deduplication.fingerprint_fields
     by_fp: dict[str, list[int]] = {}
     seen: set[EventKey] = set()
-    for position, (ev, key) in enumerate(zip(events, keys, strict=True)):
+    for position, key in enumerate(keys):
         if key in seen or key in stored:
             continue
         seen.add(key)
-        by_fp.setdefault(compute_fingerprint(ev.fingerprint_input(), fields), []).append(position)
+        fp = compute_fingerprint(events[position].fingerprint_input(), fields)
+        group = by_fp.get(fp)
+        if group is None:
+            by_fp[fp] = [position]
+        else:
+            group.append(position)
     drafts: list[IncidentDraft] = []
     event_rows: list[dict[str, Any]] = []
+    # What an incident row takes from its source and severity, worked out once per batch (a storm
+    # batch holds 1,000 drafts from one or two sources).
+    terms: dict[tuple[str, str | None, str | None], _Terms] = {}
     for fp in sorted(by_fp):
         positions = by_fp[fp]
         first = events[positions[0]]
-        seen_at = [events[i].timestamp or now for i in positions]
-        row = _incident_row(first, fp, len(positions), min(seen_at), max(seen_at), now, settings)
+        if len(positions) == 1:
+            first_seen = last_seen = first.timestamp or now
+        else:
+            seen_at = [events[i].timestamp or now for i in positions]
+            first_seen, last_seen = min(seen_at), max(seen_at)
+        term_key = (first.source, first.severity, first.severity_override)
+        term = terms.get(term_key)
+        if term is None:
+            term = terms[term_key] = _terms(first, now, settings)
+        row = _incident_row(first, fp, len(positions), first_seen, last_seen, now, term)
         about = {"event_ids": [events[i].event_id for i in positions[:TIMELINE_EVENT_IDS]], "events": len(positions)}
         on_create = [_timeline(now, first.source, "created", "status", Status.NEW.value, about)]
         if row["next_escalation_at"] is not None:
             on_create.append(_timeline(now, first.source, "auto_page", "next_escalation_at", now.isoformat(),
-                                       _page_details(settings.integration(first.source))))
+                                       _page_details(term.integration)))
         on_merge = [_timeline(now, first.source, "event_merged", "event_count", None, about)]
         if first.assignee:
             # On a merge the writer fills in the previous assignee, and drops the row if unchanged.
@@ -174,12 +190,27 @@ def _timeline(now: datetime, actor: str, kind: str, field: str, new_value: str |
             "details": details}
 
 
-def _incident_row(ev: NewEvent, fp: str, count: int, first_seen: datetime, last_seen: datetime,
-                  now: datetime, settings: Settings) -> dict[str, Any]:
-    """The incident `ev` opens (every column but `id`), if no active incident has its fingerprint."""
+class _Terms(NamedTuple):
+    """What an incident opened at `now` takes from its first event's source and severity."""
+
+    integration: IntegrationSettings
+    severity: str
+    deadlines: sla.SlaDeadlines
+    next_escalation_at: datetime | None
+
+
+def _terms(ev: NewEvent, now: datetime, settings: Settings) -> _Terms:
     integration = settings.integration(ev.source)
     severity = ev.severity_override or map_source_severity(ev.severity, integration.severity_mapping)
-    deadlines = sla.deadlines(severity, now, settings.sla)
+    # Auto-page: due for paging at once; the escalation sweep acts on it.
+    return _Terms(integration, severity, sla.deadlines(severity, now, settings.sla),
+                  now if _pages(integration, severity) else None)
+
+
+def _incident_row(ev: NewEvent, fp: str, count: int, first_seen: datetime, last_seen: datetime,
+                  now: datetime, terms: _Terms) -> dict[str, Any]:
+    """The incident `ev` opens (every column but `id`), if no active incident has its fingerprint."""
+    integration = terms.integration
     resource = dict(ev.resource) if ev.resource else None
     service = ev.service or (ev.tags.get("service") if ev.tags else None)
     if not service and resource and resource.get("type") == "service":
@@ -190,7 +221,7 @@ def _incident_row(ev: NewEvent, fp: str, count: int, first_seen: datetime, last_
         "source": ev.source,
         "event_type": ev.event_type,
         "category": ev.category,
-        "severity": severity,
+        "severity": terms.severity,
         "source_severity": ev.severity,
         "status": Status.NEW.value,
         "fingerprint": fp,
@@ -206,10 +237,9 @@ def _incident_row(ev: NewEvent, fp: str, count: int, first_seen: datetime, last_
         "resource": resource,
         "metrics": dict(ev.metrics) if ev.metrics else None,
         "tags": {str(k): v for k, v in (ev.tags or {}).items()},
-        # Auto-page: due for paging at once; the escalation sweep acts on it.
-        "next_escalation_at": now if _pages(integration, severity) else None,
-        "sla_acknowledge_by": deadlines.acknowledge_by,
-        "sla_resolve_by": deadlines.resolve_by,
+        "next_escalation_at": terms.next_escalation_at,
+        "sla_acknowledge_by": terms.deadlines.acknowledge_by,
+        "sla_resolve_by": terms.deadlines.resolve_by,
         "sla_acknowledge_breached": False,
         "sla_resolve_breached": False,
         "escalation_level": 0,
