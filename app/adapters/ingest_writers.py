@@ -28,13 +28,26 @@ _INCIDENT_COLUMNS = (
     "event_count, first_seen, last_seen, created_at, updated_at, assignee, team, escalation_policy, service, resource, "
     "metrics, tags, sla_acknowledge_by, sla_resolve_by, sla_acknowledge_breached, sla_resolve_breached, "
     "escalation_level, next_escalation_at")
+# A merge-only draft (app.domain.ingest.MERGE_COLUMNS) leaves the other columns NULL; its row is only
+# offered to ON CONFLICT, never kept (see `_TEMPLATE`), but NOT NULL is checked before the conflict
+# is, so the NOT NULL columns get stand-ins. A full draft has a value in each of them.
+# (braces doubled: the template goes through str.format)
+_STAND_INS = {"title": "''", "description": "''", "source": "''", "severity": "'P4'", "status": "'NEW'",
+              "created_at": "updated_at", "tags": "'{{}}'::jsonb", "sla_acknowledge_breached": "false",
+              "sla_resolve_breached": "false", "escalation_level": "0"}
+_INCIDENT_VALUES = ", ".join(f"coalesce({name}, {_STAND_INS[name]})" if name in _STAND_INS else name
+                             for name in _INCIDENT_COLUMNS.split(", "))
 
 # One statement of data-modifying CTEs on an autocommit connection: its own transaction, one round
 # trip. Stored duplicates are not looked up first: the events INSERT has no ON CONFLICT, so a
 # stored (source, event_id) fails the whole statement (nothing written) and the writer then names
 # them with `_STORED` (docs/foundation.md, "Duplicates"). The incidents INSERT takes its row locks
 # (and the unique index's insertion locks) in fingerprint order, the global lock order of ingest.
-# `xmax = 0` tells a row this statement inserted from one it updated. A plan that assigns (a
+# `xmax = 0` tells a row this statement inserted from one it updated. A merge-only draft (its
+# fingerprint was seen open by this process) carries only the counters; if its incident was resolved
+# since, the INSERT would open an incident from stand-in values: the last column then divides by
+# zero, which fails the whole statement with nothing written, and the writer answers `not_open` so
+# the service plans the batch again with full drafts. A plan that assigns (a
 # manual incident's assignee) also reads the previous assignee, `prior`, for its `assigned`
 # timeline row; others skip that work.
 _ASSIGNING = {
@@ -55,13 +68,13 @@ WITH input AS (
     SELECT * FROM jsonb_populate_recordset(NULL::events, %(events)s::jsonb)
 ), draft AS (
     -- LATERAL: the record is built once per row (`(f(x)).*` would call f once per column)
-    SELECT r.*, j.doc->'_on_create' AS on_create, j.doc->'_on_merge' AS on_merge,
+    SELECT r.*, j.doc->'_on_create' AS on_create, j.doc->'_on_merge' AS on_merge, j.doc ? '_merge' AS merge_only,
            nextval(%(seq)s::regclass) AS n  -- drawn in the array's order: by arrival
     FROM jsonb_array_elements(%(incidents)s::jsonb) AS j(doc),
          LATERAL jsonb_populate_record(NULL::incidents, j.doc) AS r{{prior}}
 ), inc AS (
     INSERT INTO incidents (id, {_INCIDENT_COLUMNS})
-    SELECT {incident_id_sql("%(day)s", "n")}, {_INCIDENT_COLUMNS}
+    SELECT {incident_id_sql("%(day)s", "n")}, {_INCIDENT_VALUES}
     FROM draft ORDER BY fingerprint
     ON CONFLICT (fingerprint) WHERE {ACTIVE_STATUS_SQL}
     DO UPDATE SET event_count = incidents.event_count + EXCLUDED.event_count,
@@ -87,7 +100,9 @@ WITH input AS (
     HAVING count(*) > 0
     RETURNING id
 )
-SELECT (SELECT id FROM ob), (SELECT jsonb_agg(jsonb_build_array(fingerprint, id, created)) FROM inc)
+SELECT (SELECT id FROM ob), (SELECT jsonb_agg(jsonb_build_array(fingerprint, id, created)) FROM inc),
+       (SELECT 1 / (count(*) = 0)::int FROM inc JOIN draft d ON d.fingerprint = inc.fingerprint
+        WHERE inc.created AND d.merge_only)  -- division by zero: a merge-only draft opened an incident
 """
 _STATEMENTS = {False: _TEMPLATE.format(**_PLAIN), True: _TEMPLATE.format(**_ASSIGNING)}
 # The plan's events that are stored already, with their incident ids (after a unique violation).
@@ -125,13 +140,22 @@ def _json_default(value: Any) -> Any:
 
 
 def _draft_doc(draft: Any) -> dict[str, Any]:
+    if draft.merge_only:
+        return {**draft.row, "_on_merge": draft.on_merge, "_merge": True}
     return {**draft.row, "_on_create": draft.on_create, "_on_merge": draft.on_merge}
+
+
+def writes_merge_only_drafts(settings: Settings) -> bool:
+    """Whether the configured database's writer takes merge-only drafts (Postgres; the SQLite
+    writer, one writer at a time and no parsing to save, takes full drafts only)."""
+    return not settings.is_sqlite
 
 
 def write_postgres(plan: IngestPlan, settings: Settings) -> WriteOutcome:
     """The plan in one autocommit statement. Events stored before (a client's retry, or a
     concurrent request with the same events) fail it on the events' unique key with nothing
-    written; they are then looked up and named (`stored_found`). A lost connection re-runs it once
+    written; they are then looked up and named (`stored_found`). A merge-only draft whose incident
+    is no longer active fails it too, with nothing written (`not_open`). A lost connection re-runs it once
     (if the first run had committed, the re-run fails the same way and its events are answered as
     duplicates of themselves). Deadlocks are the caller's `retry_on_conflict`."""
     import psycopg
@@ -146,7 +170,9 @@ def write_postgres(plan: IngestPlan, settings: Settings) -> WriteOutcome:
         try:
             with autocommit_connection("ingest", settings) as conn:
                 try:
-                    outbox_id, touched = conn.execute(statement, params).fetchone()  # type: ignore[misc]
+                    outbox_id, touched, _ = conn.execute(statement, params).fetchone()  # type: ignore[misc]
+                except psycopg.errors.DivisionByZero:
+                    return WriteOutcome(not_open=True)
                 except psycopg.errors.UniqueViolation:
                     keys = orjson.dumps([{"source": r["source"], "event_id": r["event_id"]} for r in plan.events])
                     stored = conn.execute(_STORED, {"events": keys.decode()}).fetchall()
@@ -178,6 +204,8 @@ def _allocate_numbers(session: Any, day: date, count: int) -> list[int]:
 
 def write_sqlite(plan: IngestPlan, settings: Settings) -> WriteOutcome:
     """The plan in one transaction (BEGIN IMMEDIATE: one writer at a time)."""
+    if any(d.merge_only for d in plan.incidents):  # not planned for SQLite (writes_merge_only_drafts)
+        return WriteOutcome(not_open=True)
     with unit_of_work() as session:
         keys = list({(row["source"], row["event_id"]) for row in plan.events})
         stored: dict[tuple[str, str], str] = {}

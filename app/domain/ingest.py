@@ -73,13 +73,20 @@ class NewEvent:
 class IncidentDraft:
     """One fingerprint of the batch: the incident row it opens if no active incident has that
     fingerprint (every column but `id`, which the writer draws), and the timeline rows to write in
-    either case (without `incident_id`)."""
+    either case (without `incident_id`). A `merge_only` draft is for a fingerprint believed to have
+    an active incident: its row holds only what a merge writes (MERGE_COLUMNS), and `on_create` is
+    empty; the writer refuses to open an incident from it (`WriteOutcome.not_open`)."""
 
     fingerprint: str
     row: dict[str, Any]
     on_create: list[dict[str, Any]]
     on_merge: list[dict[str, Any]]
     positions: tuple[int, ...]  # batch positions of its fresh events; the first opens the incident
+    merge_only: bool = False
+
+
+# What joining an active incident writes to it (besides the timeline): a merge-only draft's row.
+MERGE_COLUMNS = ("fingerprint", "event_count", "first_seen", "last_seen", "updated_at")
 
 
 @dataclass(frozen=True)
@@ -109,11 +116,14 @@ class IngestPlan:
 @dataclass(frozen=True)
 class WriteOutcome:
     """What a writer did with a plan. `stored_found` non-empty means it wrote NOTHING: those events
-    were stored before (answer them as duplicates and plan again without them)."""
+    were stored before (answer them as duplicates and plan again without them). `not_open` means
+    it wrote NOTHING either: a merge-only draft's fingerprint had no active incident any more (it
+    was resolved meanwhile); plan again with full drafts."""
 
     incidents: Mapping[str, tuple[str, bool]] = field(default_factory=dict)  # fingerprint -> (id, created)
     outbox_ids: tuple[int, ...] = ()
     stored_found: Mapping[EventKey, str] = field(default_factory=dict)
+    not_open: bool = False
 
 
 def results(plan: IngestPlan, outcome: WriteOutcome) -> list[IngestResult]:

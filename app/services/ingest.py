@@ -13,19 +13,21 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, NamedTuple, Sequence
 
 from app import metrics
 from app.adapters.db import retry_on_conflict
-from app.adapters.ingest_writers import writer_for
+from app.adapters.ingest_writers import writer_for, writes_merge_only_drafts
 from app.config import IntegrationSettings, Settings, get_settings
 from app.domain import sla
 from app.domain.fingerprint import fingerprint as compute_fingerprint
 from app.domain.ids import utc_day
 from app.domain.incident import Status
 from app.domain.ingest import (
+    MERGE_COLUMNS,
     PIPELINE_OUTBOX_KIND,
     PUBLISHED_FIELDS,
     EventKey,
@@ -53,11 +55,14 @@ TIMELINE_EVENT_IDS = 20
 
 
 def plan_ingest(events: Sequence[NewEvent], settings: Settings, now: datetime,
-                stored: Mapping[EventKey, str] | None = None) -> IngestPlan:
+                stored: Mapping[EventKey, str] | None = None, open_fingerprints: Collection[str] = ()) -> IngestPlan:
     """The rows ingesting `events` at `now` writes (no I/O). Events in `stored` (stored before,
     with their incident ids) and repeats within the batch are answered as duplicates and write
     nothing; the others are grouped by fingerprint, one incident draft per fingerprint, sorted by
-    fingerprint (the lock order every writer follows)."""
+    fingerprint (the lock order every writer follows). A fingerprint in `open_fingerprints`
+    (believed to have an active incident) gets a merge-only draft: no incident row to open, only
+    the counters a merge writes (unless its events assign someone: that merge reads the previous
+    assignee, which only a full draft's statement does)."""
     stored = stored or {}
     keys = tuple((ev.source, ev.event_id) for ev in events)
     fields = settings.deduplication.fingerprint_fields
@@ -86,12 +91,18 @@ def plan_ingest(events: Sequence[NewEvent], settings: Settings, now: datetime,
         else:
             seen_at = [events[i].timestamp or now for i in positions]
             first_seen, last_seen = min(seen_at), max(seen_at)
+        about = {"event_ids": [events[i].event_id for i in positions[:TIMELINE_EVENT_IDS]], "events": len(positions)}
+        if fp in open_fingerprints and not first.assignee:
+            merge = dict(zip(MERGE_COLUMNS, (fp, len(positions), first_seen, last_seen, now), strict=True))
+            drafts.append(IncidentDraft(fp, merge, [], [_timeline(now, first.source, "event_merged", "event_count",
+                                                                  None, about)], tuple(positions), merge_only=True))
+            _event_rows(events, positions, fp, now, event_rows)
+            continue
         term_key = (first.source, first.severity, first.severity_override)
         term = terms.get(term_key)
         if term is None:
             term = terms[term_key] = _terms(first, now, settings)
         row = _incident_row(first, fp, len(positions), first_seen, last_seen, now, term)
-        about = {"event_ids": [events[i].event_id for i in positions[:TIMELINE_EVENT_IDS]], "events": len(positions)}
         on_create = [_timeline(now, first.source, "created", "status", Status.NEW.value, about)]
         if row["next_escalation_at"] is not None:
             on_create.append(_timeline(now, first.source, "auto_page", "next_escalation_at", now.isoformat(),
@@ -103,14 +114,63 @@ def plan_ingest(events: Sequence[NewEvent], settings: Settings, now: datetime,
             on_create.append(assigned)
             on_merge.append(dict(assigned))
         drafts.append(IncidentDraft(fp, row, on_create, on_merge, tuple(positions)))
-        for i in positions:
-            ev = events[i]
-            event_rows.append({
-                "source": ev.source, "event_id": ev.event_id, "fingerprint": fp, "event_type": ev.event_type,
-                "severity": ev.severity, "title": ev.title[:500], "occurred_at": ev.timestamp, "received_at": now,
-                "payload": ev.raw, "encrypted_payload": ev.encrypted_payload,
-            })
+        _event_rows(events, positions, fp, now, event_rows)
     return IngestPlan(now=now, day=utc_day(now), keys=keys, incidents=drafts, events=event_rows, stored=stored)
+
+
+def _event_rows(events: Sequence[NewEvent], positions: list[int], fp: str, now: datetime,
+                out: list[dict[str, Any]]) -> None:
+    for i in positions:
+        ev = events[i]
+        out.append({
+            "source": ev.source, "event_id": ev.event_id, "fingerprint": fp, "event_type": ev.event_type,
+            "severity": ev.severity, "title": ev.title[:500], "occurred_at": ev.timestamp, "received_at": now,
+            "payload": ev.raw, "encrypted_payload": ev.encrypted_payload,
+        })
+
+
+class OpenFingerprints:
+    """The fingerprints this process last saw with an active incident (written by an ingest that
+    committed), the most recent last, at most `limit`. Ingest plans merge-only drafts for them: no
+    incident row is built, sent or parsed for an event joining an incident that is open, which in
+    an alert storm is nearly every event. Only a hint: an incident resolved since is caught by the
+    writer (`WriteOutcome.not_open`, nothing written), and the batch is planned again in full."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: dict[str, None] = {}
+        self._lock = threading.Lock()
+
+    def __contains__(self, fingerprint: object) -> bool:
+        return fingerprint in self._seen
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __iter__(self) -> Any:
+        return iter(list(self._seen))
+
+    def add(self, fingerprints: Iterable[str]) -> None:
+        with self._lock:
+            seen = self._seen
+            for fp in fingerprints:
+                seen.pop(fp, None)
+                seen[fp] = None
+            while len(seen) > self._limit:
+                del seen[next(iter(seen))]
+
+    def discard(self, fingerprints: Iterable[str]) -> None:
+        with self._lock:
+            for fp in fingerprints:
+                self._seen.pop(fp, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
+
+# ~150 bytes an entry: 20,000 fingerprints (20 storms of 1,000 endpoints) hold ~3 MB per process.
+OPEN_FINGERPRINTS = OpenFingerprints(20_000)
 
 
 def ingest_events(
@@ -128,15 +188,24 @@ def ingest_events(
     write = writer_for(settings)
     now = datetime.now(timezone.utc)
     stored: dict[EventKey, str] = {}
-    while True:  # ends: each round either writes or adds new keys of this batch to `stored`
-        plan = plan_ingest(events, settings, now, stored)
+    merging = writes_merge_only_drafts(settings)
+    open_fingerprints: Collection[str] = OPEN_FINGERPRINTS if merging else ()
+    # ends: each round writes, or adds new keys of this batch to `stored`, or (once) drops the hint
+    while True:
+        plan = plan_ingest(events, settings, now, stored, open_fingerprints)
         if plan.empty:
             outcome = WriteOutcome()
             break
         outcome = retry_on_conflict("ingest", functools.partial(write, plan, settings))
+        if outcome.not_open:  # an incident believed open was resolved meanwhile: plan it in full
+            OPEN_FINGERPRINTS.discard(d.fingerprint for d in plan.incidents if d.merge_only)
+            open_fingerprints = ()
+            continue
         if not outcome.stored_found:
             break
         stored.update(outcome.stored_found)
+    if merging and outcome.incidents:
+        OPEN_FINGERPRINTS.add(outcome.incidents)
     answers = results(plan, outcome)
     _hand_off(opened(plan, outcome), list(outcome.outbox_ids), dispatcher, settings)
     elapsed = time.perf_counter() - started

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from app.adapters.db import retry_on_conflict, sqlstate
 from app.config import load_settings
-from app.domain.ingest import IngestResult, NewEvent, WriteOutcome, opened, results
+from app.domain.ingest import MERGE_COLUMNS, IngestResult, NewEvent, WriteOutcome, opened, results
 from app.services.ingest import plan_ingest
 
 NOW = datetime(2026, 12, 6, 3, 0, tzinfo=timezone.utc)
@@ -80,6 +80,27 @@ def test_timeline_rule_created_paged_or_merged(settings):
 def test_a_batch_of_stored_events_plans_nothing(settings):
     plan = plan_ingest([ev("e1", "A")], settings, NOW, stored={("llm-sentinel", "e1"): "INC-20261201-00001"})
     assert plan.empty and results(plan, WriteOutcome()) == [IngestResult("duplicate", "e1", "INC-20261201-00001")]
+
+
+def test_a_fingerprint_seen_open_gets_a_merge_only_draft_unless_it_assigns(settings):
+    """Merge-only: only what a merge writes (no incident row to build, send and parse), the same
+    merge timeline row; an event that assigns someone keeps its full draft (its merge reads the
+    previous assignee)."""
+    events = [ev("m1", "Known"), ev("m2", "Known"), ev("n1", "New"),
+              NewEvent(source="llm-sentinel", event_id="a1", title="Assigned", raw={}, assignee="ana")]
+    full = plan_ingest(events, settings, NOW)
+    known = {d.row["title"]: d.fingerprint for d in full.incidents}
+    plan = plan_ingest(events, settings, NOW, open_fingerprints={known["Known"], known["Assigned"]})
+    drafts = {d.fingerprint: d for d in plan.incidents}
+    merge, new, assigning = drafts[known["Known"]], drafts[known["New"]], drafts[known["Assigned"]]
+    assert merge.merge_only and not new.merge_only and not assigning.merge_only
+    assert merge.row == {"fingerprint": known["Known"], "event_count": 2, "first_seen": NOW, "last_seen": NOW,
+                         "updated_at": NOW}
+    assert tuple(merge.row) == MERGE_COLUMNS and merge.on_create == []
+    full_merge = next(d for d in full.incidents if d.fingerprint == known["Known"])
+    assert merge.on_merge == full_merge.on_merge and merge.positions == full_merge.positions
+    assert [d.fingerprint for d in plan.incidents] == [d.fingerprint for d in full.incidents]  # the lock order
+    assert plan.events == full.events
 
 
 def _retries(code: str) -> float:
