@@ -123,6 +123,19 @@ def run_storm(port: int, headers: dict[str, str], plan: list[list[bytes]]) -> di
             "non_2xx": non_2xx, "events_per_sec": accepted[0] / elapsed if elapsed else 0.0}
 
 
+def incident_updates(database_url: str) -> tuple[int, int]:
+    """(updates, of which in place: HOT) of the incidents table so far (the statistics collector
+    flushes a backend's counters within a second of its transaction)."""
+    import psycopg
+
+    time.sleep(1.2)
+    url = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'incidents'"
+                           ).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
 def check_storm(database_url: str, tag: str, sent: int, per_fingerprint: int) -> str:
     """Every event stored once, one open incident per fingerprint, event_count = events sent."""
     import psycopg
@@ -220,6 +233,7 @@ def main() -> None:
                      f"{args.storm_fingerprints} fingerprints")
             per_fp = args.storm_batches * args.batch_size // args.storm_fingerprints
             figures = {}
+            updates = incident_updates(env["DATABASE_URL"])
             for kind, shared in (("disjoint", False), ("shared", True)):
                 tag = f"storm{kind}"
                 plan = storm_bodies(tag, args.storm_senders, args.storm_batches, args.batch_size,
@@ -227,8 +241,12 @@ def main() -> None:
                 figures[kind] = result = run_storm(incident_manager.port, headers, plan)
                 sent = args.storm_senders * args.storm_batches * args.batch_size
                 check = check_storm(env["DATABASE_URL"], tag, sent, per_fp * (args.storm_senders if shared else 1))
+                before, updates = updates, incident_updates(env["DATABASE_URL"])
+                changed, in_place = updates[0] - before[0], updates[1] - before[1]
                 print(f"[storm {kind}] {shape}: {result['accepted']:,} accepted in {result['elapsed']:.1f}s = "
-                      f"{result['events_per_sec']:,.0f} events/s; statuses {result['statuses']}; {check}", flush=True)
+                      f"{result['events_per_sec']:,.0f} events/s; statuses {result['statuses']}; {check}; "
+                      f"incident updates {changed:,}, in place (HOT) {in_place / changed if changed else 0:.0%}",
+                      flush=True)
             ratio = (figures["shared"]["events_per_sec"] / figures["disjoint"]["events_per_sec"]  # type: ignore[operator]
                      if figures["disjoint"]["events_per_sec"] else 0.0)
             print(f"RESULT storm, shared fingerprints: {figures['shared']['events_per_sec']:,.0f} events/s, "
