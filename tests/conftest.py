@@ -74,6 +74,8 @@ def test_env() -> Iterator[dict[str, str]]:
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "OUTBOX_RELAY_AFTER_SECS": "5",
         "TASK_MAX_RETRIES": "2",
+        # every /health call checks afresh (tests/integration/test_ops_health_metrics_logs.py tests the cache)
+        "HEALTH_CACHE_SECS": "0",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -350,5 +350,18 @@ def rollup_due_days(session: Session, now: datetime, settle: timedelta, limit: i
     return sorted(set(dirty) | set(missing))[:limit]
 
 
+def rollup_lag(session: Session, now: datetime, settle: timedelta) -> tuple[date | None, int]:
+    """(the newest day rolled up, how many settled closed days wait to be rolled up)."""
+    last_settled = _utc_day(now - settle) - timedelta(days=1)
+    newest = session.execute(text("SELECT max(day) FROM analytics_days")).scalar()
+    if newest is None:
+        oldest = session.execute(text("SELECT min(created_at) FROM incidents")).scalar()
+        if oldest is None:
+            return None, 0
+        newest = _utc_day(oldest) - timedelta(days=1)
+        return None, max(0, (last_settled - newest).days)
+    return newest, max(0, (last_settled - newest).days)
+
+
 def dirty_days(session: Session) -> int:
     return int(session.execute(text("SELECT count(DISTINCT day) FROM analytics_dirty")).scalar() or 0)

@@ -24,6 +24,10 @@ class _RuntimeEnvSchema(Schema):
                               load_default=None)
     # /metrics answers without credentials (as /health does, CONTRACT); true makes it ask for any key
     metrics_require_key = Bool(data_key="METRICS_REQUIRE_KEY", load_default=False)
+    # /health's full check (database, broker, backlog queries) is reused this long per process: the
+    # endpoint is open, and a caller polling it in a loop must not cost a query storm
+    health_cache_secs = fields.Float(data_key="HEALTH_CACHE_SECS", validate=validate.Range(min=0, max=60),
+                                     load_default=1.0)
     pipeline_batch_size = Int(data_key="PIPELINE_BATCH_SIZE", validate=validate.Range(min=1, max=10_000),
                               load_default=1000)
     # true: each pipeline stage is its own Celery task (a chain per batch); false: one task per batch

@@ -28,6 +28,7 @@ class Settings:
     log_level: str
     worker_metrics_port: int | None
     metrics_require_key: bool
+    health_cache_secs: float
     pipeline_batch_size: int
     pipeline_stage_tasks: bool
     outbox_relay_after_secs: int

@@ -117,3 +117,20 @@ def rollup(now: datetime | None = None, limit: int = 31) -> dict[str, Any]:
                                                    "dirty_days_left": dirty})
     return {"days": len(days), "incidents": incidents, "seconds": round(seconds, 3), "dirty_days": dirty,
             "supported": True}
+
+
+# Closed days waiting beyond this: the rollup is not running (beat or the escalation queue's worker down).
+ROLLUP_LATE_DAYS = 2
+
+
+def rollup_state(now: datetime | None = None) -> dict[str, Any]:
+    """For /health: the newest day rolled up, the settled days waiting, the changed days waiting."""
+    now = now or datetime.now(timezone.utc)
+    settle = timedelta(seconds=get_settings().escalation.analytics_rollup_settle_secs)
+    with read_session() as session:
+        if not analytics_sql.rollup_supported(session):
+            return {"status": "off"}
+        newest, waiting = analytics_sql.rollup_lag(session, now, settle)
+        dirty = analytics_sql.dirty_days(session)
+    return {"status": "down" if waiting > ROLLUP_LATE_DAYS else "up",
+            "rolled_up_through": newest.isoformat() if newest else None, "days_waiting": waiting, "dirty_days": dirty}

@@ -1,5 +1,5 @@
-"""Health of the dependencies: database, broker, workers, beat, the escalation backlog, and the
-depth of every queue. Nothing in it is secret: /health answers without credentials (CONTRACT).
+"""Health of the dependencies: database, broker, workers, beat, the escalation backlog, the
+analytics rollup, and the depth of every queue. Nothing in it is secret: /health answers without credentials (CONTRACT).
 
 The broker and the workers are reached through a `TaskQueue` the caller passes in (the web passes
 the Celery one), so this module knows no Celery."""
@@ -20,6 +20,7 @@ from app.services.task_queue import QueueStats, TaskQueue
 
 BEAT_HEARTBEAT_KEY = "im:beat:heartbeat"
 _workers_cache: tuple[float, dict[str, Any]] | None = None
+_full_cache: tuple[float, tuple[bool, dict[str, Any]]] | None = None
 
 
 def check_database() -> dict[str, Any]:
@@ -120,14 +121,41 @@ def record_queue_stats(queue: TaskQueue) -> dict[str, QueueStats]:
     return stats
 
 
-def full_health(queue: TaskQueue) -> tuple[bool, dict[str, Any]]:
-    """(ready, body) for /health: each dependency's check, and every queue's depth and oldest age."""
+def check_analytics() -> dict[str, Any]:
+    """The analytics rollup: down when closed days wait more than two days to be rolled up."""
+    from app.services.analytics import rollup_state
+
+    try:
+        return rollup_state()
+    except Exception as exc:  # the database check says why
+        return {"status": "down", "error": type(exc).__name__}
+
+
+def full_health(queue: TaskQueue, max_age: float | None = None) -> tuple[bool, dict[str, Any]]:
+    """(ready, body) for /health: each dependency's check, and every queue's depth and oldest age.
+    Reused for `max_age` seconds (HEALTH_CACHE_SECS, 1 s) per process: /health is open, so a client
+    polling it in a loop costs at most one round of checks a second per process."""
+    global _full_cache
+    max_age = get_settings().health_cache_secs if max_age is None else max_age
+    now = time.monotonic()
+    cached = _full_cache
+    if max_age > 0 and cached is not None and cached[0] > now:
+        ready, body = cached[1]
+        return ready, {**body, "cached": True}
+    ready, body = _full_health(queue)
+    if max_age > 0:
+        _full_cache = (now + max_age, (ready, body))
+    return ready, dict(body)
+
+
+def _full_health(queue: TaskQueue) -> tuple[bool, dict[str, Any]]:
     checks = {
         "database": check_database(),
         "broker": check_broker(queue),
         "workers": check_workers(queue),
         "beat": check_beat(),
         "escalation": check_escalation(),
+        "analytics": check_analytics(),
     }
     ready = checks["database"]["status"] == "up" and checks["broker"]["status"] == "up"
     status = "healthy" if all(c["status"] in ("up", "unknown", "off") for c in checks.values()) else (

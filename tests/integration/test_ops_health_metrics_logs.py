@@ -52,9 +52,11 @@ def test_health_is_open_and_names_each_dependency_without_secrets(client, test_e
     response = client.get("/health")
     assert response.status_code == 200, response.get_data(as_text=True)
     body = response.get_json()
-    assert set(body["checks"]) == {"database", "broker", "workers", "beat", "escalation"}
+    assert set(body["checks"]) == {"database", "broker", "workers", "beat", "escalation", "analytics"}
     assert body["checks"]["database"]["status"] == "up" and body["checks"]["broker"]["status"] == "up"
     assert body["checks"]["escalation"] == {"status": "up", "due": 0, "oldest_overdue_seconds": None}
+    assert body["checks"]["analytics"] == {"status": "up", "rolled_up_through": None, "days_waiting": 0,
+                                           "dirty_days": 0}
     text = response.get_data(as_text=True)
     for secret in (test_env["API_KEY_SECRET"], test_env["JWT_SECRET"], test_env["DATABASE_URL"],
                    test_env["REDIS_URL"], test_env["DATABASE_URL"].rsplit("/", 1)[1]):
@@ -298,3 +300,61 @@ def test_each_request_gets_a_request_id(client):
     first = client.get("/health/live").headers["X-Request-ID"]
     second = client.get("/health/live").headers["X-Request-ID"]
     assert re.fullmatch(r"[0-9a-f]{32}", first) and first != second
+
+
+def test_health_says_when_the_analytics_rollup_falls_behind(client, db):
+    """Closed days nobody rolled up (no beat here): the analytics check is down past two days and
+    the health degraded; one rollup later it is up and says through which day."""
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import text
+
+    from app.adapters.db import unit_of_work
+    from app.services.analytics import rollup
+
+    created = datetime.now(timezone.utc) - timedelta(days=5)
+    with unit_of_work() as session:
+        session.execute(text(
+            "INSERT INTO incidents (id, title, description, source, severity, status, fingerprint, event_count,"
+            " first_seen, last_seen, created_at, updated_at, tags, sla_acknowledge_breached,"
+            " sla_resolve_breached, escalation_level) VALUES ('INC-OLD-1', 't', '', 'monitoring', 'P1', 'NEW',"
+            " 'fp-old', 1, :at, :at, :at, :at, '{}', false, false, 0)"), {"at": created})
+    body = client.get("/health").get_json()
+    analytics = body["checks"]["analytics"]
+    assert analytics["status"] == "down" and analytics["days_waiting"] >= 4 and analytics["rolled_up_through"] is None
+    assert analytics["dirty_days"] == 1  # the insert into a closed day marked it
+    assert body["status"] in ("degraded", "unhealthy")
+    rollup(now=datetime.now(timezone.utc) + timedelta(hours=1))
+    analytics = client.get("/health").get_json()["checks"]["analytics"]
+    assert analytics["status"] == "up" and analytics["dirty_days"] == 0 and analytics["rolled_up_through"]
+
+
+def test_health_checks_are_reused_for_health_cache_secs(client, make_key, test_env, monkeypatch):
+    """/health is open: answers within HEALTH_CACHE_SECS reuse one round of checks (and say so); a
+    message queued meanwhile shows once the window has passed."""
+    import redis
+
+    from app.config import reset_settings_cache
+    from app.services import health
+    from tasks.celery_app import app as celery
+
+    monkeypatch.setenv("HEALTH_CACHE_SECS", "0.6")
+    reset_settings_cache()
+    health._full_cache = None
+    broker = redis.Redis.from_url(test_env["REDIS_URL"])
+    lists = [f"playbooks{suffix}" for suffix in ("", "\x06\x163", "\x06\x166", "\x06\x169")]
+    broker.delete(*lists)
+    try:
+        first = client.get("/health").get_json()
+        assert first["queues"]["playbooks"]["depth"] == 0 and "cached" not in first
+        celery.send_task("ops.health_probe", args=[], queue="playbooks")  # a queue no test worker has here
+        again = client.get("/health").get_json()
+        assert again["cached"] is True and again["queues"]["playbooks"]["depth"] == 0
+        later = wait_for(lambda: (lambda b: b if "cached" not in b else None)(client.get("/health").get_json()),
+                         5, 0.1, "the health cache expires")
+        assert later["queues"]["playbooks"]["depth"] == 1
+    finally:
+        broker.delete(*lists)
+        health._full_cache = None
+        monkeypatch.setenv("HEALTH_CACHE_SECS", test_env["HEALTH_CACHE_SECS"])  # settings are cached per process
+        reset_settings_cache()
