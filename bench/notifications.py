@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=32, help="sender threads per worker process")
     parser.add_argument("--log-level", default="WARNING", help="the workers' log level")
-    parser.add_argument("--profile", default="", help="a directory: run the workers under py-spy record "
+    parser.add_argument("--profile", default="", help="a directory: run the workers under py-spy record --gil "
                         "(collapsed stacks per worker; needs py-spy installed)")
     args = parser.parse_args()
 
@@ -206,8 +206,8 @@ def main() -> None:
             profiler: list[str] = []
             if args.profile:
                 Path(args.profile).mkdir(parents=True, exist_ok=True)
-                profiler = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--threads",
-                            "-r", "200", "-o", str(Path(args.profile) / f"worker{i}.txt"), "--"]
+                profiler = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--gil",
+                            "--nonblocking", "-r", "200", "-o", str(Path(args.profile) / f"worker{i}.txt"), "--"]
             workers.append(subprocess.Popen([*profiler, *command, "-n", f"bench{i}@%h"], cwd=ROOT, env=env, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True))
         workers.append(subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks.celery_app", "beat",

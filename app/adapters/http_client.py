@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -88,10 +89,11 @@ class GuardedTransport(httpx.HTTPTransport):
     """httpx's transport with the guarded backend in its connection pool (no proxies: a proxy would
     connect on our behalf to addresses the guard never saw)."""
 
-    def __init__(self, allow: tuple[Network, ...], limits: httpx.Limits) -> None:
+    def __init__(self, allow: tuple[Network, ...], limits: httpx.Limits,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__(trust_env=False, limits=limits)
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=ssl_context or httpx.create_ssl_context(trust_env=False),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
@@ -134,25 +136,37 @@ class DeliveryError(Exception):
         return self.message
 
 
-_clients: dict[tuple[int, HttpSettings], httpx.Client] = {}
-_clients_lock = threading.Lock()
+_thread = threading.local()
+_ssl_contexts: dict[int, ssl.SSLContext] = {}  # pid -> the TLS context every client of the process shares
+_ssl_lock = threading.Lock()
+
+
+def _ssl_context() -> ssl.SSLContext:
+    context = _ssl_contexts.get(os.getpid())
+    if context is None:
+        with _ssl_lock:
+            context = _ssl_contexts.get(os.getpid())
+            if context is None:  # loading the CA bundle costs tens of ms: once per process
+                context = _ssl_contexts[os.getpid()] = httpx.create_ssl_context(trust_env=False)
+    return context
 
 
 def get_client(settings: HttpSettings | None = None) -> httpx.Client:
-    """This process's pooled client for the current outbound settings."""
+    """This thread's pooled client (keep-alive) for the current outbound settings. One per thread:
+    a connection pool shared by the sender pool's threads spent about a fifth of their CPU time
+    handing its lock around (bench/notifications.py profile); the TLS context is the process's."""
     settings = settings or get_outbound_settings().http
     key = (os.getpid(), settings)
-    client = _clients.get(key)
-    if client is None:
-        with _clients_lock:
-            client = _clients.get(key)
-            if client is None:
-                limits = httpx.Limits(max_connections=settings.max_connections,
-                                      max_keepalive_connections=settings.max_keepalive_connections)
-                client = httpx.Client(transport=GuardedTransport(settings.allow_private, limits),
-                                      headers={"User-Agent": USER_AGENT}, follow_redirects=False,
-                                      trust_env=False)
-                _clients[key] = client
+    held: tuple[tuple[int, HttpSettings], httpx.Client] | None = getattr(_thread, "client", None)
+    if held is not None and held[0] == key:
+        return held[1]
+    limits = httpx.Limits(max_connections=settings.max_connections,
+                          max_keepalive_connections=settings.max_keepalive_connections)
+    client = httpx.Client(transport=GuardedTransport(settings.allow_private, limits, _ssl_context()),
+                          headers={"User-Agent": USER_AGENT}, follow_redirects=False, trust_env=False)
+    _thread.client = (key, client)
+    if held is not None and held[0][0] == os.getpid():
+        held[1].close()  # the settings changed: this thread's old connections go
     return client
 
 

@@ -83,9 +83,13 @@ def on_status(session: Session, incident: Mapping[str, Any], status: str, actor:
     wanted = [channel for channel, on in mirrored.items() if on]
     if wanted:
         table: Any = NotificationDelivery
-        # mirror only what went out (or is going out): an unsent page goes stale on its own
+        # mirror only what went out, is going out, or was tried (an attempt whose answer was lost, a
+        # timeout, may have reached the receiver): a page never tried goes stale on its own. The
+        # record waits for the earlier ones of its stream (app/services/notifications.py claims).
+        went_out = table.status.in_(("sending", "sent")) | (table.status.in_(("pending", "failed"))
+                                                             & (table.attempts > 0))
         earlier = set(session.scalars(select(table.channel).where(
-            table.incident_id == incident_id, table.channel.in_(wanted), table.status.in_(("sending", "sent")),
+            table.incident_id == incident_id, table.channel.in_(wanted), went_out,
             (table.target_type != TARGET_TYPE) | (table.step == "created")).distinct()))
         for channel in wanted:
             if channel in earlier and not (channel == "jira" and event == "incident_acknowledged"):

@@ -214,8 +214,9 @@ def test_jira_issue_comment_and_two_way_sync_without_echo(configured, client, ma
 
 def _pagerduty_recorder(server: HTTPServer, incident_id: str, fail_first_trigger: int) -> list[str]:
     """PagerDuty's events endpoint recording each event's action in arrival order. The first
-    trigger is acknowledged in the incident manager while it is in flight (the on-call pressed
-    Acknowledge elsewhere) and answered 500 with Retry-After: 1, so its retry comes a second later."""
+    `fail_first_trigger` triggers are answered 500 with Retry-After: 1 (a retry comes a second
+    later); while the first is in flight the incident is acknowledged in the incident manager (the
+    on-call pressed Acknowledge elsewhere), unless `incident_id` is "none"."""
     from werkzeug import Response
 
     from app.services import incidents
@@ -226,7 +227,7 @@ def _pagerduty_recorder(server: HTTPServer, incident_id: str, fail_first_trigger
         action = json.loads(request.get_data())["event_action"]
         actions.append(action)
         if action == "trigger" and actions.count("trigger") <= fail_first_trigger:
-            if actions.count("trigger") == 1:
+            if actions.count("trigger") == 1 and incident_id != "none":
                 incidents.acknowledge(incident_id, "alice")
             return Response(json.dumps({"status": "error"}), status=500, headers={"Retry-After": "1"},
                             content_type="application/json")
@@ -292,6 +293,32 @@ def test_pagerduty_acknowledge_after_a_trigger_whose_retry_went_stale(outbound_c
     send_all()  # the trigger is not due yet (backoff): the acknowledge still waits for it
     assert actions == ["trigger"]
     with unit_of_work() as session:  # the trigger's retry is due
+        session.execute(update(NotificationDelivery).where(NotificationDelivery.incident_id == incident_id,
+                                                           NotificationDelivery.step == "c0.l1")
+                        .values(next_attempt_at=datetime.now(timezone.utc)))
+    send_all()
+    send_all()
+    assert actions == ["trigger", "acknowledge"]
+    assert _pagerduty_rows(incident_id) == [("c0", "stale"), ("acknowledged", "sent")]
+
+
+def test_pagerduty_acknowledge_of_a_trigger_tried_before_and_waiting_for_its_retry(
+        outbound_config, httpserver, client, make_key):
+    """The trigger's attempt timed out or failed (PagerDuty may have it) and waits for its retry
+    when the incident is acknowledged: the acknowledge is written (something may have gone out),
+    waits for the trigger's record, which goes stale (no page for an acknowledged incident)."""
+    from app.services import incidents
+
+    _pagerduty_config(outbound_config, httpserver, http_attempts=1)
+    incident_id = create(client, make_key("incident:write"))
+    actions = _pagerduty_recorder(httpserver, "none", fail_first_trigger=1)  # fails, acknowledges nothing
+    _pagerduty_page(incident_id)
+    send_all()
+    assert _pagerduty_rows(incident_id) == [("c0", "pending")]
+    incidents.acknowledge(incident_id, "alice")
+    send_all()
+    assert actions == ["trigger"] and _pagerduty_rows(incident_id) == [("c0", "pending"), ("acknowledged", "pending")]
+    with unit_of_work() as session:
         session.execute(update(NotificationDelivery).where(NotificationDelivery.incident_id == incident_id,
                                                            NotificationDelivery.step == "c0.l1")
                         .values(next_attempt_at=datetime.now(timezone.utc)))

@@ -5,7 +5,9 @@ circuit breaker opening, failing fast while open, and recovering through half-op
 from __future__ import annotations
 
 import socket
+import threading
 import time
+from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -186,10 +188,16 @@ def test_refused_connections_open_the_breaker_then_fail_fast_then_recover(outbou
     assert cb.info("pagerduty")["state"] == "closed" and enqueued(httpserver) == 2
 
 
-def test_the_client_is_pooled_per_process(outbound_config, httpserver: HTTPServer):
+def test_the_client_is_pooled_per_thread(outbound_config, httpserver: HTTPServer):
     config(outbound_config)
     httpserver.expect_request("/hook").respond_with_data("ok")
     first = http_client.get_client()
     for _ in range(5):
         send("governance", "POST", url(httpserver), content=b"x")
     assert http_client.get_client() is first
+    other: list[Any] = []
+    thread = threading.Thread(target=lambda: other.append(http_client.get_client()))
+    thread.start()
+    thread.join()
+    assert other[0] is not first  # another thread, another pool (no lock shared between sender threads)
+    assert other[0]._transport._pool._ssl_context is first._transport._pool._ssl_context  # one TLS context
