@@ -69,7 +69,10 @@ WITH input AS (
 ), draft AS (
     -- LATERAL: the record is built once per row (`(f(x)).*` would call f once per column)
     SELECT r.*, j.doc->'_on_create' AS on_create, j.doc->'_on_merge' AS on_merge, j.doc ? '_merge' AS merge_only,
-           nextval(%(seq)s::regclass) AS n  -- drawn in the array's order: by arrival
+           nextval(%(seq)s::regclass) AS n,  -- drawn in the array's order: by arrival
+           -- the events' JSON parsed here, before the upsert takes the first row lock (the sort
+           -- below reads every draft first), not while the rows are held
+           (SELECT count(*) FROM input) AS parsed
     FROM jsonb_array_elements(%(incidents)s::jsonb) AS j(doc),
          LATERAL jsonb_populate_record(NULL::incidents, j.doc) AS r{{prior}}
 ), inc AS (
