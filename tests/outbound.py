@@ -26,10 +26,12 @@ def outbound_config(test_env: dict[str, str], tmp_path: Path) -> Iterator[Callab
     def clear_breakers() -> None:
         from app.services.circuit_breakers import forget_local_state
 
+        # first what this process remembers (a breaker remembered open with a future `now`, success
+        # counters waiting to be added), so nothing of the last test is written after the keys go
+        forget_local_state()
         keys = list(client.scan_iter("im:breaker:*")) + list(client.scan_iter("im:ratelimit:breaker:*"))
         if keys:
             client.delete(*keys)
-        forget_local_state()  # a test may have left a breaker remembered open (e.g. with a future `now`)
 
     saved = os.environ.get("CONFIG_FILE")
     clear_breakers()

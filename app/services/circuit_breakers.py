@@ -264,6 +264,7 @@ LOCAL_CLOSED_CACHE_SECS = 0.1
 # Counters of successful calls on such a reading (requests_total, window_requests) are added to
 # the shared hash at most this long after the call, every waiting one in one pipeline.
 COUNTS_FLUSH_SECS = 0.05
+COUNTS_RETRY_SECS = 1.0  # while Redis is unreachable, the waiting counters are tried again this often
 _open_seen: dict[str, tuple[float, float, bool]] = {}  # name -> (refuse locally until, retry_at, forced)
 _closed_seen: dict[str, tuple[float, float, float]] = {}  # name -> (read at, reuse until, window_start)
 _rejections: dict[str, int] = {}  # refusals not yet added to the shared counter
@@ -291,8 +292,8 @@ def forget_local_state() -> None:
     _local.states.clear()
 
 
-def _defer_counts(name: str, counts: Mapping[str, int]) -> None:
-    """Add a success's counters to the shared hash within COUNTS_FLUSH_SECS (one pipeline for all)."""
+def _defer_counts(name: str, counts: Mapping[str, int], delay: float = COUNTS_FLUSH_SECS) -> None:
+    """Add a success's counters to the shared hash within `delay` (one pipeline for all)."""
     with _local_lock:
         if _counts_owner["pid"] != os.getpid():  # forked: the parent's counts and timer are the parent's
             _counts.clear()
@@ -301,7 +302,7 @@ def _defer_counts(name: str, counts: Mapping[str, int]) -> None:
         for stat, amount in counts.items():
             waiting[stat] = waiting.get(stat, 0) + amount
         if _counts_owner["timer"] is None:
-            timer = threading.Timer(COUNTS_FLUSH_SECS, _flush_timer)
+            timer = threading.Timer(delay, _flush_timer)
             timer.daemon = True
             _counts_owner["timer"] = timer
             timer.start()
@@ -311,9 +312,10 @@ def _flush_timer() -> None:
     with _local_lock:
         _counts_owner["timer"] = None
     try:
-        flush_counts()
-    except redis.RedisError:
-        log.warning("circuit breaker counters not written yet: Redis unreachable; retrying", exc_info=True)
+        flush_counts(retry_secs=COUNTS_RETRY_SECS)
+    except redis.RedisError as exc:
+        log.warning("circuit breaker counters not written yet: Redis unreachable; retrying",
+                    extra={"error": str(exc)[:300], "retry_secs": COUNTS_RETRY_SECS})
 
 
 def _take_counts(name: str | None) -> dict[str, dict[str, int]]:
@@ -329,9 +331,9 @@ def _take_counts(name: str | None) -> dict[str, dict[str, int]]:
     return taken
 
 
-def flush_counts(name: str | None = None) -> None:
+def flush_counts(name: str | None = None, retry_secs: float = COUNTS_FLUSH_SECS) -> None:
     """Add the waiting success counters (of `name`, or of every breaker) to the shared state now,
-    in one round trip. On a Redis error they wait for the next flush."""
+    in one round trip. On a Redis error they wait for the next flush (in `retry_secs` at the latest)."""
     taken = _take_counts(name)
     if not taken:
         return
@@ -348,7 +350,7 @@ def flush_counts(name: str | None = None) -> None:
                 store.add(breaker, stats)
     except Exception:
         for breaker, stats in taken.items():
-            _defer_counts(breaker, stats)
+            _defer_counts(breaker, stats, retry_secs)
         raise
 
 

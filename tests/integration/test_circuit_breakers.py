@@ -345,3 +345,39 @@ def test_half_open_lets_one_probe_through_to_concurrent_callers(outbound_config)
     cb.record(trials[0], True, now=t0 + 10.6)
     assert cb.info("edge-agent")["state"] == "closed"
     assert not cb.acquire("edge-agent", now=t0 + 10.7).trial  # closed: calls go through again
+
+
+def test_waiting_counters_survive_an_unreachable_redis(outbound_config, monkeypatch):
+    import redis as redis_lib
+
+    from tests.conftest import wait_for
+
+    outbound_config({"circuit_breakers": {"jira": FAST}})
+    cb.record(cb.acquire("jira"), True)
+    for _ in range(5):
+        cb.record(cb.acquire("jira"), True)  # waiting in this process
+    with socket_closed_port() as port:
+        dead = cb._RedisStore(redis_lib.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2))
+        monkeypatch.setattr(cb, "_store", lambda: dead)
+        with pytest.raises(redis_lib.RedisError):
+            cb.flush_counts()
+        monkeypatch.undo()
+    # Redis is back: the counts kept are written by the retry timer, none lost, none twice
+    wait_for(lambda: _raw("jira").get("requests_total") == "6", timeout=5, interval=0.05,
+             message="the waiting counters written after Redis came back")
+    time.sleep(cb.COUNTS_RETRY_SECS + 0.2)
+    assert _raw("jira")["requests_total"] == "6" and _raw("jira")["window_requests"] == "6"
+
+
+class socket_closed_port:
+    """A loopback port nothing listens on (bound, then closed)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        return None
