@@ -1,4 +1,4 @@
-"""The outbound HTTP client every channel uses: one pooled httpx client per process, timeouts, the
+"""The outbound HTTP client every channel uses: one pooled httpx client per thread, timeouts, the
 target's circuit breaker and rate limit, retries with exponential backoff and full jitter
 (tenacity) for 429 / 5xx / connection errors, and an SSRF guard.
 
