@@ -292,15 +292,20 @@ def test_pagerduty_acknowledge_after_a_trigger_whose_retry_went_stale(outbound_c
     assert _pagerduty_rows(incident_id) == [("c0", "pending"), ("acknowledged", "pending")]
     send_all()  # the trigger is not due yet (backoff): the acknowledge still waits for it
     assert actions == ["trigger"]
-    with unit_of_work() as session:  # the trigger's retry is due
-        session.execute(update(NotificationDelivery).where(NotificationDelivery.incident_id == incident_id,
-                                                           NotificationDelivery.step == "c0.l1")
-                        .values(next_attempt_at=datetime.now(timezone.utc)))
+    _trigger_retry_due(incident_id)
     send_all()
     send_all()
     assert actions == ["trigger", "acknowledge"]
     assert _pagerduty_rows(incident_id) == [("c0", "stale"), ("acknowledged", "sent")]
 
+
+
+def _trigger_retry_due(incident_id: str) -> None:
+    """The PagerDuty trigger's record (step c0.l1) waiting out its backoff: due now."""
+    with unit_of_work() as session:
+        session.execute(update(NotificationDelivery).where(NotificationDelivery.incident_id == incident_id,
+                                                           NotificationDelivery.step == "c0.l1")
+                        .values(next_attempt_at=datetime.now(timezone.utc)))
 
 def test_pagerduty_acknowledge_of_a_trigger_tried_before_and_waiting_for_its_retry(
         outbound_config, httpserver, client, make_key):
@@ -318,10 +323,7 @@ def test_pagerduty_acknowledge_of_a_trigger_tried_before_and_waiting_for_its_ret
     incidents.acknowledge(incident_id, "alice")
     send_all()
     assert actions == ["trigger"] and _pagerduty_rows(incident_id) == [("c0", "pending"), ("acknowledged", "pending")]
-    with unit_of_work() as session:
-        session.execute(update(NotificationDelivery).where(NotificationDelivery.incident_id == incident_id,
-                                                           NotificationDelivery.step == "c0.l1")
-                        .values(next_attempt_at=datetime.now(timezone.utc)))
+    _trigger_retry_due(incident_id)
     send_all()
     send_all()
     assert actions == ["trigger", "acknowledge"]
