@@ -308,7 +308,8 @@ def rollup_day(session: Session, day: date) -> int:
         "INSERT INTO analytics_days (day, incidents, computed_at) VALUES (:day, 0, now())"
         " ON CONFLICT (day) DO UPDATE SET computed_at = now()"), {"day": day})  # one job per day at a time
     marks = [r[0] for r in session.execute(text("SELECT id FROM analytics_dirty WHERE day = :day"), {"day": day})]
-    session.execute(text(_PG_SETTINGS[0]))
+    for statement in _PG_SETTINGS:
+        session.execute(text(statement))
     figures: dict[tuple[str, str | None], _Figures] = {}
     _collect(session.execute(text(_unpivoted_sql(("",) + DIMENSIONS, "created_at >= :a AND created_at < :b")),
                              {"a": _day_start(day), "b": _day_start(day + timedelta(days=1))}), figures)
@@ -329,38 +330,33 @@ def rollup_day(session: Session, day: date) -> int:
     return total
 
 
+def _pending(session: Session, now: datetime, settle: timedelta) -> tuple[date | None, date, date]:
+    """(the newest day rolled up, the first day not rolled up yet, the last settled closed day).
+    With nothing rolled up yet the first is the first incident's day (or the day after the last
+    settled one: nothing to do)."""
+    last_settled = _utc_day(now - settle) - timedelta(days=1)
+    newest = session.execute(text("SELECT max(day) FROM analytics_days")).scalar()
+    if newest is not None:
+        return newest, newest + timedelta(days=1), last_settled
+    oldest = session.execute(text("SELECT min(created_at) FROM incidents")).scalar()
+    return None, _utc_day(oldest) if oldest is not None else last_settled + timedelta(days=1), last_settled
+
+
 def rollup_due_days(session: Session, now: datetime, settle: timedelta, limit: int) -> list[date]:
     """Closed days (ended at least `settle` ago) never rolled up, oldest first from the last one
     rolled up (or the first incident's day), and rolled-up days marked dirty; at most `limit`."""
-    last_settled = _utc_day(now - settle) - timedelta(days=1)
+    _, begin, last_settled = _pending(session, now, settle)
     dirty = [r[0] for r in session.execute(text(
         "SELECT DISTINCT day FROM analytics_dirty WHERE day <= :last ORDER BY day LIMIT :limit"),
         {"last": last_settled, "limit": limit})]
-    newest = session.execute(text("SELECT max(day) FROM analytics_days")).scalar()
-    if newest is None:
-        oldest = session.execute(text("SELECT min(created_at) FROM incidents")).scalar()
-        begin = _utc_day(oldest) if oldest is not None else last_settled + timedelta(days=1)
-    else:
-        begin = newest + timedelta(days=1)
-    missing: list[date] = []
-    day = begin
-    while day <= last_settled and len(missing) < limit:
-        missing.append(day)
-        day += timedelta(days=1)
+    missing = [begin + timedelta(days=n) for n in range(min(limit, max(0, (last_settled - begin).days + 1)))]
     return sorted(set(dirty) | set(missing))[:limit]
 
 
 def rollup_lag(session: Session, now: datetime, settle: timedelta) -> tuple[date | None, int]:
     """(the newest day rolled up, how many settled closed days wait to be rolled up)."""
-    last_settled = _utc_day(now - settle) - timedelta(days=1)
-    newest = session.execute(text("SELECT max(day) FROM analytics_days")).scalar()
-    if newest is None:
-        oldest = session.execute(text("SELECT min(created_at) FROM incidents")).scalar()
-        if oldest is None:
-            return None, 0
-        newest = _utc_day(oldest) - timedelta(days=1)
-        return None, max(0, (last_settled - newest).days)
-    return newest, max(0, (last_settled - newest).days)
+    newest, begin, last_settled = _pending(session, now, settle)
+    return newest, max(0, (last_settled - begin).days + 1)
 
 
 def dirty_days(session: Session) -> int:

@@ -112,15 +112,14 @@ def test_webhooks_hear_created_acknowledged_and_resolved(configured, client, mak
     assert len(received(server, HOOK)) == 3  # nothing is sent twice
 
 
-def _page(incident_id: str) -> None:
-    """An escalation step paging through PagerDuty and Slack (as the escalation engine writes it)."""
+def _page(incident_id: str, channels: tuple[str, ...] = ("pagerduty", "slack")) -> None:
+    """An escalation step paging alice through `channels` (as the escalation engine writes it)."""
     now = datetime.now(timezone.utc)
     with unit_of_work() as session:
         session.add(User(name="alice", email="alice@example.com"))
         session.execute(update(Incident).where(Incident.id == incident_id).values(escalation_token="tok-1"))
         insert_deliveries(session, delivery_rows(incident_id, "tok-1", "c0.l1", 1,
-                                                 [Page("alice", "user", "alice", "direct")],
-                                                 ["pagerduty", "slack"], {}, now))
+                                                 [Page("alice", "user", "alice", "direct")], list(channels), {}, now))
 
 
 def test_pagerduty_and_slack_mirror_acknowledge_and_resolve(configured, client, make_key):
@@ -247,12 +246,7 @@ def _pagerduty_config(outbound_config: Any, server: HTTPServer, http_attempts: i
 
 
 def _pagerduty_page(incident_id: str) -> None:
-    now = datetime.now(timezone.utc)
-    with unit_of_work() as session:
-        session.add(User(name="alice", email="alice@example.com"))
-        session.execute(update(Incident).where(Incident.id == incident_id).values(escalation_token="tok-1"))
-        insert_deliveries(session, delivery_rows(incident_id, "tok-1", "c0.l1", 1,
-                                                 [Page("alice", "user", "alice", "direct")], ["pagerduty"], {}, now))
+    _page(incident_id, ("pagerduty",))
 
 
 def _pagerduty_rows(incident_id: str) -> list[tuple[str, str]]:
