@@ -50,6 +50,9 @@ class Environment:
         import redis
 
         redis.Redis.from_url(self.env["REDIS_URL"]).flushdb()
+        if os.environ.get("BENCH_KEEP_DB"):  # kept for a look at the rows afterwards; drop it by hand
+            print(f"database {self.db_name} kept (BENCH_KEEP_DB)", flush=True)
+            return
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
 
@@ -82,7 +85,7 @@ def make_environment() -> Environment:
         "DATA_DIR": data_dir,
         "API_KEY_SECRET": secrets.token_urlsafe(32),
         "JWT_SECRET": secrets.token_urlsafe(48),
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
     subprocess.run([sys.executable, "-m", "cli", "db", "upgrade"], cwd=ROOT, env=env, check=True,
@@ -282,3 +285,75 @@ def wait(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
 
 def ports_env(env: dict[str, str]) -> Iterator[str]:
     yield from (f"{k}={v}" for k, v in env.items() if k in ("DATABASE_URL", "REDIS_URL"))
+
+
+# ------------------------------------------------------------------ where the CPU went
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _client_of_backends() -> dict[int, int]:
+    """Postgres backend pid -> pid of the client process at the other end of its socket (`ss`)."""
+    out = subprocess.run(["ss", "-tnpH", "state", "established"], capture_output=True, text=True).stdout
+    port_owner: dict[str, int] = {}
+    backend_peer: dict[int, str] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) < 5 or "pid=" not in parts[-1]:
+            continue
+        local, peer = parts[2], parts[3]
+        pid = int(parts[-1].split("pid=", 1)[1].split(",", 1)[0])
+        if local.endswith(":5432"):
+            backend_peer[pid] = peer
+        else:
+            port_owner[local] = pid
+    return {backend: port_owner[peer] for backend, peer in backend_peer.items() if peer in port_owner}
+
+
+def _kind(cmdline: str) -> str:
+    if "gunicorn" in cmdline:
+        return "web"
+    if "celery" in cmdline:
+        return "workers"
+    if "redis-server" in cmdline:
+        return "redis"
+    if "bench." in cmdline:
+        return "load generator"
+    return "other"
+
+
+def cpu_snapshot() -> dict[str, float]:
+    """CPU seconds used so far, by kind of process: web, workers, Postgres serving each of them
+    (a backend counts for the process at the other end of its connection), Postgres's own
+    background processes (WAL writer, checkpointer, autovacuum), Redis, the load generator."""
+    clients = _client_of_backends()
+    cmdlines: dict[int, str] = {}
+    used: dict[int, float] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cmdlines[int(name)] = cmdline
+        # a load generator's processes are reaped when a phase ends: count them in the bench's own
+        children = int(fields[13]) + int(fields[14]) if _kind(cmdline) == "load generator" else 0
+        used[int(name)] = (int(fields[11]) + int(fields[12]) + children) / _CLOCK_TICKS
+    totals: dict[str, float] = {}
+    for pid, seconds in used.items():
+        cmdline = cmdlines[pid]
+        if cmdline.startswith("postgres:"):
+            client = clients.get(pid)
+            kind = f"postgres for {_kind(cmdlines.get(client, ''))}" if client else "postgres background"
+        else:
+            kind = _kind(cmdline)
+        totals[kind] = totals.get(kind, 0.0) + seconds
+    return totals
+
+
+def cpu_split(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
+    """µs of CPU per event by kind between two snapshots (processes that ended in between are lost)."""
+    return {kind: round((after.get(kind, 0.0) - before.get(kind, 0.0)) / max(events, 1) * 1e6, 1)
+            for kind in sorted(set(before) | set(after)) if after.get(kind, 0.0) - before.get(kind, 0.0) > 0}

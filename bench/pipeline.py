@@ -39,7 +39,7 @@ from typing import Any
 
 import psycopg
 
-from bench.common import ROOT, Server, make_environment, run_load
+from bench.common import ROOT, Server, cpu_snapshot, cpu_split, make_environment, run_load
 
 SENTINEL = json.loads((ROOT / "tests" / "fixtures" / "sentinel-event.json").read_text())
 TITLES = ["Latency Spike Detected", "GPU memory exhausted", "Token usage over budget", "Prompt injection attempt",
@@ -145,6 +145,7 @@ def sustained(env: dict[str, str], port: int, headers: dict[str, str], rate: flo
               tag: str, per_incident: int) -> dict[str, Any]:
     with _db(env) as conn:
         t0 = conn.execute("SELECT now()").fetchone()[0]
+    cpu_start = cpu_snapshot()
     load = run_load(port, "/api/v1/events", headers, factory(tag, batch, per_incident), duration=duration,
                     processes=1, threads=8, rate=rate / batch, count_items=True)
     with _db(env) as conn:
@@ -152,13 +153,21 @@ def sustained(env: dict[str, str], port: int, headers: dict[str, str], rate: flo
         accepted, processed_in_window = conn.execute(
             "SELECT count(*), count(*) FILTER (WHERE processed_at <= %s) FROM events WHERE event_id LIKE %s",
             (t1, f"{tag}-%")).fetchone()
+    cpu_loaded = cpu_snapshot()
     window = (t1 - t0).total_seconds()
     drain = _wait_drained(env, tag, 900)
+    cpu_end = cpu_snapshot()
     with _db(env) as conn:
         batches = _batch_sizes(conn, tag)
         processed, span = conn.execute(
             "SELECT count(processed_at), extract(epoch FROM max(processed_at) - min(received_at)) FROM events "
             "WHERE event_id LIKE %s", (f"{tag}-%",)).fetchone()
+        # updates that were HOT (no index entry written) and the heap's size, per table written most
+        tables = {r[0]: {"updates": r[1], "hot": r[2], "heap_mb": round(r[3] / 2**20),
+                         "indexes_mb": round(r[4] / 2**20)}
+                  for r in conn.execute(
+                      "SELECT relname, n_tup_upd, n_tup_hot_upd, pg_relation_size(relid), pg_indexes_size(relid) "
+                      "FROM pg_stat_user_tables WHERE relname IN ('incidents', 'events', 'incident_timeline')")}
         incidents = conn.execute("SELECT count(*), count(processed_at), count(correlation_group_id), "
                                  "count(enrichment), sum(event_count) FROM incidents WHERE title LIKE %s",
                                  (f"% {tag}-%",)).fetchone()
@@ -169,7 +178,12 @@ def sustained(env: dict[str, str], port: int, headers: dict[str, str], rate: flo
             "processed": processed, "processed_per_s_first_accept_to_last": processed / float(span or 1),
             "uptime": uptime(),
             "batches": batches, "http": load.summary(),
-            "incidents": dict(zip(("rows", "processed", "grouped", "enriched", "events"), incidents, strict=True))}
+            # µs of CPU per accepted event by kind of process, the load window and the drain after it
+            "cpu_us_per_event": {"during_load": cpu_split(cpu_start, cpu_loaded, accepted),
+                                 "drain": cpu_split(cpu_loaded, cpu_end, accepted - processed_in_window),
+                                 "whole": cpu_split(cpu_start, cpu_end, accepted)},
+            "incidents": dict(zip(("rows", "processed", "grouped", "enriched", "events"), incidents, strict=True)),
+            "tables": tables}
 
 
 def latency(env: dict[str, str], port: int, headers: dict[str, str], rate: float, batch: int, duration: float,
@@ -186,10 +200,11 @@ def latency(env: dict[str, str], port: int, headers: dict[str, str], rate: float
             "max(extract(epoch FROM processed_at - received_at)) FROM events WHERE event_id LIKE %s",
             (f"{tag}-%",)).fetchone()
         batches = _batch_sizes(conn, tag)
+        gaps = _gaps(conn, tag)
     return {"events": row[0], "uptime": uptime(), "p50_ms": round(float(row[1]) * 1000, 1),
             "p95_ms": round(float(row[2]) * 1000, 1),
             "p99_ms": round(float(row[3]) * 1000, 1), "max_ms": round(float(row[4]) * 1000, 1), "batches": batches,
-            "http": load.summary()}
+            "gaps": gaps, "http": load.summary()}
 
 
 def memory(env: dict[str, str], port: int, headers: dict[str, str], workers: "Workers", rate: float,
@@ -220,6 +235,18 @@ def _batch_sizes(conn: psycopg.Connection, tag: str) -> dict[str, Any]:
             "max_events": row[3]}
 
 
+def _gaps(conn: psycopg.Connection, tag: str) -> list[list[float]]:
+    """The five longest waits between two batches finishing (seconds into the phase, wait in s): a
+    stall shows as a wait far above the drain's ~0.1 s period, and says when it happened."""
+    rows = conn.execute(
+        "WITH b AS (SELECT DISTINCT processed_at AS at FROM events WHERE event_id LIKE %s), "
+        "s AS (SELECT min(received_at) AS t0 FROM events WHERE event_id LIKE %s) "
+        "SELECT extract(epoch FROM lag(at) OVER w - s.t0), extract(epoch FROM at - lag(at) OVER w) "
+        "FROM b, s WINDOW w AS (ORDER BY at) ORDER BY 2 DESC NULLS LAST LIMIT 5",
+        (f"{tag}-%", f"{tag}-%")).fetchall()
+    return [[round(float(a), 2), round(float(g), 2)] for a, g in rows if g is not None]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=2000.0, help="offered events/s for the sustained phase")
@@ -239,10 +266,17 @@ def main() -> None:
     parser.add_argument("--stage-tasks", action="store_true", help="run phases (a), (b), (m) with a task per stage")
     parser.add_argument("--skip", choices=["sustained", "latency", "baseline"], action="append", default=[])
     parser.add_argument("--label", default="", help="printed with the results (e.g. the commit measured)")
+    parser.add_argument("--sql", action="append", default=[],
+                        help="a statement to run on the fresh database before the load (an experiment: drop an "
+                             "index, change a storage parameter, ...)")
     args = parser.parse_args()
 
     environment = make_environment()
     env = dict(environment.env)
+    for statement in args.sql:
+        with _db(env) as conn:
+            conn.execute(statement)
+        print(f"ran: {statement}", flush=True)
     log = Path(env["DATA_DIR"]) / "bench.log"
     created = subprocess.run(
         [sys.executable, "-m", "cli", "apikey", "create", "--name", "bench", "--permission", "event:create",

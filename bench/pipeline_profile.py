@@ -126,6 +126,29 @@ def run_stages(outbox_ids: list[int], clock: SqlClock, report: bool, functions: 
     return totals
 
 
+def run_sql(statement: str) -> None:
+    from sqlalchemy import text
+
+    from app.adapters.db import get_engine
+
+    with get_engine().begin() as conn:
+        conn.execute(text(statement))
+    print(f"ran: {statement}", flush=True)
+
+
+def prefill(count: int) -> None:
+    """`count` processed incidents (and one event each) older than the correlation window, copied
+    from the warm-up's rows with their own ids and fingerprints, then ANALYZE."""
+    run_sql(f"""
+        INSERT INTO incidents SELECT (jsonb_populate_record(NULL::incidents, to_jsonb(i) || jsonb_build_object(
+            'id', 'PRE-' || g, 'fingerprint', md5('pre' || g), 'status', 'RESOLVED',
+            'created_at', now() - interval '2 days' - g * interval '1 second'))).*
+        FROM generate_series(1, {count}) AS g,
+             LATERAL (SELECT * FROM incidents WHERE processed_at IS NOT NULL ORDER BY id
+                      OFFSET g % 500 LIMIT 1) AS i""")
+    run_sql("ANALYZE")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=1000)
@@ -133,6 +156,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="measured batches (after one warm-up)")
     parser.add_argument("--hops", action="store_true", help="time the JSON hop a task per stage pays, apart")
     parser.add_argument("--functions", type=int, default=0, help="cProfile: top N functions per stage (last round)")
+    parser.add_argument("--prefill", type=int, default=0,
+                        help="first copy the warm-up's processed incidents to this many older rows (a table the "
+                             "size a storm leaves; older than the correlation window)")
+    parser.add_argument("--sql", action="append", default=[],
+                        help="a statement to run before the measured batches (an experiment: drop an index, ...)")
     args = parser.parse_args()
     environment = make_environment()
     os.environ.update(environment.env)
@@ -143,8 +171,19 @@ def main() -> None:
         clock.install(get_engine())
         print(f"uptime: {os.popen('uptime').read().strip()}", flush=True)
         run_stages(ingest("warm", args.events, args.per_incident), clock, report=False, hops=args.hops)
+        if args.prefill:
+            prefill(args.prefill)
+        for statement in args.sql:
+            run_sql(statement)
         for round_no in range(args.rounds):
+            clock.active = True
+            wall, cpu = time.perf_counter(), time.process_time()
             outbox = ingest(f"r{round_no}-", args.events, args.per_incident)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            clock.active = False
+            took = clock.take()
+            print(f"ingest     wall {wall * 1000:7.1f} ms  cpu {cpu * 1000:7.1f} ms  "
+                  f"db {sum(sum(v) for v in took.values()) * 1000:7.1f} ms (not part of the batch below)", flush=True)
             print(f"-- batch {round_no + 1}: {args.events} events, {args.events // args.per_incident} incidents",
                   flush=True)
             totals = run_stages(outbox, clock, report=True,

@@ -146,6 +146,13 @@ class Incident(Base):
     )
 
 
+# The one order in which a transaction takes several incident row locks: fingerprint, then id
+# (docs/foundation.md, "Lock order"). Ingest's upsert locks the open incidents it merges into in
+# fingerprint order (it knows fingerprints, not ids); every other statement that locks several
+# incidents sorts them the same way, so two writers never wait on each other in a cycle.
+INCIDENT_LOCK_ORDER = (Incident.fingerprint, Incident.id)
+
+
 class Event(Base):
     __tablename__ = "events"
 

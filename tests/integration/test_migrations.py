@@ -53,11 +53,12 @@ def test_partial_unique_index_forbids_two_active_incidents_per_fingerprint(db):
 
 
 def test_incident_pages_keep_room_for_in_place_updates(db):
-    """fillfactor 70 (0011): an event joining an open incident updates its row in place (HOT), so
-    the update adds nothing to the table's indexes; at 100 every merge wrote all 12 of them."""
+    """fillfactor 30 (0012; 70 in 0011): an event joining an open incident, and the route stage's one
+    write of a new incident, update the row in place (HOT), adding nothing to the table's indexes;
+    at 100 every such update wrote all 12 of them (test_pipeline_lock_order.py checks the pages)."""
     with get_engine().connect() as conn:
         options = conn.execute(text("SELECT reloptions FROM pg_class WHERE relname = 'incidents'")).scalar_one()
-    assert "fillfactor=70" in (options or [])
+    assert "fillfactor=30" in (options or [])
 
 
 def test_events_are_unique_per_source_and_event_id(db):

@@ -29,8 +29,8 @@ from sqlalchemy.orm import Session
 from app import metrics
 from app.adapters import bulk
 from app.adapters.bulk import one_of
-from app.adapters.db import read_session, unit_of_work
-from app.adapters.models import Incident
+from app.adapters.db import read_session, retry_on_conflict, unit_of_work
+from app.adapters.models import INCIDENT_LOCK_ORDER, Incident
 from app.adapters.pipeline_models import CorrelationGroup, CorrelationMember
 from app.config import Settings, get_settings
 from app.services.pipeline import text as textsim
@@ -132,7 +132,9 @@ def correlate(batch: Batch, settings: Settings | None = None) -> Batch:
                        already, config)
     decisions = plan.decisions
     if plan.new_groups or any(not d.get("existing") for d in decisions.values()):
-        decisions = _persist(decisions, plan.new_groups, now, config.max_group_size)
+        planned = decisions  # each attempt works on its own copies (a lost deadlock re-runs it whole)
+        decisions = retry_on_conflict("pipeline correlate", lambda: _persist(
+            {k: dict(v) for k, v in planned.items()}, plan.new_groups, now, config.max_group_size))
     elif decisions:  # this batch ran before and grouped everything: its groups' roots as recorded
         with read_session() as session:
             roots_of = dict(session.execute(select(CorrelationGroup.id, CorrelationGroup.root_incident_id).where(
@@ -155,13 +157,14 @@ def _persist(decisions: dict[str, dict[str, Any]], new_groups: dict[str, dict[st
     """Write groups and memberships in one short transaction. A root another worker grouped first
     keeps its group: our new group is dropped and its members join that one instead."""
     with unit_of_work() as session:
-        # The incidents this transaction may group, locked FOR KEY SHARE in id order: a route run
-        # (FOR UPDATE on the incidents it writes) waits for this commit and then reads the
-        # memberships, or this waits for the route's commit and then stamps them below; ingest's
-        # upserts (no key change) do not wait. A member row whose incident lacks its group cannot
-        # be left behind by a kill or a concurrent batch with the same incident.
+        # The incidents this transaction may group, locked FOR NO KEY UPDATE up front in the global
+        # order (INCIDENT_LOCK_ORDER): a route run (FOR UPDATE on the incidents it writes) waits for
+        # this commit and then reads the memberships, or this waits for the route's commit and then
+        # stamps them below. NO KEY UPDATE, not KEY SHARE, because the stamp writes some of them: a
+        # lock upgraded later would be taken out of order. A member row whose incident lacks its
+        # group cannot be left behind by a kill or a concurrent batch with the same incident.
         candidates = sorted(set(decisions) | {g["root"] for g in new_groups.values()})
-        session.execute(select(Incident.id).where(one_of(Incident.id, candidates)).order_by(Incident.id)
+        session.execute(select(Incident.id).where(one_of(Incident.id, candidates)).order_by(*INCIDENT_LOCK_ORDER)
                         .with_for_update(key_share=True))
         remap: dict[str, str] = {}
         won: set[str] = set()

@@ -23,8 +23,8 @@ from sqlalchemy import Table, select, update
 from app import metrics
 from app.adapters import bulk
 from app.adapters.bulk import one_of
-from app.adapters.db import unit_of_work
-from app.adapters.models import Event, Incident, OutboxMessage, TimelineEntry
+from app.adapters.db import retry_on_conflict, unit_of_work
+from app.adapters.models import INCIDENT_LOCK_ORDER, Event, Incident, OutboxMessage, TimelineEntry
 from app.adapters.pipeline_models import CorrelationMember
 from app.config import RoutingRule, Settings, get_settings
 from app.domain import sla
@@ -167,22 +167,24 @@ def _published(d: Decided) -> dict[str, Any]:
             "team": d.route["team"], "status": d.status, "correlation_group_id": d.correlation.get("group_id")}
 
 
-def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
-    """Decide every new incident's route, then write the batch's results in one short transaction
-    (each incident row once). Returns the number of events it finished."""
-    settings = settings or get_settings()
-    started = time.perf_counter()
-    snaps: dict[str, Snapshot] = {s["id"]: s for s in batch["incidents"]}
-    now = datetime.now(timezone.utc)
+def _persist(batch: Batch, snaps: Mapping[str, Snapshot], roots: Mapping[str, str], settings: Settings,
+             now: datetime) -> tuple[list[datetime], list[int], list[Decided], list[dict[str, Any]]]:
+    """The route stage's one transaction, re-run whole by `retry_on_conflict`. Returns the
+    received_at of the events it finished, the playbook runs it started, the incidents it decided
+    and their announcements."""
     runs: list[int] = []
     with unit_of_work() as session:
-        # Locked in id order; rows another run already processed are left alone (idempotent).
-        fresh = list(session.execute(
+        # Every incident row this transaction writes (the batch's, and the earlier roots it stamps)
+        # is locked up front, in one statement, in the global order (INCIDENT_LOCK_ORDER). A root may
+        # be another batch's incident: stamped later, out of order, it deadlocked two batches.
+        locked = list(session.execute(
             select(Incident.id, Incident.severity, Incident.created_at, Incident.status, Incident.category,
-                   Incident.severity_reason)
-            .where(one_of(Incident.id, sorted(snaps)), Incident.processed_at.is_(None))
-            .order_by(Incident.id).with_for_update()
-        ).all()) if snaps else []
+                   Incident.severity_reason, Incident.processed_at)
+            .where(one_of(Incident.id, sorted(set(snaps) | set(roots))))
+            .order_by(*INCIDENT_LOCK_ORDER).with_for_update()
+        ).all()) if snaps or roots else []
+        # Rows another run already processed are left alone (idempotent).
+        fresh = sorted((row for row in locked if row.id in snaps and row.processed_at is None), key=lambda r: r.id)
         decided = [decide(current, snaps[current.id], batch, settings, now) for current in fresh]
         if fresh:
             # The group is what the memberships say once these rows are locked (a correlate run
@@ -208,7 +210,6 @@ def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
             # incident_created webhooks / the JIRA issue, with the final severity and category
             lifecycle.on_created(session, [{**p, "source": snaps[p["id"]]["source"],
                                             "service": snaps[p["id"]]["service"]} for p in published], now)
-        roots = batch.get("correlation_roots") or {}
         if roots:  # earlier incidents that became the root of a group this batch opened (where still unset)
             bulk.update_rows(session, _INCIDENTS, "id",
                              [{"b_key": root, "correlation_group_id": group} for root, group in sorted(roots.items())],
@@ -220,6 +221,19 @@ def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
         if batch["outbox_ids"]:
             session.execute(update(OutboxMessage).where(one_of(OutboxMessage.id, batch["outbox_ids"]),
                                                         OutboxMessage.done_at.is_(None)).values(done_at=now))
+    return finished, runs, decided, published
+
+
+def route_and_persist(batch: Batch, settings: Settings | None = None) -> int:
+    """Decide every new incident's route, then write the batch's results in one short transaction
+    (each incident row once). Returns the number of events it finished."""
+    settings = settings or get_settings()
+    started = time.perf_counter()
+    snaps: dict[str, Snapshot] = {s["id"]: s for s in batch["incidents"]}
+    now = datetime.now(timezone.utc)
+    roots = batch.get("correlation_roots") or {}
+    finished, runs, decided, published = retry_on_conflict(
+        "pipeline route", lambda: _persist(batch, snaps, roots, settings, now))
     playbooks.send_runs(runs)
     for received in finished:
         EVENT_TO_INCIDENT_LATENCY.observe(max(0.0, (now - received).total_seconds()))
