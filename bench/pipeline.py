@@ -20,9 +20,15 @@ with similar-incident search, correlation scoring, routing, one incident row wri
     every 30 s (issue 11: RSS stays flat; the caches are bounded, docs/pipeline.md "Memory").
 Worker RSS (main process + pool children) before and after. Phases (a) and (b) also report the
 batches the drain cut (events per route write: count, mean, median, max), which tell whether the
-drain let batches grow with the load. `end_to_end_per_s` of (a): every accepted event processed,
-over the load's duration plus the time its backlog took to drain. `uptime` is printed with every
-figure: the box is shared.
+drain let batches grow with the load; (b) also the five longest waits between two batches
+finishing (`gaps`: a stall shows there, with when it happened). (a) reports the CPU per accepted
+event of each kind of process (web, workers, the Postgres backends serving each, Postgres's own
+background processes, Redis, the load generator) during the load and during the drain, and per
+table the updates that were HOT and the heap's size. `--sql` runs statements on the fresh
+database first (an experiment: a fillfactor, an index dropped); BENCH_KEEP_DB=1 keeps the
+database, BENCH_LOG_LEVEL=INFO the workers' per-batch stage log. `end_to_end_per_s` of (a): every
+accepted event processed, over the load's duration plus the time its backlog took to drain.
+`uptime` is printed with every figure: the box is shared.
 """
 
 from __future__ import annotations
