@@ -174,7 +174,8 @@ def _find_duplicates(session: Session, fingerprints: set[str]) -> list[tuple[lis
     for row in rows:
         by_fp[row.fingerprint].append(row)
     result = []
-    for group in by_fp.values():
+    for fingerprint in sorted(by_fp):  # merged in this order: the global lock order (INCIDENT_LOCK_ORDER)
+        group = by_fp[fingerprint]
         if len(group) > 1:
             group.sort(key=lambda r: (r.created_at, r.id))
             result.append(([r.id for r in group[1:]], group[0].id))
