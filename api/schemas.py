@@ -104,6 +104,23 @@ class EventBatchSchema(Schema):
     events = fields.List(fields.Nested(EventSchema), required=True, validate=validate.Length(min=1))
 
 
+class FeedbackSchema(Schema):
+    """The true classification of an incident, for learning."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    severity = fields.String(validate=validate.OneOf(SEVERITIES))
+    category = fields.String(validate=validate.Length(min=1, max=100))
+    notes = fields.String(validate=validate.Length(max=10_000))
+    actor = fields.String(validate=validate.Length(min=1, max=200))
+
+    @validates_schema
+    def _something(self, data: Mapping[str, Any], **_: Any) -> None:
+        if "severity" not in data and "category" not in data:
+            raise ValidationError("give severity, category or both")
+
+
 class ManualIncidentSchema(Schema):
     """The reference README's `POST /api/v1/incidents` body."""
 

@@ -18,6 +18,7 @@ from graphql.language import ast
 from marshmallow import ValidationError
 
 from api.graphql.loaders import GraphQLContext
+from api.schemas import FeedbackSchema
 from app.domain.incident import STATUS_NAMES, IllegalTransition, IncidentNotFound
 from app.domain.severity import SEVERITIES
 from app.services import analytics, correlation, feedback, incidents, service_catalog
@@ -867,7 +868,6 @@ class SubmitFeedback(graphene.Mutation):
 
     @staticmethod
     def mutate(_root: Any, info: Any, incidentId: str, input: Mapping[str, Any]) -> Any:  # noqa: A002
-        from api.rest.ml import FeedbackSchema
 
         data = call(lambda: FeedbackSchema().load(_snake(input, {})))
         return call(lambda: feedback.record_feedback(incidentId, _actor(info, data.get("actor")),

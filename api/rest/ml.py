@@ -12,8 +12,8 @@ from api.auth import current_principal, enforce, require
 from api.body import json_object
 from api.errors import ApiError
 from api.openapi import doc
+from api.schemas import FeedbackSchema
 from app.config import get_settings
-from app.domain.severity import SEVERITIES
 from app.services import feedback as feedback_service
 from app.services.classification import classify_events
 from ml.interface import ClassifierInput
@@ -51,23 +51,6 @@ class ClassifyEventSchema(Schema):
                if isinstance(v, bool) or not isinstance(v, (int, float))]
         if bad:
             raise ValidationError({"metrics": [f"metric {k!r} must be a number" for k in bad]})
-
-
-class FeedbackSchema(Schema):
-    """The true classification of an incident, for learning."""
-
-    class Meta:
-        unknown = EXCLUDE
-
-    severity = fields.String(validate=validate.OneOf(SEVERITIES))
-    category = fields.String(validate=validate.Length(min=1, max=100))
-    notes = fields.String(validate=validate.Length(max=10_000))
-    actor = fields.String(validate=validate.Length(min=1, max=200))
-
-    @validates_schema
-    def _something(self, data: Mapping[str, Any], **_: Any) -> None:
-        if "severity" not in data and "category" not in data:
-            raise ValidationError("give severity, category or both")
 
 
 class ClassifyBatchSchema(Schema):
